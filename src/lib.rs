@@ -1,0 +1,29 @@
+//! tango-rs: a wire-compatible Rust port of Autolab's Tango autograding daemon.
+//!
+//! Read `docs/architecture.md` first. In one breath: the HTTP layer ([`api`]) validates
+//! requests and files ([`labs`]) and queues jobs in a [`store`]; a [`manager`] claims them
+//! and hands each to a [`worker`], which drives a machine from a [`vmms`] backend through
+//! Tango's steps; the output goes back by [`callback`] or by poll. Inside the machine, the
+//! [`autodriver`] runs `make` under limits.
+//!
+//! Everything but the autodriver sits behind the `daemon` feature, so a static autodriver
+//! builds without the server's dependencies.
+
+pub mod autodriver;
+
+#[cfg(feature = "daemon")]
+pub mod api;
+#[cfg(feature = "daemon")]
+pub mod app;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod logging;
+#[cfg(feature = "daemon")]
+pub mod model;
+#[cfg(feature = "daemon")]
+pub mod store;
+#[cfg(feature = "daemon")]
+pub mod vmms;

@@ -1,0 +1,112 @@
+//! The `tango` command: the daemon (`serve`, `manager`) and, later, the client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tango::config::{Config, Overrides, StoreBackend};
+
+#[derive(Parser)]
+#[command(
+    name = "tango",
+    version,
+    about = "Autolab's Tango autograding daemon, in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST server (and, unless --no-manager, the job manager).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Do not run jobs in this process; `tango manager` processes sharing the same Redis
+        /// run them.
+        #[arg(long)]
+        no_manager: bool,
+    },
+    /// Run only the job manager (needs the Redis store).
+    Manager {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// Where the configuration comes from, and the few options worth a flag.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (see config.example.toml). Without one, Tango's defaults.
+    #[arg(long, short = 'c', env = "TANGO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Port to listen on (server.port).
+    #[arg(long, short = 'p')]
+    port: Option<u16>,
+    /// Address to listen on (server.bind).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Job store: memory or redis (store.backend).
+    #[arg(long, value_parser = parse_store)]
+    store: Option<StoreBackend>,
+    /// Machine backend: localDocker, distDocker, ec2SSH, tashiSSH or local (vmms.name).
+    #[arg(long)]
+    vmms: Option<String>,
+    /// Log level (log.level).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Courselabs directory (server.courselabs).
+    #[arg(long)]
+    courselabs: Option<PathBuf>,
+}
+
+fn parse_store(s: &str) -> Result<StoreBackend, String> {
+    match s {
+        "memory" => Ok(StoreBackend::Memory),
+        "redis" => Ok(StoreBackend::Redis),
+        other => Err(format!("unknown store {other:?}; expected memory or redis")),
+    }
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, String> {
+        let overrides = Overrides {
+            port: self.port,
+            bind: self.bind.clone(),
+            store: self.store,
+            vmms: self.vmms.clone(),
+            log_level: self.log_level.clone(),
+            courselabs: self.courselabs.clone(),
+        };
+        Config::load(self.config.as_deref(), &overrides).map_err(|e| format!("tango: config: {e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tango: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, no_manager } => match config.load() {
+            Ok(config) => runtime.block_on(tango::daemon::serve(config, !no_manager)),
+            Err(e) => Err(e),
+        },
+        Command::Manager { config } => match config.load() {
+            Ok(config) => runtime.block_on(tango::daemon::manager(config)),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}

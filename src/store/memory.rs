@@ -1,0 +1,467 @@
+//! The embedded store: everything in this process's memory behind one mutex.
+//!
+//! It is the default because it needs nothing installed; it is lost when the process exits
+//! (use Redis to survive restarts). A waiting [`JobStore::claim_next`] is woken by a
+//! [`Notify`] the moment a job is queued, so dispatch costs no polling.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{JobStore, Reaped, StoreError, StoreStats};
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
+
+/// The in-memory store.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    /// Wakes claimers when a job enters the queue.
+    queued: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    next_job_id: JobId,
+    next_vm_id: u64,
+    live: HashMap<JobId, Job>,
+    /// Dead jobs and the order they died in, oldest first, for trimming.
+    dead: HashMap<JobId, Job>,
+    dead_order: VecDeque<JobId>,
+    queue: VecDeque<JobId>,
+    /// Jobs each manager has claimed and not yet finished or requeued.
+    claimed: HashMap<String, Vec<JobId>>,
+    /// When each manager's lease runs out.
+    owners: HashMap<String, Instant>,
+    /// (owner, pool) → machines.
+    pools: BTreeMap<(String, String), Pool>,
+    targets: BTreeMap<String, PoolTarget>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Pool {
+    total: Vec<u64>,
+    free: VecDeque<Machine>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore {
+            state: Mutex::new(State {
+                next_job_id: 1,
+                next_vm_id: 1000,
+                ..State::default()
+            }),
+            queued: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind, never a half-applied
+        // change that matters more than losing the whole store would.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// The live job `job.id`, if `job.owner` holds it.
+    fn held(&mut self, job: &Job) -> Result<&mut Job, StoreError> {
+        match self.live.get_mut(&job.id) {
+            Some(live) if live.owner.is_some() && live.owner == job.owner => Ok(live),
+            _ => Err(StoreError::LeaseLost(job.id)),
+        }
+    }
+
+    fn unclaim(&mut self, owner: &str, id: JobId) {
+        if let Some(ids) = self.claimed.get_mut(owner) {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                self.claimed.remove(owner);
+            }
+        }
+    }
+
+    fn push_dead(&mut self, job: Job, max_dead: u64) {
+        let id = job.id;
+        if self.dead.insert(id, job).is_none() {
+            self.dead_order.push_back(id);
+        }
+        if max_dead > 0 {
+            while self.dead_order.len() as u64 > max_dead {
+                if let Some(old) = self.dead_order.pop_front() {
+                    self.dead.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Requeues `owner`'s claimed jobs at the front in their original order, forgets its
+    /// pools, and returns (requeued ids, its machines).
+    fn drop_owner(&mut self, owner: &str) -> (Vec<JobId>, Vec<Machine>) {
+        self.owners.remove(owner);
+        let mut ids = self.claimed.remove(owner).unwrap_or_default();
+        ids.retain(|id| self.live.contains_key(id));
+        ids.sort_unstable();
+        for id in ids.iter().rev() {
+            if let Some(job) = self.live.get_mut(id) {
+                job.owner = None;
+                job.assigned = false;
+            }
+            self.queue.push_front(*id);
+        }
+        let keys: Vec<_> = self
+            .pools
+            .keys()
+            .filter(|(o, _)| o == owner)
+            .cloned()
+            .collect();
+        let mut machines = Vec::new();
+        for key in keys {
+            if let Some(pool) = self.pools.remove(&key) {
+                let free: Vec<Machine> = pool.free.into_iter().collect();
+                for id in pool.total {
+                    match free.iter().find(|m| m.id == Some(id)) {
+                        Some(m) => machines.push(m.clone()),
+                        None => machines.push(Machine {
+                            name: key.1.clone(),
+                            id: Some(id),
+                            owner: Some(owner.to_string()),
+                            ..Machine::default()
+                        }),
+                    }
+                }
+            }
+        }
+        (ids, machines)
+    }
+}
+
+fn view(pool: &Pool) -> PoolView {
+    PoolView {
+        total: pool.total.clone(),
+        free: pool.free.iter().filter_map(|m| m.id).collect(),
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn allocate_job_id(&self) -> Result<JobId, StoreError> {
+        let mut s = self.lock();
+        let id = s.next_job_id;
+        s.next_job_id += 1;
+        Ok(id)
+    }
+
+    async fn allocate_vm_id(&self) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        let id = s.next_vm_id;
+        s.next_vm_id += 1;
+        Ok(id)
+    }
+
+    async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError> {
+        {
+            let mut s = self.lock();
+            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
+                return Err(StoreError::QueueFull(s.queue.len() as u64));
+            }
+            let mut job = job.clone();
+            job.owner = None;
+            job.assigned = false;
+            s.queue.push_back(job.id);
+            s.live.insert(job.id, job);
+        }
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.queued.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.lock();
+                while let Some(id) = s.queue.pop_front() {
+                    let Some(job) = s.live.get_mut(&id) else {
+                        continue;
+                    };
+                    job.owner = Some(owner.to_string());
+                    let job = job.clone();
+                    s.claimed.entry(owner.to_string()).or_default().push(id);
+                    return Ok(Some(job));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn update_live(&self, job: &Job) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let live = s.held(job)?;
+        *live = job.clone();
+        Ok(())
+    }
+
+    async fn requeue(&self, job: &Job) -> Result<(), StoreError> {
+        {
+            let mut s = self.lock();
+            let owner = job.owner.clone().unwrap_or_default();
+            let live = s.held(job)?;
+            *live = job.clone();
+            live.owner = None;
+            live.assigned = false;
+            s.unclaim(&owner, job.id);
+            s.queue.push_front(job.id);
+        }
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    async fn finish(&self, job: &Job, max_dead: u64) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        s.held(job)?;
+        let owner = job.owner.clone().unwrap_or_default();
+        s.live.remove(&job.id);
+        s.unclaim(&owner, job.id);
+        let mut dead = job.clone();
+        dead.owner = None;
+        dead.assigned = false;
+        s.push_dead(dead, max_dead);
+        Ok(())
+    }
+
+    async fn add_dead(&self, job: &Job, max_dead: u64) -> Result<(), StoreError> {
+        let mut dead = job.clone();
+        dead.owner = None;
+        dead.assigned = false;
+        self.lock().push_dead(dead, max_dead);
+        Ok(())
+    }
+
+    async fn update_dead(&self, job: &Job) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        match s.dead.get_mut(&job.id) {
+            Some(dead) => {
+                *dead = job.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn live_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock().live.get(&id).cloned())
+    }
+
+    async fn dead_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock().dead.get(&id).cloned())
+    }
+
+    async fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let s = self.lock();
+        let mut jobs: Vec<Job> = s.live.values().cloned().collect();
+        jobs.sort_unstable_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn dead_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let s = self.lock();
+        Ok(s.dead_order
+            .iter()
+            .filter_map(|id| s.dead.get(id).cloned())
+            .collect())
+    }
+
+    async fn queued_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        Ok(self.lock().queue.iter().copied().collect())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let s = self.lock();
+        Ok(StoreStats {
+            live: s.live.len() as u64,
+            dead: s.dead.len() as u64,
+            queued: s.queue.len() as u64,
+        })
+    }
+
+    async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        self.lock()
+            .owners
+            .insert(owner.to_string(), Instant::now() + lease);
+        Ok(())
+    }
+
+    async fn release_owner(&self, owner: &str) -> Result<Vec<JobId>, StoreError> {
+        let (ids, _) = self.lock().drop_owner(owner);
+        if !ids.is_empty() {
+            self.queued.notify_waiters();
+            self.queued.notify_one();
+        }
+        Ok(ids)
+    }
+
+    async fn live_owners(&self) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let s = self.lock();
+        let mut owners: Vec<String> = s
+            .owners
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(o, _)| o.clone())
+            .collect();
+        owners.sort();
+        Ok(owners)
+    }
+
+    async fn reap_expired(&self) -> Result<Reaped, StoreError> {
+        let now = Instant::now();
+        let mut reaped = Reaped::default();
+        {
+            let mut s = self.lock();
+            let mut expired: Vec<String> = s
+                .owners
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(o, _)| o.clone())
+                .collect();
+            // Claims by a manager that never heartbeat (or was already forgotten) are as
+            // orphaned as those of one whose lease ran out.
+            for owner in s.claimed.keys() {
+                if !s.owners.contains_key(owner) && !expired.contains(owner) {
+                    expired.push(owner.clone());
+                }
+            }
+            expired.sort();
+            for owner in expired {
+                let (ids, machines) = s.drop_owner(&owner);
+                reaped.requeued.extend(ids);
+                reaped.machines.extend(machines);
+                reaped.owners.push(owner);
+            }
+        }
+        if !reaped.requeued.is_empty() {
+            self.queued.notify_waiters();
+            self.queued.notify_one();
+        }
+        Ok(reaped)
+    }
+
+    async fn pool_add(&self, owner: &str, pool: &str, vm: &Machine) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let entry = s
+            .pools
+            .entry((owner.to_string(), pool.to_string()))
+            .or_default();
+        if let Some(id) = vm.id
+            && !entry.total.contains(&id)
+        {
+            entry.total.push(id);
+        }
+        Ok(())
+    }
+
+    async fn pool_free(&self, owner: &str, pool: &str, vm: &Machine) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let Some(entry) = s.pools.get_mut(&(owner.to_string(), pool.to_string())) else {
+            return Ok(false);
+        };
+        let Some(id) = vm.id else {
+            return Ok(false);
+        };
+        if !entry.total.contains(&id) {
+            return Ok(false);
+        }
+        if !entry.free.iter().any(|m| m.id == Some(id)) {
+            entry.free.push_back(vm.clone());
+        }
+        Ok(true)
+    }
+
+    async fn pool_take(&self, owner: &str, pool: &str) -> Result<Option<Machine>, StoreError> {
+        let mut s = self.lock();
+        Ok(s.pools
+            .get_mut(&(owner.to_string(), pool.to_string()))
+            .and_then(|p| p.free.pop_front()))
+    }
+
+    async fn pool_remove(&self, owner: &str, pool: &str, vm_id: u64) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let Some(entry) = s.pools.get_mut(&(owner.to_string(), pool.to_string())) else {
+            return Ok(false);
+        };
+        let before = entry.total.len();
+        entry.total.retain(|&id| id != vm_id);
+        entry.free.retain(|m| m.id != Some(vm_id));
+        Ok(entry.total.len() != before)
+    }
+
+    async fn pools(&self) -> Result<BTreeMap<String, PoolView>, StoreError> {
+        let now = Instant::now();
+        let s = self.lock();
+        let mut out: BTreeMap<String, PoolView> = BTreeMap::new();
+        for ((owner, name), pool) in &s.pools {
+            let alive = s.owners.get(owner).is_some_and(|until| *until > now);
+            if !alive {
+                continue;
+            }
+            let v = view(pool);
+            let merged = out.entry(name.clone()).or_default();
+            merged.total.extend(v.total);
+            merged.free.extend(v.free);
+        }
+        Ok(out)
+    }
+
+    async fn owner_pools(&self, owner: &str) -> Result<BTreeMap<String, PoolView>, StoreError> {
+        let s = self.lock();
+        Ok(s.pools
+            .iter()
+            .filter(|((o, _), _)| o == owner)
+            .map(|((_, name), pool)| (name.clone(), view(pool)))
+            .collect())
+    }
+
+    async fn set_pool_target(&self, pool: &str, target: &PoolTarget) -> Result<(), StoreError> {
+        self.lock().targets.insert(pool.to_string(), target.clone());
+        Ok(())
+    }
+
+    async fn pool_targets(&self) -> Result<BTreeMap<String, PoolTarget>, StoreError> {
+        Ok(self.lock().targets.clone())
+    }
+
+    async fn incr(&self, counter: Counter, by: u64) -> Result<(), StoreError> {
+        *self.lock().counters.slot(counter) += by;
+        Ok(())
+    }
+
+    async fn counters(&self) -> Result<Counters, StoreError> {
+        Ok(self.lock().counters.clone())
+    }
+}

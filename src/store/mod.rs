@@ -1,0 +1,183 @@
+//! Where Tango keeps its state: live and dead jobs, the queue of unassigned jobs, the
+//! machines of each pool, pool sizes asked for by `/prealloc`, the `/info` counters, and
+//! which managers are alive.
+//!
+//! [`JobStore`] is the one interface; [`memory::MemoryStore`] (embedded, one process) and
+//! [`redis::RedisStore`] (durable, shared by processes on several hosts) implement it and
+//! pass the same contract tests (`tests/store_contract.rs`).
+//!
+//! Ownership and leases. A manager *claims* the head of the queue; from then until the job
+//! ends or is requeued, the job carries the manager's id in `owner`, and every write to it
+//! names that owner ([`StoreError::LeaseLost`] when another holds it now). A manager renews
+//! its lease with [`JobStore::heartbeat`]; when it stops doing so for `lease` seconds, any
+//! other manager's [`JobStore::reap_expired`] puts its jobs back at the front of the queue
+//! (retries kept) and hands back its pool machines for destruction. So no job is ever run
+//! by two live managers, and none is lost when one dies.
+//!
+//! Pools belong to the manager that made their machines (a container on one host cannot
+//! serve a manager on another), so every pool operation names its owner; `/pool` shows the
+//! union over live managers.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{Config, StoreBackend};
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached (Redis down, connection refused, timed out).
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// The queue holds `max_queued` jobs already.
+    #[error("Job queue is full ({0} jobs waiting); try again later")]
+    QueueFull(u64),
+    /// The job is not live any more, or another manager holds it now.
+    #[error("lease lost on job {0}: it is no longer held by this manager")]
+    LeaseLost(JobId),
+    /// Stored data could not be read back (a bug, or a foreign value under our keys).
+    #[error("corrupt store entry {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// Sizes of the job lists, for `/info`-like reports and metrics, without reading every job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub live: u64,
+    pub dead: u64,
+    pub queued: u64,
+}
+
+/// What [`JobStore::reap_expired`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaped {
+    /// Managers found dead.
+    pub owners: Vec<String>,
+    /// Their jobs, now back at the front of the queue, in queue order.
+    pub requeued: Vec<JobId>,
+    /// Their pool machines, now forgotten by the store: the caller destroys them.
+    pub machines: Vec<Machine>,
+}
+
+/// The store interface. Every method is one atomic change as seen by other callers, even
+/// across processes (Redis: one Lua script or one command each).
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// `memory` or `redis`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- ids ----
+
+    /// The next job id: unique and increasing across every process sharing the store.
+    async fn allocate_job_id(&self) -> Result<JobId, StoreError>;
+
+    /// The next machine id, from 1000 up (Tango's numbering of pool machines).
+    async fn allocate_vm_id(&self) -> Result<u64, StoreError>;
+
+    // ---- the queue and live jobs ----
+
+    /// Adds a new job (its id from [`JobStore::allocate_job_id`]) to the live jobs and the
+    /// tail of the queue. With `max_queued > 0`, refused with [`StoreError::QueueFull`] when
+    /// that many jobs already wait.
+    async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError>;
+
+    /// Takes the head of the queue for `owner`, waiting up to `wait` for one to arrive. The
+    /// job comes back with `owner` set; it stays live (and `assigned` stays as it was) until
+    /// the caller writes it with [`JobStore::update_live`].
+    async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError>;
+
+    /// Writes back a live job held by `job.owner` (trace, machine, assigned, timings, ...).
+    async fn update_live(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Puts a job held by `job.owner` back at the front of the queue, unassigned and with no
+    /// owner, keeping the rest of `job` (its retries and trace) as given.
+    async fn requeue(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Moves a job held by `job.owner` from the live jobs to the dead ones, as given (the
+    /// caller has appended the final trace line and cleared `assigned`). The oldest dead jobs
+    /// are dropped beyond `max_dead` (0: keep all).
+    async fn finish(&self, job: &Job, max_dead: u64) -> Result<(), StoreError>;
+
+    /// Records a job that never went live (rejected by validation) among the dead ones.
+    async fn add_dead(&self, job: &Job, max_dead: u64) -> Result<(), StoreError>;
+
+    /// Rewrites a dead job (its callback state, say). Returns false when it has been dropped.
+    async fn update_dead(&self, job: &Job) -> Result<bool, StoreError>;
+
+    async fn live_job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    async fn dead_job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    async fn live_jobs(&self) -> Result<Vec<Job>, StoreError>;
+    async fn dead_jobs(&self) -> Result<Vec<Job>, StoreError>;
+    /// Ids of the unassigned jobs, head first.
+    async fn queued_ids(&self) -> Result<Vec<JobId>, StoreError>;
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    // ---- managers and leases ----
+
+    /// Registers `owner` as alive for the next `lease`, or renews it.
+    async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError>;
+
+    /// `owner` leaves: its claimed jobs go back to the front of the queue (retries kept), it
+    /// is no longer alive, and its pools are forgotten. Returns the requeued ids.
+    async fn release_owner(&self, owner: &str) -> Result<Vec<JobId>, StoreError>;
+
+    /// Managers whose lease has not run out.
+    async fn live_owners(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Finds managers whose lease ran out and undoes their claims (see [`Reaped`]).
+    async fn reap_expired(&self) -> Result<Reaped, StoreError>;
+
+    // ---- pools ----
+
+    /// Adds a machine to `owner`'s pool (busy: not on the free list).
+    async fn pool_add(&self, owner: &str, pool: &str, vm: &Machine) -> Result<(), StoreError>;
+
+    /// Puts a pool machine on the free list. False when it is not (or no longer) a member:
+    /// the caller should destroy it.
+    async fn pool_free(&self, owner: &str, pool: &str, vm: &Machine) -> Result<bool, StoreError>;
+
+    /// Takes a free machine of `owner`'s pool, oldest first.
+    async fn pool_take(&self, owner: &str, pool: &str) -> Result<Option<Machine>, StoreError>;
+
+    /// Removes a machine (by id) from `owner`'s pool and its free list. False if absent.
+    async fn pool_remove(&self, owner: &str, pool: &str, vm_id: u64) -> Result<bool, StoreError>;
+
+    /// Every pool of every live manager, merged by pool name, for `/pool`.
+    async fn pools(&self) -> Result<BTreeMap<String, PoolView>, StoreError>;
+
+    /// `owner`'s pools alone.
+    async fn owner_pools(&self, owner: &str) -> Result<BTreeMap<String, PoolView>, StoreError>;
+
+    /// Records the size `/prealloc` asked for a pool.
+    async fn set_pool_target(&self, pool: &str, target: &PoolTarget) -> Result<(), StoreError>;
+
+    async fn pool_targets(&self) -> Result<BTreeMap<String, PoolTarget>, StoreError>;
+
+    // ---- counters ----
+
+    async fn incr(&self, counter: Counter, by: u64) -> Result<(), StoreError>;
+    async fn counters(&self) -> Result<Counters, StoreError>;
+}
+
+/// Opens the store the configuration names.
+pub async fn open(config: &Config) -> Result<Arc<dyn JobStore>, StoreError> {
+    match config.store.backend {
+        StoreBackend::Memory => Ok(Arc::new(memory::MemoryStore::new())),
+        StoreBackend::Redis => {
+            redis::RedisStore::connect(&config.store).await?;
+            Err(StoreError::Unavailable(
+                "the redis store is not built yet".into(),
+            ))
+        }
+    }
+}

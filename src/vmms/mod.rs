@@ -1,0 +1,159 @@
+//! The machine backends ("VMMS" in Tango): what makes, feeds, runs and destroys the
+//! containers or VMs that jobs run in.
+//!
+//! [`Vmms`] keeps Tango's verbs (initializeVM, waitVM, copyIn, runJob, copyOut, destroyVM,
+//! safeDestroyVM, getVMs, existsVM, getImages, instanceName, getPartialOutput) so a reader
+//! of Tango's VMMS docs finds them, as async methods with typed results. The worker bounds
+//! each call by its configured timeout; a backend adds its own guards where it can do
+//! better (killing a container from the host, say).
+//!
+//! Inside every machine our `autodriver` runs `make` in the grading directory under limits
+//! and writes the output file; `run_job` returns its exit status. Tango's statuses: 0 the job
+//! finished (whatever make returned), 1 usage error, 2 timed out, 3 OS error.
+
+pub mod local;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::model::{InputFile, Machine};
+
+/// Why a backend call failed. Each is a machine-level failure: the worker retries the job on
+/// a fresh machine (up to `jobs.retries`), except where noted.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmsError {
+    /// The backend's service (Docker engine, EC2 API, Tashi, SSH) refused or failed.
+    #[error("{0}")]
+    Backend(String),
+    /// A step did not finish in time.
+    #[error("{step} timed out after {secs} seconds")]
+    Timeout { step: &'static str, secs: u64 },
+    /// The machine does not exist (any more).
+    #[error("machine {0} not found")]
+    NotFound(String),
+    /// An input or output file could not be read or written on this host.
+    #[error("{0}")]
+    Io(String),
+    /// The backend cannot do this (e.g. `/build` on a non-Docker backend). Not retried.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<std::io::Error> for VmmsError {
+    fn from(e: std::io::Error) -> Self {
+        VmmsError::Io(e.to_string())
+    }
+}
+
+/// How to run a job: what `runJob` got in Tango, plus the limits from config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// The job's id and name, for names and logs.
+    pub job_id: u64,
+    pub job_name: String,
+    /// Seconds `make` may run (the autodriver's `-t`).
+    pub timeout: u64,
+    /// Bytes of output kept (the autodriver's `-o`).
+    pub max_output: u64,
+    /// RLIMIT_NPROC (`-u`) and RLIMIT_FSIZE (`-f`).
+    pub ulimit_user_proc: u64,
+    pub ulimit_file_size: u64,
+    /// Run with no network but loopback.
+    pub disable_network: bool,
+}
+
+/// How `run_job` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The autodriver exited with this status (0 finished, 1 usage, 2 timeout, 3 OS error).
+    Exited(i32),
+    /// The host-side guard killed the machine: the autodriver did not finish within the
+    /// job's timeout plus a margin (Tango's `-1`).
+    Killed,
+}
+
+impl RunOutcome {
+    /// The number Tango's trace prints as `[status=N]`.
+    pub fn status(&self) -> i32 {
+        match self {
+            RunOutcome::Exited(code) => *code,
+            RunOutcome::Killed => -1,
+        }
+    }
+}
+
+/// A machine backend.
+#[async_trait]
+pub trait Vmms: Send + Sync + 'static {
+    /// The name jobs and pools use for it (`localDocker`, `ec2SSH`, ...).
+    fn name(&self) -> &str;
+
+    /// `instanceName(id, name)`: `<prefix>-<id>-<name>`.
+    fn instance_name(&self, vm: &Machine) -> String;
+
+    /// Creates the machine (`vm.id`, `vm.image`, `vm.owner` are set); records the backend's
+    /// handle in `vm.instance` / `vm.host`.
+    async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError>;
+
+    /// Waits until the machine can take a job, at most `max`.
+    async fn wait_vm(&self, vm: &Machine, max: Duration) -> Result<(), VmmsError>;
+
+    /// Copies the job's input files into the machine's grading directory (fresh each job).
+    async fn copy_in(&self, vm: &Machine, inputs: &[InputFile]) -> Result<(), VmmsError>;
+
+    /// Runs the autodriver on the grading directory; its output stays in the machine.
+    async fn run_job(&self, vm: &Machine, spec: &RunSpec) -> Result<RunOutcome, VmmsError>;
+
+    /// Copies the autodriver's output to `dest` on this host: at most `max_bytes` (plus a
+    /// little slack for the autodriver's status line), never following a link, never
+    /// writing anywhere but `dest`.
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError>;
+
+    /// Destroys the machine.
+    async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError>;
+
+    /// Destroys the machine and checks it is gone, trying again within `vmms.destroy_secs`.
+    async fn safe_destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {
+        self.destroy_vm(vm).await
+    }
+
+    /// Our machines that exist now (those named with our prefix), with `owner` filled in
+    /// where the backend records it.
+    async fn get_vms(&self) -> Result<Vec<Machine>, VmmsError>;
+
+    async fn exists_vm(&self, vm: &Machine) -> Result<bool, VmmsError>;
+
+    /// Images jobs may name. Tango matches a job's `image` against these exactly.
+    async fn get_images(&self) -> Result<Vec<String>, VmmsError>;
+
+    /// What the running job has written so far, at most `max_bytes`.
+    async fn get_partial_output(&self, vm: &Machine, max_bytes: u64) -> Result<Vec<u8>, VmmsError>;
+
+    /// `/build`: loads an image tarball (`docker save` format) and tags it `<name>:latest`.
+    async fn build_image(&self, name: &str, tarball: &Path) -> Result<(), VmmsError> {
+        let _ = (name, tarball);
+        Err(VmmsError::Unsupported(format!(
+            "the {} backend cannot build images",
+            self.name()
+        )))
+    }
+}
+
+/// Makes the backend the configuration names.
+pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
+    match config.vmms.name.as_str() {
+        "local" => Ok(Arc::new(local::LocalVmms::new(config)?)),
+        other => Err(VmmsError::Unsupported(format!(
+            "the {other} backend is not built yet"
+        ))),
+    }
+}
+
+/// `<prefix>-<id>-<name>`, Tango's instance name.
+pub fn instance_name(prefix: &str, vm: &Machine) -> String {
+    format!("{}-{}-{}", prefix, vm.id.unwrap_or(0), vm.name)
+}

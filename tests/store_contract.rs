@@ -1,0 +1,512 @@
+//! One contract for every job store: the memory store and the Redis store must pass the
+//! same tests. Each case gets two handles on one store: for memory they are the same
+//! object; for Redis they are two separate connections, as two processes would have.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
+use tango::store::memory::MemoryStore;
+use tango::store::{JobStore, StoreError};
+
+/// Two handles on one store.
+struct Fixture {
+    a: Arc<dyn JobStore>,
+    b: Arc<dyn JobStore>,
+}
+
+async fn memory() -> Fixture {
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+    Fixture {
+        a: store.clone(),
+        b: store,
+    }
+}
+
+#[allow(dead_code)]
+async fn redis() -> Fixture {
+    let config = support::redis_config();
+    Fixture {
+        a: support::redis_store(&config).await,
+        b: support::redis_store(&config).await,
+    }
+}
+
+/// A new job with a fresh id, as addJob builds it.
+async fn new_job(store: &dyn JobStore, name: &str) -> Job {
+    let id = store.allocate_job_id().await.expect("allocate id");
+    let mut job = Job {
+        id,
+        name: name.to_string(),
+        timeout: 10,
+        max_output_file_size: 1024,
+        vm: Machine {
+            name: "img".into(),
+            image: "img".into(),
+            vmms: "local".into(),
+            ..Machine::default()
+        },
+        ..Job::default()
+    };
+    job.trace(format!("Added job {} to queue", job.label()));
+    job
+}
+
+async fn add(store: &dyn JobStore, name: &str) -> Job {
+    let job = new_job(store, name).await;
+    store.enqueue(&job, 0).await.expect("enqueue");
+    job
+}
+
+fn machine(id: u64) -> Machine {
+    Machine {
+        name: "img".into(),
+        image: "img".into(),
+        vmms: "local".into(),
+        id: Some(id),
+        instance: Some(format!("instance-{id}")),
+        ..Machine::default()
+    }
+}
+
+const NO_WAIT: Duration = Duration::from_millis(0);
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn ids_are_unique_and_increasing(f: Fixture) {
+    let first = f.a.allocate_job_id().await.unwrap();
+    let second = f.b.allocate_job_id().await.unwrap();
+    assert!(second > first);
+    assert!(first >= 1);
+    let vm = f.a.allocate_vm_id().await.unwrap();
+    assert!(vm >= 1000, "vm ids start at 1000, got {vm}");
+    assert!(f.b.allocate_vm_id().await.unwrap() > vm);
+}
+
+async fn queue_is_fifo(f: Fixture) {
+    let jobs = [
+        add(&*f.a, "one").await,
+        add(&*f.b, "two").await,
+        add(&*f.a, "three").await,
+    ];
+    let want: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(f.b.queued_ids().await.unwrap(), want);
+    for expected in &jobs {
+        let got = f.b.claim_next("m1", NO_WAIT).await.unwrap().expect("a job");
+        assert_eq!(got.id, expected.id);
+        assert_eq!(got.name, expected.name);
+        assert_eq!(got.owner.as_deref(), Some("m1"));
+    }
+    assert!(f.a.claim_next("m1", NO_WAIT).await.unwrap().is_none());
+    let stats = f.a.stats().await.unwrap();
+    assert_eq!((stats.live, stats.queued, stats.dead), (3, 0, 0));
+}
+
+async fn claim_waits_for_a_job_and_wakes_at_once(f: Fixture) {
+    let b = f.b.clone();
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let job = b.claim_next("m1", Duration::from_secs(20)).await;
+        (job, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let job = add(&*f.a, "late").await;
+    let (claimed, waited) = waiter.await.unwrap();
+    let claimed = claimed.unwrap().expect("woken with the job");
+    assert_eq!(claimed.id, job.id);
+    // Woken by the job, not by the 20 s timeout.
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    let none =
+        f.a.claim_next("m1", Duration::from_millis(100))
+            .await
+            .unwrap();
+    assert!(none.is_none());
+}
+
+async fn assign_update_and_finish(f: Fixture) {
+    let job = add(&*f.a, "run").await;
+    let mut held = f.b.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    held.assigned = true;
+    held.vm.id = Some(1000);
+    held.trace(format!("Dispatched job {} [try 0]", held.label()));
+    f.b.update_live(&held).await.unwrap();
+
+    let seen = f.a.live_job(job.id).await.unwrap().unwrap();
+    assert!(seen.assigned);
+    assert_eq!(seen.vm.id, Some(1000));
+    assert_eq!(seen.trace.len(), 2);
+
+    held.assigned = false;
+    held.trace("Success: Autodriver returned normally");
+    f.b.finish(&held, 0).await.unwrap();
+    assert!(f.a.live_job(job.id).await.unwrap().is_none());
+    let dead =
+        f.a.dead_job(job.id)
+            .await
+            .unwrap()
+            .expect("in the dead list");
+    assert!(!dead.assigned);
+    assert!(dead.owner.is_none());
+    assert!(
+        dead.trace
+            .last()
+            .unwrap()
+            .ends_with("|Success: Autodriver returned normally")
+    );
+    assert_eq!(f.a.dead_jobs().await.unwrap().len(), 1);
+    assert!(f.a.live_jobs().await.unwrap().is_empty());
+
+    // A dead job can still be updated (callback state), and only it.
+    let mut dead = dead;
+    dead.callback = Some(Default::default());
+    assert!(f.b.update_dead(&dead).await.unwrap());
+    assert!(
+        f.a.dead_job(job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .callback
+            .is_some()
+    );
+}
+
+async fn requeue_goes_to_the_front_unassigned(f: Fixture) {
+    let first = add(&*f.a, "first").await;
+    let second = add(&*f.a, "second").await;
+    let mut held = f.b.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(held.id, first.id);
+    held.assigned = true;
+    f.b.update_live(&held).await.unwrap();
+    held.retries += 1;
+    held.trace(format!("Job {} failed: boom", held.label()));
+    f.b.requeue(&held).await.unwrap();
+
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![first.id, second.id]);
+    let again = f.a.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.retries, 1);
+    assert!(!again.assigned);
+    assert_eq!(again.owner.as_deref(), Some("m2"));
+    assert!(again.trace.last().unwrap().contains("failed: boom"));
+}
+
+async fn writes_need_the_lease(f: Fixture) {
+    let job = add(&*f.a, "fenced").await;
+    // Not claimed yet: nobody holds it.
+    let mut stranger = job.clone();
+    stranger.owner = Some("m9".into());
+    assert!(matches!(
+        f.a.update_live(&stranger).await,
+        Err(StoreError::LeaseLost(id)) if id == job.id
+    ));
+    let held = f.b.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    let mut other = held.clone();
+    other.owner = Some("m2".into());
+    assert!(matches!(
+        f.a.update_live(&other).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        f.a.finish(&other, 0).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        f.a.requeue(&other).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    f.b.finish(&held, 0).await.unwrap();
+    // Finished: even the old holder cannot write it as live any more.
+    assert!(matches!(
+        f.b.update_live(&held).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+}
+
+async fn rejected_jobs_go_straight_to_dead(f: Fixture) {
+    let mut job = new_job(&*f.a, "bad").await;
+    job.trace.clear();
+    job.trace("validateJob: Image not found: nosuchimage");
+    f.a.add_dead(&job, 0).await.unwrap();
+    assert!(f.b.live_job(job.id).await.unwrap().is_none());
+    let dead = f.b.dead_job(job.id).await.unwrap().unwrap();
+    assert_eq!(dead.trace, job.trace);
+    assert!(f.b.queued_ids().await.unwrap().is_empty());
+}
+
+async fn dead_list_is_trimmed_oldest_first(f: Fixture) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job = new_job(&*f.a, &format!("d{i}")).await;
+        f.a.add_dead(&job, 3).await.unwrap();
+        ids.push(job.id);
+    }
+    let mut kept: Vec<JobId> =
+        f.b.dead_jobs()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+    kept.sort_unstable();
+    assert_eq!(kept, ids[2..].to_vec());
+    assert!(f.b.dead_job(ids[0]).await.unwrap().is_none());
+    assert_eq!(f.b.stats().await.unwrap().dead, 3);
+}
+
+async fn queue_cap_is_refused_clearly(f: Fixture) {
+    for i in 0..2 {
+        let job = new_job(&*f.a, &format!("q{i}")).await;
+        f.a.enqueue(&job, 2).await.unwrap();
+    }
+    let job = new_job(&*f.b, "overflow").await;
+    let err = f.b.enqueue(&job, 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::QueueFull(2)), "{err:?}");
+    assert!(err.to_string().contains("queue is full"), "{err}");
+    assert!(f.a.live_job(job.id).await.unwrap().is_none());
+    // Claiming one makes room.
+    f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    f.b.enqueue(&job, 2).await.unwrap();
+}
+
+async fn pools_add_take_free_remove(f: Fixture) {
+    f.a.heartbeat("m1", LEASE).await.unwrap();
+    f.a.heartbeat("m2", LEASE).await.unwrap();
+    f.a.pool_add("m1", "img", &machine(1000)).await.unwrap();
+    f.a.pool_add("m1", "img", &machine(1001)).await.unwrap();
+    f.b.pool_add("m2", "img", &machine(1002)).await.unwrap();
+    // Added machines are busy until freed.
+    assert!(f.a.pool_take("m1", "img").await.unwrap().is_none());
+    assert!(f.a.pool_free("m1", "img", &machine(1000)).await.unwrap());
+    assert!(f.a.pool_free("m1", "img", &machine(1001)).await.unwrap());
+    assert!(f.b.pool_free("m2", "img", &machine(1002)).await.unwrap());
+    // Not a member: refused, so the caller destroys it.
+    assert!(!f.a.pool_free("m1", "img", &machine(4242)).await.unwrap());
+    assert!(!f.a.pool_free("m1", "other", &machine(1000)).await.unwrap());
+
+    let pools = f.b.pools().await.unwrap();
+    let img = &pools["img"];
+    let mut total = img.total.clone();
+    total.sort_unstable();
+    assert_eq!(total, vec![1000, 1001, 1002]);
+    assert_eq!(img.free.len(), 3);
+
+    // Take is per owner, oldest free first, and returns the whole machine.
+    let taken = f.b.pool_take("m1", "img").await.unwrap().unwrap();
+    assert_eq!(taken.id, Some(1000));
+    assert_eq!(taken.instance.as_deref(), Some("instance-1000"));
+    let mine = f.a.owner_pools("m1").await.unwrap();
+    assert_eq!(mine["img"].total, vec![1000, 1001]);
+    assert_eq!(mine["img"].free, vec![1001]);
+
+    assert!(f.a.pool_remove("m1", "img", 1001).await.unwrap());
+    assert!(!f.a.pool_remove("m1", "img", 1001).await.unwrap());
+    assert!(f.a.pool_take("m1", "img").await.unwrap().is_none());
+    // A removed machine cannot come back to the free list.
+    assert!(!f.a.pool_free("m1", "img", &machine(1001)).await.unwrap());
+    assert_eq!(
+        f.b.owner_pools("m1").await.unwrap()["img"].total,
+        vec![1000]
+    );
+}
+
+async fn pool_targets_round_trip(f: Fixture) {
+    let target = PoolTarget {
+        image: "img".into(),
+        vmms: "local".into(),
+        size: 4,
+        cores: Some(1.5),
+        memory: Some(512),
+    };
+    f.a.set_pool_target("img", &target).await.unwrap();
+    let targets = f.b.pool_targets().await.unwrap();
+    assert_eq!(targets.get("img"), Some(&target));
+    let smaller = PoolTarget { size: 1, ..target };
+    f.b.set_pool_target("img", &smaller).await.unwrap();
+    assert_eq!(f.a.pool_targets().await.unwrap()["img"].size, 1);
+}
+
+async fn counters_add_up(f: Fixture) {
+    assert_eq!(f.a.counters().await.unwrap().job_requests, 0);
+    f.a.incr(Counter::JobRequests, 1).await.unwrap();
+    f.b.incr(Counter::JobRequests, 2).await.unwrap();
+    f.b.incr(Counter::RunjobTimeouts, 1).await.unwrap();
+    let c = f.a.counters().await.unwrap();
+    assert_eq!(c.job_requests, 3);
+    assert_eq!(c.runjob_timeouts, 1);
+    assert_eq!(c.copyin_errors, 0);
+}
+
+async fn dead_manager_jobs_and_machines_come_back(f: Fixture) {
+    let first = add(&*f.a, "first").await;
+    let second = add(&*f.a, "second").await;
+    let third = add(&*f.a, "third").await;
+    f.b.heartbeat("dying", Duration::from_millis(300))
+        .await
+        .unwrap();
+    f.a.heartbeat("healthy", LEASE).await.unwrap();
+    let mut one = f.b.claim_next("dying", NO_WAIT).await.unwrap().unwrap();
+    one.assigned = true;
+    one.retries = 1;
+    f.b.update_live(&one).await.unwrap();
+    let two = f.b.claim_next("dying", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!((one.id, two.id), (first.id, second.id));
+    f.b.pool_add("dying", "img", &machine(1000)).await.unwrap();
+    f.b.pool_free("dying", "img", &machine(1000)).await.unwrap();
+    f.b.pool_add("dying", "img", &machine(1001)).await.unwrap();
+
+    let mut owners = f.a.live_owners().await.unwrap();
+    owners.sort();
+    assert_eq!(owners, vec!["dying".to_string(), "healthy".to_string()]);
+    // Not yet expired: nothing to reap.
+    assert!(f.a.reap_expired().await.unwrap().requeued.is_empty());
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        f.a.live_owners().await.unwrap(),
+        vec!["healthy".to_string()]
+    );
+    // Pools of dead managers are not shown.
+    assert!(
+        f.a.pools()
+            .await
+            .unwrap()
+            .get("img")
+            .is_none_or(|p| p.total.is_empty())
+    );
+
+    let reaped = f.a.reap_expired().await.unwrap();
+    assert_eq!(reaped.owners, vec!["dying".to_string()]);
+    assert_eq!(reaped.requeued, vec![first.id, second.id]);
+    let mut machine_ids: Vec<u64> = reaped.machines.iter().filter_map(|m| m.id).collect();
+    machine_ids.sort_unstable();
+    assert_eq!(machine_ids, vec![1000, 1001]);
+    // The free one comes back whole, so it can be destroyed by its handle.
+    assert!(
+        reaped
+            .machines
+            .iter()
+            .any(|m| m.instance.as_deref() == Some("instance-1000"))
+    );
+
+    // Back at the front, in order, unassigned, retries kept.
+    assert_eq!(
+        f.a.queued_ids().await.unwrap(),
+        vec![first.id, second.id, third.id]
+    );
+    let again = f.a.claim_next("healthy", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.retries, 1);
+    assert!(!again.assigned);
+    // The dead manager's stale writes are refused.
+    assert!(matches!(
+        f.b.update_live(&one).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        f.b.finish(&two, 0).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // Reaping twice does nothing more.
+    assert!(f.a.reap_expired().await.unwrap().requeued.is_empty());
+}
+
+async fn leaving_manager_hands_jobs_back(f: Fixture) {
+    let job = add(&*f.a, "handed-back").await;
+    f.b.heartbeat("m1", LEASE).await.unwrap();
+    let held = f.b.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(held.id, job.id);
+    f.b.pool_add("m1", "img", &machine(1000)).await.unwrap();
+    assert_eq!(f.b.release_owner("m1").await.unwrap(), vec![job.id]);
+    assert!(f.a.live_owners().await.unwrap().is_empty());
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![job.id]);
+    assert!(f.a.owner_pools("m1").await.unwrap().is_empty());
+}
+
+async fn concurrent_adds_get_distinct_ids(f: Fixture) {
+    let mut tasks = Vec::new();
+    for (side, store) in [("a", f.a.clone()), ("b", f.b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..500 {
+                let job = new_job(&*store, &format!("{side}{i}")).await;
+                store.enqueue(&job, 0).await.unwrap();
+                ids.push(job.id);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<JobId> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), 1000, "ids must be distinct");
+    assert_eq!(f.a.stats().await.unwrap().queued, 1000);
+    let live: HashSet<JobId> =
+        f.b.live_jobs()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+    assert_eq!(live, distinct, "nothing lost");
+
+    // Two managers draining at once never get the same job.
+    let mut drains = Vec::new();
+    for (owner, store) in [("m1", f.a.clone()), ("m2", f.b.clone())] {
+        drains.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(job) = store.claim_next(owner, NO_WAIT).await.unwrap() {
+                got.push(job.id);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for d in drains {
+        claimed.extend(d.await.unwrap());
+    }
+    let unique: HashSet<JobId> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), 1000);
+    assert_eq!(unique, distinct);
+}
+
+macro_rules! contract {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($case:ident),* $(,)?) => {
+        contract!(memory: $($case),*);
+        // contract!(redis: $($case),*);
+    };
+}
+
+every_backend!(
+    ids_are_unique_and_increasing,
+    queue_is_fifo,
+    claim_waits_for_a_job_and_wakes_at_once,
+    assign_update_and_finish,
+    requeue_goes_to_the_front_unassigned,
+    writes_need_the_lease,
+    rejected_jobs_go_straight_to_dead,
+    dead_list_is_trimmed_oldest_first,
+    queue_cap_is_refused_clearly,
+    pools_add_take_free_remove,
+    pool_targets_round_trip,
+    counters_add_up,
+    dead_manager_jobs_and_machines_come_back,
+    leaving_manager_hands_jobs_back,
+    concurrent_adds_get_distinct_ids,
+);
