@@ -329,7 +329,7 @@ async fn add_job_options_are_honoured() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|j| j["id"].to_string() == id.as_str().unwrap())
+            .find(|j| j["id"].as_u64().map(|n| n.to_string()).as_deref() == id.as_str())
             .cloned()
             .unwrap_or_else(|| panic!("job {id} not listed: {live}"))
     };
@@ -377,6 +377,38 @@ async fn a_panicking_backend_is_a_json_error_and_the_server_lives_on() {
     assert_eq!(again["statusMsg"], "Job added", "{again}");
     let hello = server.client.get(&server.url).send().await.unwrap();
     assert_eq!(hello.text().await.unwrap(), HELLO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_a_clear_error_on_every_route_that_needs_it() {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start_with(Arc::new(support::api::DownStore), |_| {}).await;
+    let unavailable = json!({"statusId": -1,
+        "statusMsg": format!("job store unavailable: {}", support::api::DOWN)});
+    // Files do not need the store.
+    server.prepare_lab(LAB).await;
+    assert_eq!(
+        server.add_job(LAB, &autolab_job("course1")).await,
+        unavailable
+    );
+    for path in [
+        "/jobs/{KEY}/0/",
+        "/jobs/{KEY}/1/",
+        "/info/{KEY}/",
+        "/pool/{KEY}/",
+        "/pool/{KEY}/img/",
+        "/getPartialOutput/{KEY}/1/",
+    ] {
+        let path = path.replace("{KEY}", KEY);
+        assert_eq!(server.get_json(&path).await, unavailable, "{path}");
+    }
+    assert_eq!(
+        server
+            .post(&format!("/prealloc/{KEY}/{IMAGE}/2/"), &[], Vec::new())
+            .await,
+        json!({"statusId": -1,
+               "statusMsg": format!("Preallocate VM failed: job store unavailable: {}", support::api::DOWN)})
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1404,8 +1436,10 @@ proptest! {
     /// The same for courselab directories: always one level below the courselabs root.
     #[test]
     fn a_courselab_directory_is_always_directly_under_the_root(name in "[./\\\\a-z\\x00-]{0,12}|\\PC{0,40}") {
-        let mut config = tango::config::ServerConfig::default();
-        config.courselabs = "/srv/courselabs".into();
+        let config = tango::config::ServerConfig {
+            courselabs: "/srv/courselabs".into(),
+            ..Default::default()
+        };
         let labs = Labs::new(&config);
         if let Ok(lab) = labs.courselab(KEY, &name) {
             prop_assert_eq!(lab.dir.parent(), Some(Path::new("/srv/courselabs")));

@@ -521,3 +521,159 @@ pub fn resident_bytes() -> u64 {
         .expect("VmRSS value");
     kib * 1024
 }
+
+/// A store that cannot be reached: every call fails as a Redis store does when its server
+/// is down. (The memory store cannot fail; this is the one fault the API tests must cause.)
+pub struct DownStore;
+
+pub const DOWN: &str = "connection refused (test)";
+
+fn down<T>() -> Result<T, tango::store::StoreError> {
+    Err(tango::store::StoreError::Unavailable(DOWN.into()))
+}
+
+#[async_trait]
+impl JobStore for DownStore {
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+    async fn ping(&self) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn allocate_job_id(&self) -> Result<u64, tango::store::StoreError> {
+        down()
+    }
+    async fn allocate_vm_id(&self) -> Result<u64, tango::store::StoreError> {
+        down()
+    }
+    async fn enqueue(&self, _: &tango::model::Job, _: u64) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn claim_next(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> Result<Option<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
+    async fn update_live(&self, _: &tango::model::Job) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn requeue(&self, _: &tango::model::Job) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn finish(&self, _: &tango::model::Job, _: u64) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn add_dead(
+        &self,
+        _: &tango::model::Job,
+        _: u64,
+    ) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn update_dead(&self, _: &tango::model::Job) -> Result<bool, tango::store::StoreError> {
+        down()
+    }
+    async fn live_job(
+        &self,
+        _: u64,
+    ) -> Result<Option<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
+    async fn dead_job(
+        &self,
+        _: u64,
+    ) -> Result<Option<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
+    async fn live_jobs(&self) -> Result<Vec<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
+    async fn dead_jobs(&self) -> Result<Vec<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
+    async fn queued_ids(&self) -> Result<Vec<u64>, tango::store::StoreError> {
+        down()
+    }
+    async fn stats(&self) -> Result<tango::store::StoreStats, tango::store::StoreError> {
+        down()
+    }
+    async fn heartbeat(&self, _: &str, _: Duration) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn release_owner(&self, _: &str) -> Result<Vec<u64>, tango::store::StoreError> {
+        down()
+    }
+    async fn live_owners(&self) -> Result<Vec<String>, tango::store::StoreError> {
+        down()
+    }
+    async fn reap_expired(&self) -> Result<tango::store::Reaped, tango::store::StoreError> {
+        down()
+    }
+    async fn pool_add(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Machine,
+    ) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn pool_free(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Machine,
+    ) -> Result<bool, tango::store::StoreError> {
+        down()
+    }
+    async fn pool_take(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<Machine>, tango::store::StoreError> {
+        down()
+    }
+    async fn pool_remove(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<bool, tango::store::StoreError> {
+        down()
+    }
+    async fn pools(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, tango::model::PoolView>, tango::store::StoreError>
+    {
+        down()
+    }
+    async fn owner_pools(
+        &self,
+        _: &str,
+    ) -> Result<std::collections::BTreeMap<String, tango::model::PoolView>, tango::store::StoreError>
+    {
+        down()
+    }
+    async fn set_pool_target(
+        &self,
+        _: &str,
+        _: &tango::model::PoolTarget,
+    ) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn pool_targets(
+        &self,
+    ) -> Result<
+        std::collections::BTreeMap<String, tango::model::PoolTarget>,
+        tango::store::StoreError,
+    > {
+        down()
+    }
+    async fn incr(&self, _: tango::model::Counter, _: u64) -> Result<(), tango::store::StoreError> {
+        down()
+    }
+    async fn counters(&self) -> Result<tango::model::Counters, tango::store::StoreError> {
+        down()
+    }
+}
