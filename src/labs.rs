@@ -160,9 +160,9 @@ pub enum LabsError {
         "File too large: the limit is {limit} bytes (server.max_input_file_size); nothing was stored"
     )]
     TooLarge { limit: u64 },
-    /// The name is taken by something that is not a regular file (a directory, say).
-    #[error("Cannot store {name}: a directory or special file of that name exists")]
-    NotAFile { name: String },
+    /// The name is taken by a directory (the output directory, say).
+    #[error("Cannot store {name}: a directory of that name exists")]
+    IsADirectory { name: String },
     #[error("Upload interrupted: {0}")]
     Body(String),
     #[error("{context}: {source}")]
@@ -396,7 +396,7 @@ impl Labs {
                 }
                 // A symlink is replaced by the rename, never followed; a directory is not.
                 Ok(meta) if meta.is_dir() => {
-                    return Err(LabsError::NotAFile { name: shown_name });
+                    return Err(LabsError::IsADirectory { name: shown_name });
                 }
                 _ => {}
             }

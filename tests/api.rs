@@ -915,7 +915,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         (
             "Filename of the output directory",
             upload("output"),
-            Error("Cannot store output: a directory or special file of that name exists"),
+            Error("Cannot store output: a directory of that name exists"),
         ),
         (
             "no Filename",

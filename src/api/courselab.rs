@@ -1,5 +1,6 @@
 //! `open`, `upload` and `poll`: a client's files in its courselab directory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -8,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use tokio_util::io::ReaderStream;
 
 use super::ApiState;

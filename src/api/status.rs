@@ -122,7 +122,7 @@ pub fn method_not_allowed() -> Response {
 /// `statusId -1` and the `Display` text as `statusMsg`, as Tango does.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("Key not recognized")]
+    #[error("{WRONG_KEY}")]
     WrongKey,
     /// The request itself is wrong (a missing header, bad JSON, a wrong type, ...).
     #[error("{0}")]
