@@ -20,6 +20,8 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
+pub mod labs;
+#[cfg(feature = "daemon")]
 pub mod logging;
 #[cfg(feature = "daemon")]
 pub mod model;

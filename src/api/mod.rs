@@ -1,26 +1,174 @@
-//! The REST API, wire-compatible with Python Tango (PROTOCOL.md is the contract).
+//! The REST API, wire-compatible with Python Tango: same routes (each with its trailing
+//! slash), same methods, same status bodies; PROTOCOL.md is the contract and
+//! `docs/rest-api.md` / `docs/openapi.yaml` describe it for users.
+//!
+//! Handlers are thin: they check the key and the names a client sent, then call
+//! [`crate::labs`] (files), the store, and the backend through their traits. Errors from
+//! inside travel as typed errors and become Tango's `{"statusId": -1, "statusMsg": ...}` in
+//! [`status`], and only there. A handler that panics is a bug: a layer catches it, logs it,
+//! and answers the same JSON error; the server keeps serving.
+//!
+//! [`Endpoint::ALL`] is the route table the router is built from (and which a test compares
+//! with `docs/openapi.yaml`).
+
+mod courselab;
+mod images;
+mod info;
+mod job_request;
+mod jobs;
+mod keys;
+mod pools;
+mod request;
+pub mod status;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{MethodRouter, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::App;
+use crate::labs::Labs;
 
 /// The body of `GET /`, which health checks and tango-cli look for.
 pub const HELLO: &str = "Hello, world! RESTful Tango here!\n";
 
-/// Every route of the API.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new().route("/", get(hello)).with_state(app)
+/// What every handler gets: the daemon's services and the API's own helpers.
+pub(crate) struct ApiState {
+    pub app: Arc<App>,
+    pub labs: Labs,
+    pub keys: keys::Keys,
+    pub images: images::ImageCache,
 }
 
-async fn hello() -> (
-    [(axum::http::header::HeaderName, &'static str); 1],
-    &'static str,
-) {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/html; charset=UTF-8")],
-        HELLO,
-    )
+/// One route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Hello,
+    Open,
+    Upload,
+    AddJob,
+    Poll,
+    PartialOutput,
+    Info,
+    Jobs,
+    Pools,
+    Pool,
+    Prealloc,
+    Build,
+}
+
+impl Endpoint {
+    /// Every route, in PROTOCOL.md's order.
+    pub const ALL: [Endpoint; 12] = [
+        Endpoint::Hello,
+        Endpoint::Open,
+        Endpoint::Upload,
+        Endpoint::AddJob,
+        Endpoint::Poll,
+        Endpoint::PartialOutput,
+        Endpoint::Info,
+        Endpoint::Jobs,
+        Endpoint::Pools,
+        Endpoint::Pool,
+        Endpoint::Prealloc,
+        Endpoint::Build,
+    ];
+
+    /// The route's path pattern (axum's syntax, which is also OpenAPI's).
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Hello => "/",
+            Endpoint::Open => "/open/{key}/{courselab}/",
+            Endpoint::Upload => "/upload/{key}/{courselab}/",
+            Endpoint::AddJob => "/addJob/{key}/{courselab}/",
+            Endpoint::Poll => "/poll/{key}/{courselab}/{outputFile}/",
+            Endpoint::PartialOutput => "/getPartialOutput/{key}/{jobId}/",
+            Endpoint::Info => "/info/{key}/",
+            Endpoint::Jobs => "/jobs/{key}/{deadJobs}/",
+            Endpoint::Pools => "/pool/{key}/",
+            Endpoint::Pool => "/pool/{key}/{image}/",
+            Endpoint::Prealloc => "/prealloc/{key}/{image}/{num}/",
+            Endpoint::Build => "/build/{key}/",
+        }
+    }
+
+    /// The route's one method (as Python Tango served it).
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Upload | Endpoint::AddJob | Endpoint::Prealloc | Endpoint::Build => "POST",
+            _ => "GET",
+        }
+    }
+
+    fn handler(self) -> MethodRouter<Arc<ApiState>> {
+        match self {
+            Endpoint::Hello => get(hello),
+            Endpoint::Open => get(courselab::open),
+            Endpoint::Upload => post(courselab::upload),
+            Endpoint::AddJob => post(jobs::add_job),
+            Endpoint::Poll => get(courselab::poll),
+            Endpoint::PartialOutput => get(jobs::partial_output),
+            Endpoint::Info => get(info::info),
+            Endpoint::Jobs => get(jobs::jobs),
+            Endpoint::Pools => get(pools::all_pools),
+            Endpoint::Pool => get(pools::one_pool),
+            Endpoint::Prealloc => post(pools::prealloc),
+            Endpoint::Build => post(images::build),
+        }
+    }
+}
+
+/// Every route of the API, with Tornado's 404 and 405 pages and the panic guard.
+pub fn router(app: Arc<App>) -> Router {
+    let state = Arc::new(ApiState {
+        labs: Labs::new(&app.config.server),
+        keys: keys::Keys::new(&app.config.server.keys),
+        images: images::ImageCache::new(),
+        app,
+    });
+    let mut router = Router::new();
+    for endpoint in Endpoint::ALL {
+        router = router.route(endpoint.path(), endpoint.handler());
+    }
+    router
+        .fallback(|| async { status::not_found() })
+        .method_not_allowed_fallback(|| async { status::method_not_allowed() })
+        .layer(axum::middleware::from_fn(log_request))
+        .layer(CatchPanicLayer::custom(status::panicked))
+        .with_state(state)
+}
+
+async fn hello() -> Response {
+    let mut response = Response::new(axum::body::Body::from(HELLO));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(status::HTML_TYPE),
+    );
+    response
+}
+
+/// Logs each request by its route pattern (never the raw path: it holds the key).
+async fn log_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "(no route)".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        millis = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
 }

@@ -1,0 +1,65 @@
+//! `info`: how long this server has run and what its jobs have met.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::ApiState;
+use super::request::Params;
+use super::status::{self, ApiError};
+
+/// Tango's `/info` object, in its key order.
+#[derive(Serialize)]
+struct Info {
+    elapsed_secs: f64,
+    job_requests: u64,
+    job_retries: u64,
+    waitvm_timeouts: u64,
+    runjob_timeouts: u64,
+    copyin_errors: u64,
+    runjob_errors: u64,
+    copyout_errors: u64,
+    /// Python reported its thread count: one main thread plus a worker thread per running
+    /// job. We report the same quantity: running (assigned) jobs plus one.
+    num_threads: u64,
+}
+
+#[derive(Serialize)]
+struct InfoBody {
+    info: Info,
+}
+
+/// `GET /info/KEY/`.
+pub async fn info(
+    State(api): State<Arc<ApiState>>,
+    Params(key): Params<String>,
+) -> Result<Response, ApiError> {
+    api.keys.check(&key)?;
+    let app = &api.app;
+    let counters = app.store.counters().await?;
+    let running = app
+        .store
+        .live_jobs()
+        .await?
+        .iter()
+        .filter(|job| job.assigned)
+        .count() as u64;
+    Ok(status::ok(
+        status::OBTAINED_INFO,
+        InfoBody {
+            info: Info {
+                elapsed_secs: app.started.elapsed().as_secs_f64(),
+                job_requests: counters.job_requests,
+                job_retries: counters.job_retries,
+                waitvm_timeouts: counters.waitvm_timeouts,
+                runjob_timeouts: counters.runjob_timeouts,
+                copyin_errors: counters.copyin_errors,
+                runjob_errors: counters.runjob_errors,
+                copyout_errors: counters.copyout_errors,
+                num_threads: running + 1,
+            },
+        },
+    ))
+}

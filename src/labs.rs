@@ -1,0 +1,663 @@
+//! Courselab directories on disk: where a client's files go, under which names, and how they
+//! get there.
+//!
+//! A courselab is the directory `COURSELABS/<tenant>-<courselab>/`, where `tenant` is the
+//! first 16 hex digits of the SHA-256 of the API key (Python Tango put the key itself there,
+//! and `/jobs` printed it; see `docs/architecture.md`). Inside it: the uploaded input files,
+//! flat, and the `output/` directory the jobs write to.
+//!
+//! Every name a client gives (courselab, `Filename`, `localFile`, `destFile`, `output_file`,
+//! image) passes [`check_name`] once, here, and comes out as a [`SafeName`]; every path we
+//! build is a courselab directory plus one `SafeName`, so nothing a client sends can reach
+//! outside its courselab.
+//!
+//! Uploads are streamed: the body goes to a temporary file in `COURSELABS/tmp/` (the same
+//! filesystem, so the final rename is atomic) while it is hashed, in constant memory
+//! whatever its size, then renamed into place. An identical file already in place is left
+//! alone, as Tango did ("File exists").
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use tempfile::TempPath;
+
+use crate::config::ServerConfig;
+
+/// The longest file name most filesystems take (`NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Hex digits of the key's SHA-256 that name its tenant.
+const TENANT_LEN: usize = 16;
+
+/// The longest courselab name: its directory is `<tenant>-<courselab>`, one file name.
+pub const MAX_COURSELAB_LEN: usize = MAX_NAME_LEN - TENANT_LEN - 1;
+
+/// Where temporary uploads go, under `COURSELABS`. No courselab directory can have this
+/// name: theirs all start with a tenant and a dash.
+const TMP_DIR: &str = "tmp";
+
+/// Chunks in flight between the network and the disk writer during an upload; with hyper's
+/// chunks (a few hundred KiB at most) this bounds an upload's memory.
+const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The disk writer's buffer.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Entries the MD5 cache keeps before it starts over.
+const DIGEST_CACHE_ENTRIES: usize = 100_000;
+
+/// What is wrong with a name from a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is {len} bytes long, more than the {max} allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("'.' and '..' are not file names")]
+    Dots,
+    #[error("it contains '/'")]
+    Slash,
+    #[error("it contains '\\'")]
+    Backslash,
+    #[error("it contains a NUL byte")]
+    Nul,
+    #[error("it contains a control character")]
+    Control,
+}
+
+/// Checks that `name` is one plain file name: not empty, at most `max_len` bytes, not `.` or
+/// `..`, and free of `/`, `\`, NUL and other control characters (which have no business in
+/// a file name and would garble logs and trace lines).
+pub fn check_name(name: &str, max_len: usize) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if name.len() > max_len {
+        return Err(NameProblem::TooLong {
+            len: name.len(),
+            max: max_len,
+        });
+    }
+    if name == "." || name == ".." {
+        return Err(NameProblem::Dots);
+    }
+    for c in name.chars() {
+        match c {
+            '/' => return Err(NameProblem::Slash),
+            '\\' => return Err(NameProblem::Backslash),
+            '\0' => return Err(NameProblem::Nul),
+            c if c.is_control() => return Err(NameProblem::Control),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A name that passed [`check_name`]: joined to a directory, it names a file directly in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SafeName(String);
+
+impl SafeName {
+    /// Checks `name`, a client's `what` (`Filename`, `localFile`, ...).
+    pub fn new(what: &'static str, name: &str) -> Result<SafeName, LabsError> {
+        Self::with_max(what, name, MAX_NAME_LEN)
+    }
+
+    fn with_max(what: &'static str, name: &str, max_len: usize) -> Result<SafeName, LabsError> {
+        match check_name(name, max_len) {
+            Ok(()) => Ok(SafeName(name.to_string())),
+            Err(problem) => Err(LabsError::BadName {
+                what,
+                name: shown(name),
+                problem,
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SafeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A name as an error message shows it: quoted, escaped, and cut short if long.
+fn shown(name: &str) -> String {
+    const MAX_SHOWN: usize = 80;
+    let mut cut: String = name.chars().take(MAX_SHOWN).collect();
+    if cut.len() < name.len() {
+        cut.push_str("...");
+    }
+    format!("{cut:?}")
+}
+
+/// Why a courselab operation failed. The `Display` text is what the client reads.
+#[derive(Debug, thiserror::Error)]
+pub enum LabsError {
+    #[error("Invalid {what} {name}: {problem}")]
+    BadName {
+        what: &'static str,
+        /// Already quoted and shortened for display.
+        name: String,
+        problem: NameProblem,
+    },
+    /// The courselab directory does not exist (`open` was not called). Tango's text.
+    #[error("Courselab not found")]
+    CourselabNotFound,
+    #[error(
+        "File too large: the limit is {limit} bytes (server.max_input_file_size); nothing was stored"
+    )]
+    TooLarge { limit: u64 },
+    /// The name is taken by a directory (the output directory, say).
+    #[error("Cannot store {name}: a directory of that name exists")]
+    IsADirectory { name: String },
+    #[error("Upload interrupted: {0}")]
+    Body(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LabsError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> LabsError {
+        let context = context.into();
+        move |source| LabsError::Io { context, source }
+    }
+}
+
+/// One client's courselab: its checked name and its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Courselab {
+    pub name: SafeName,
+    pub dir: PathBuf,
+}
+
+impl Courselab {
+    /// An input file of this courselab.
+    pub fn file(&self, name: &SafeName) -> PathBuf {
+        self.dir.join(name.as_str())
+    }
+}
+
+/// What `open` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// True when the directory was made now.
+    pub created: bool,
+    /// Every input file already there: name → lowercase hex MD5.
+    pub files: BTreeMap<String, String>,
+}
+
+/// An upload received into a temporary file, not yet in place.
+#[derive(Debug)]
+pub struct Received {
+    /// The temporary file; deleted when dropped unless moved into place.
+    pub path: TempPath,
+    pub size: u64,
+    /// Lowercase hex MD5 of the content.
+    pub md5: String,
+}
+
+/// How an upload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Written (replacing any different file of that name).
+    Uploaded,
+    /// An identical file was there already; nothing changed.
+    Exists,
+}
+
+/// The courselabs directory and what is needed to work in it.
+pub struct Labs {
+    /// `server.courselabs`, made absolute so that paths recorded in jobs mean the same thing
+    /// to a manager running elsewhere on this host.
+    root: PathBuf,
+    output_folder: String,
+    max_input_file_size: u64,
+    digests: Arc<DigestCache>,
+}
+
+impl Labs {
+    pub fn new(server: &ServerConfig) -> Labs {
+        let root =
+            std::path::absolute(&server.courselabs).unwrap_or_else(|_| server.courselabs.clone());
+        Labs {
+            root,
+            output_folder: server.output_folder.clone(),
+            max_input_file_size: server.max_input_file_size,
+            digests: Arc::new(DigestCache::default()),
+        }
+    }
+
+    /// The tenant a key stands for: the first 16 hex digits of its SHA-256.
+    pub fn tenant(key: &str) -> String {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut hex = hex::encode(digest);
+        hex.truncate(TENANT_LEN);
+        hex
+    }
+
+    /// The largest upload accepted.
+    pub fn max_input_file_size(&self) -> u64 {
+        self.max_input_file_size
+    }
+
+    /// The courselab `name` of the client holding `key` (which the caller has checked).
+    pub fn courselab(&self, key: &str, name: &str) -> Result<Courselab, LabsError> {
+        let name = SafeName::with_max("courselab", name, MAX_COURSELAB_LEN)?;
+        let dir = self
+            .root
+            .join(format!("{}-{}", Self::tenant(key), name.as_str()));
+        Ok(Courselab { name, dir })
+    }
+
+    /// Where the jobs of `lab` write their output.
+    pub fn output_dir(&self, lab: &Courselab) -> PathBuf {
+        lab.dir.join(&self.output_folder)
+    }
+
+    /// The output file `name` of `lab`.
+    pub fn output_path(&self, lab: &Courselab, name: &SafeName) -> PathBuf {
+        self.output_dir(lab).join(name.as_str())
+    }
+
+    /// True when `lab`'s directory exists (`open` was called).
+    pub async fn exists(&self, lab: &Courselab) -> bool {
+        tokio::fs::metadata(&lab.dir)
+            .await
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+    }
+
+    /// Makes `lab`'s directory and its output directory if missing, and lists the MD5 of
+    /// every input file already there (so a client can skip uploading those).
+    pub async fn open(&self, lab: &Courselab) -> Result<Opened, LabsError> {
+        let dir = lab.dir.clone();
+        let output = self.output_dir(lab);
+        let output_folder = self.output_folder.clone();
+        let digests = self.digests.clone();
+        run_blocking(move || {
+            let created = !dir.is_dir();
+            std::fs::create_dir_all(&output)
+                .map_err(LabsError::io(format!("Cannot create {}", output.display())))?;
+            let files = if created {
+                BTreeMap::new()
+            } else {
+                list_digests(&dir, &output_folder, &digests)?
+            };
+            Ok(Opened { created, files })
+        })
+        .await
+    }
+
+    /// Streams `body` into a temporary file, hashing it as it goes. Refused with
+    /// [`LabsError::TooLarge`] (and nothing left on disk) beyond `server.max_input_file_size`.
+    pub async fn receive<S, E>(&self, body: S) -> Result<Received, LabsError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: fmt::Display,
+    {
+        let limit = self.max_input_file_size;
+        let tmp = self.tmp_dir().await?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix("upload")
+            .tempfile_in(&tmp)
+            .map_err(LabsError::io(format!(
+                "Cannot make a temporary file in {}",
+                tmp.display()
+            )))?
+            .into_parts();
+
+        // The disk and the hash are on a blocking thread, so a large upload never stalls the
+        // runtime; the channel is bounded, so a slow disk slows the client, not our memory.
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Bytes>(UPLOAD_CHUNKS_IN_FLIGHT);
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<String> {
+            let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, file);
+            let mut hasher = Md5::new();
+            while let Some(chunk) = incoming.blocking_recv() {
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
+            Ok(hex::encode(hasher.finalize()))
+        });
+
+        let mut size: u64 = 0;
+        let mut failure = None;
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failure = Some(LabsError::Body(e.to_string()));
+                    break;
+                }
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                failure = Some(LabsError::TooLarge { limit });
+                break;
+            }
+            if chunks.send(chunk).await.is_err() {
+                // The writer stopped on an error; it is reported below.
+                break;
+            }
+        }
+        drop(chunks);
+        let written = writer.await;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let md5 = match written {
+            Ok(Ok(md5)) => md5,
+            Ok(Err(e)) => return Err(LabsError::io("Cannot write the upload to disk")(e)),
+            Err(e) => return Err(LabsError::Body(format!("the disk writer failed: {e}"))),
+        };
+        Ok(Received { path, size, md5 })
+    }
+
+    /// Moves a received upload into `lab` as `name`, unless an identical file is there.
+    pub async fn store(
+        &self,
+        lab: &Courselab,
+        name: &SafeName,
+        received: Received,
+    ) -> Result<Stored, LabsError> {
+        let dest = lab.file(name);
+        let dir = lab.dir.clone();
+        let shown_name = name.to_string();
+        let digests = self.digests.clone();
+        run_blocking(move || {
+            if !dir.is_dir() {
+                return Err(LabsError::CourselabNotFound);
+            }
+            match std::fs::symlink_metadata(&dest) {
+                Ok(meta)
+                    if meta.is_file()
+                        && meta.len() == received.size
+                        && digests.md5(&dest, &meta).ok().as_deref() == Some(&received.md5) =>
+                {
+                    return Ok(Stored::Exists);
+                }
+                // A symlink is replaced by the rename, never followed; a directory is not.
+                Ok(meta) if meta.is_dir() => {
+                    return Err(LabsError::IsADirectory { name: shown_name });
+                }
+                _ => {}
+            }
+            let Received { path, md5, .. } = received;
+            path.persist(&dest).map_err(|e| LabsError::Io {
+                context: format!("Cannot store {shown_name}"),
+                source: e.error,
+            })?;
+            if let Ok(meta) = std::fs::symlink_metadata(&dest) {
+                digests.remember(&dest, &meta, md5);
+            }
+            Ok(Stored::Uploaded)
+        })
+        .await
+    }
+
+    /// Opens the output file `name` of `lab` for reading, if it is there (a regular file).
+    pub async fn open_output(
+        &self,
+        lab: &Courselab,
+        name: &SafeName,
+    ) -> Result<Option<tokio::fs::File>, LabsError> {
+        let path = self.output_path(lab, name);
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) if meta.is_file() => {}
+            _ => return Ok(None),
+        }
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LabsError::io(format!("Cannot read output file {name}"))(e)),
+        }
+    }
+
+    /// `COURSELABS/tmp`, made (private) if missing.
+    async fn tmp_dir(&self) -> Result<PathBuf, LabsError> {
+        let tmp = self.root.join(TMP_DIR);
+        let made = tmp.clone();
+        run_blocking(move || {
+            match std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&made)
+            {
+                Ok(()) => Ok(()),
+                Err(e) => Err(LabsError::io(format!("Cannot create {}", made.display()))(
+                    e,
+                )),
+            }
+        })
+        .await?;
+        Ok(tmp)
+    }
+}
+
+/// Runs filesystem work on the blocking pool.
+async fn run_blocking<T, F>(work: F) -> Result<T, LabsError>
+where
+    F: FnOnce() -> Result<T, LabsError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(LabsError::Io {
+            context: "Filesystem task failed".into(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Name → MD5 of the regular files directly in `dir` (not the output directory, not links).
+fn list_digests(
+    dir: &Path,
+    output_folder: &str,
+    digests: &DigestCache,
+) -> Result<BTreeMap<String, String>, LabsError> {
+    let mut files = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(LabsError::io(format!("Cannot list {}", dir.display())))?;
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue; // not UTF-8: no client could name it in JSON anyway
+        };
+        if name == output_folder {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // removed meanwhile
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        match digests.md5(&path, &meta) {
+            Ok(md5) => {
+                files.insert(name, md5);
+            }
+            // Leaving a file out only makes the client upload it again.
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot hash input file"),
+        }
+    }
+    Ok(files)
+}
+
+/// The MD5 of files we have hashed, so `open` does not re-read every input file of a
+/// courselab each time (Autolab calls it for every submission). An entry is valid while the
+/// file's identity, size, mtime and ctime are unchanged; ctime cannot be set by anyone, so
+/// any write to the file invalidates its entry.
+#[derive(Default)]
+struct DigestCache {
+    entries: Mutex<HashMap<PathBuf, (Stamp, String)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl DigestCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Stamp, String)>> {
+        // A cache: after a panic elsewhere its worst content is a stale entry, which the
+        // stamp check rejects.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MD5 of `path` (whose metadata is `meta`), from the cache or by reading it.
+    fn md5(&self, path: &Path, meta: &std::fs::Metadata) -> io::Result<String> {
+        let stamp = Stamp::of(meta);
+        if let Some((known, md5)) = self.lock().get(path)
+            && *known == stamp
+        {
+            return Ok(md5.clone());
+        }
+        let md5 = md5_of_file(path)?;
+        // Store it only if the file did not change while we read it.
+        if let Ok(after) = std::fs::symlink_metadata(path)
+            && Stamp::of(&after) == stamp
+        {
+            self.remember(path, &after, md5.clone());
+        }
+        Ok(md5)
+    }
+
+    fn remember(&self, path: &Path, meta: &std::fs::Metadata, md5: String) {
+        let mut entries = self.lock();
+        if entries.len() >= DIGEST_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(path.to_path_buf(), (Stamp::of(meta), md5));
+    }
+}
+
+/// Lowercase hex MD5 of a file, read in pieces.
+fn md5_of_file(path: &Path) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0u8; WRITE_BUFFER];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_pass() {
+        for name in [
+            "hello.c",
+            "autograde-Makefile",
+            "user@x.edu_1_hello.c",
+            "a b+c%d",
+            ".hidden",
+            "...",
+            "15213-f24-malloclab",
+            "ünïcode",
+        ] {
+            assert_eq!(check_name(name, MAX_NAME_LEN), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_names_say_what_is_wrong() {
+        let cases: [(&str, NameProblem); 8] = [
+            ("", NameProblem::Empty),
+            (".", NameProblem::Dots),
+            ("..", NameProblem::Dots),
+            ("../x", NameProblem::Slash),
+            ("a/b", NameProblem::Slash),
+            ("a\\b", NameProblem::Backslash),
+            ("a\0b", NameProblem::Nul),
+            ("a\nb", NameProblem::Control),
+        ];
+        for (name, problem) in cases {
+            assert_eq!(check_name(name, MAX_NAME_LEN), Err(problem), "{name:?}");
+        }
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            check_name(&long, MAX_NAME_LEN),
+            Err(NameProblem::TooLong {
+                len: MAX_NAME_LEN + 1,
+                max: MAX_NAME_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn error_text_names_the_field_and_the_problem() {
+        let err = SafeName::new("Filename", "../etc/passwd").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid Filename \"../etc/passwd\": it contains '/'"
+        );
+    }
+
+    #[test]
+    fn tenant_is_a_short_hash_of_the_key() {
+        // SHA-256("test") = 9f86d081884c7d65...
+        assert_eq!(Labs::tenant("test"), "9f86d081884c7d65");
+    }
+
+    #[test]
+    fn courselab_directory_holds_the_tenant_not_the_key() {
+        let config = ServerConfig {
+            courselabs: PathBuf::from("/srv/courselabs"),
+            ..ServerConfig::default()
+        };
+        let labs = Labs::new(&config);
+        let lab = labs.courselab("s3cret", "course1-hello").unwrap();
+        assert_eq!(
+            lab.dir,
+            PathBuf::from(format!(
+                "/srv/courselabs/{}-course1-hello",
+                Labs::tenant("s3cret")
+            ))
+        );
+        assert!(!lab.dir.to_string_lossy().contains("s3cret"));
+        let long = "c".repeat(MAX_COURSELAB_LEN + 1);
+        assert!(labs.courselab("k", &long).is_err());
+        assert!(labs.courselab("k", &"c".repeat(MAX_COURSELAB_LEN)).is_ok());
+    }
+}
