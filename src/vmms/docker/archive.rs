@@ -146,7 +146,11 @@ pub fn check_input_name(name: &str) -> Result<(), ArchiveError> {
 /// each input, owned by the job user, with the host file's permission bits (as Tango's copy
 /// kept them) plus the owner's read and write. Every file is opened before the first byte is
 /// sent, so a missing input fails here, with its name, rather than half way through.
-pub async fn inputs(inputs: &[InputFile], uid: u32, gid: u32) -> Result<ArchiveStream, ArchiveError> {
+pub async fn inputs(
+    inputs: &[InputFile],
+    uid: u32,
+    gid: u32,
+) -> Result<ArchiveStream, ArchiveError> {
     let owner = Owner {
         uid: u64::from(uid),
         gid: u64::from(gid),
@@ -185,7 +189,9 @@ pub async fn inputs(inputs: &[InputFile], uid: u32, gid: u32) -> Result<ArchiveS
             &owner,
         )
         .map_err(|e| io_error(local, e))?;
-        parts.push(Box::pin(stream::once(async move { Ok(Bytes::from(header)) })));
+        parts.push(Box::pin(stream::once(
+            async move { Ok(Bytes::from(header)) },
+        )));
         // Exactly `size` bytes, as the header says: a file that shrank meanwhile fails the
         // upload instead of shifting every later entry.
         let path = local.clone();
@@ -274,7 +280,11 @@ pub struct FileHead {
 /// returns the first `max_bytes` of the one regular file in it. Stops reading once it has
 /// enough, so a huge file costs no more than the cap. `path` must name the file (its last
 /// component is what the archive's entry must be called).
-pub async fn read_file<S, E>(mut stream: S, path: &str, max_bytes: u64) -> Result<FileHead, ReadError<E>>
+pub async fn read_file<S, E>(
+    mut stream: S,
+    path: &str,
+    max_bytes: u64,
+) -> Result<FileHead, ReadError<E>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
@@ -512,11 +522,7 @@ mod tests {
             },
         ];
         let s = inputs(&list, 4242, 4243).await.unwrap();
-        let bytes: Vec<u8> = s
-            .map(|c| c.unwrap())
-            .collect::<Vec<_>>()
-            .await
-            .concat();
+        let bytes: Vec<u8> = s.map(|c| c.unwrap()).collect::<Vec<_>>().await.concat();
         let mut ar = tar::Archive::new(&bytes[..]);
         let mut seen = Vec::new();
         for entry in ar.entries().unwrap() {

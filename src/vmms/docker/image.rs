@@ -205,9 +205,15 @@ mod tests {
     fn short_names_resolve_to_a_tag_preferring_latest() {
         let tags = ["course/gcc:12", "course/gcc:latest", "other/python:3"];
         assert_eq!(resolve("gcc", tags).as_deref(), Some("course/gcc:latest"));
-        assert_eq!(resolve("course/gcc:12", tags).as_deref(), Some("course/gcc:12"));
+        assert_eq!(
+            resolve("course/gcc:12", tags).as_deref(),
+            Some("course/gcc:12")
+        );
         assert_eq!(resolve("python", tags).as_deref(), Some("other/python:3"));
-        assert_eq!(resolve("other/python", tags).as_deref(), Some("other/python:3"));
+        assert_eq!(
+            resolve("other/python", tags).as_deref(),
+            Some("other/python:3")
+        );
         assert_eq!(resolve("java", tags), None);
         assert_eq!(
             resolve("ubuntu", ["ubuntu:latest", "x/ubuntu:1"]).as_deref(),
@@ -217,8 +223,14 @@ mod tests {
 
     #[test]
     fn container_names_are_what_docker_accepts() {
-        assert_eq!(container_name("local-1001-autograding_image"), "local-1001-autograding_image");
-        assert_eq!(container_name("local-5-course/gcc:12"), "local-5-course_gcc_12");
+        assert_eq!(
+            container_name("local-1001-autograding_image"),
+            "local-1001-autograding_image"
+        );
+        assert_eq!(
+            container_name("local-5-course/gcc:12"),
+            "local-5-course_gcc_12"
+        );
         assert_eq!(container_name("_x"), "x_x");
     }
 
@@ -255,7 +267,10 @@ mod tests {
         let t = tarball_with(&format!(
             r#"[{{"Config":"blobs/sha256/{hex}","RepoTags":null,"Layers":[]}}]"#
         ));
-        assert_eq!(read_saved_image(t.path()).unwrap().repo_tags, Vec::<String>::new());
+        assert_eq!(
+            read_saved_image(t.path()).unwrap().repo_tags,
+            Vec::<String>::new()
+        );
 
         let t = tarball_with(&format!(
             r#"[{{"Config":"{hex}.json","RepoTags":[]}},{{"Config":"{hex}.json","RepoTags":[]}}]"#

@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkDisconnectRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkDisconnectRequest,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, ImportImageOptions,
-    KillContainerOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
-    RemoveImageOptions, TagImageOptions, UploadToContainerOptions,
+    CreateContainerOptions, DownloadFromContainerOptions, ImportImageOptions, KillContainerOptions,
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions,
+    TagImageOptions, UploadToContainerOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -74,7 +76,14 @@ const IDLE_COMMAND: &str = "while :; do sleep 86400; done";
 /// (own the grading directory: CHOWN, FOWNER, DAC_OVERRIDE), become the job's user
 /// (SETUID, SETGID) and kill the job's processes afterwards (KILL). Everything else is
 /// dropped; the job itself runs without any, and `no-new-privileges` stops it gaining them.
-pub const CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"];
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "SETUID",
+    "SETGID",
+    "KILL",
+];
 
 /// The network containers are created on; `disable_network` jobs are disconnected from it
 /// before they run, which leaves them only `lo`.
@@ -353,10 +362,19 @@ impl DockerVmms {
             }
             other => other?,
         };
+        // Until the container is ready and handed over, it is removed if this call fails or
+        // is abandoned (the worker's step timeout drops the future): no orphan is left for a
+        // live manager, which would not clean it until it restarts.
+        let mut orphan = OrphanGuard {
+            client: engine.client.clone(),
+            id: Some(id.clone()),
+        };
         if let Err(e) = self.prepare(engine, &id, vm).await {
+            orphan.id = None;
             let _ = self.remove(engine, &id).await;
             return Err(e);
         }
+        orphan.id = None;
         Ok(id)
     }
 
@@ -393,10 +411,7 @@ impl DockerVmms {
                     engine.client.inspect_container(name, None),
                 )
                 .await?;
-                let labels = existing
-                    .config
-                    .and_then(|c| c.labels)
-                    .unwrap_or_default();
+                let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
                 let ours = labels.get(LABEL_PREFIX) == Some(&self.prefix)
                     && vm.owner.is_some()
                     && labels.get(LABEL_OWNER) == vm.owner.as_ref();
@@ -405,7 +420,10 @@ impl DockerVmms {
                         "the name {name} is taken by a container this manager did not make"
                     )));
                 }
-                tracing::info!(container = name, "removing our leftover container of the same name");
+                tracing::info!(
+                    container = name,
+                    "removing our leftover container of the same name"
+                );
                 if let Some(old) = existing.id {
                     self.remove(engine, &old).await?;
                 }
@@ -453,15 +471,23 @@ impl DockerVmms {
     }
 
     /// The tag a job's image name stands for on an engine, if any.
-    async fn resolve_image(&self, engine: &Engine, wanted: &str) -> Result<Option<String>, DockerError> {
+    async fn resolve_image(
+        &self,
+        engine: &Engine,
+        wanted: &str,
+    ) -> Result<Option<String>, DockerError> {
         let images = call(
             engine,
             "list images",
             Some(CONTROL_TIMEOUT),
-            engine.client.list_images(Some(ListImagesOptions::default())),
+            engine
+                .client
+                .list_images(Some(ListImagesOptions::default())),
         )
         .await?;
-        let tags = images.iter().flat_map(|i| i.repo_tags.iter().map(String::as_str));
+        let tags = images
+            .iter()
+            .flat_map(|i| i.repo_tags.iter().map(String::as_str));
         Ok(image::resolve(wanted, tags))
     }
 
@@ -549,7 +575,12 @@ impl DockerVmms {
         ];
         match self.job_user(vm) {
             JobUser::Id { uid, gid } => {
-                cmd.extend(["--uid".into(), uid.to_string(), "--gid".into(), gid.to_string()]);
+                cmd.extend([
+                    "--uid".into(),
+                    uid.to_string(),
+                    "--gid".into(),
+                    gid.to_string(),
+                ]);
             }
             JobUser::Named(name) => cmd.extend(["--user".into(), name]),
         }
@@ -654,6 +685,33 @@ impl DockerVmms {
         .await;
         if let Err(e) = result {
             tracing::warn!(container = id, "could not kill the container: {e}");
+        }
+    }
+}
+
+/// Removes a container whose creation was abandoned half way, in the background.
+struct OrphanGuard {
+    client: bollard::Docker,
+    /// Set while the container is not yet handed over.
+    id: Option<String>,
+}
+
+impl Drop for OrphanGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
+                let removal = client.remove_container(&id, Some(options));
+                if let Ok(Err(e)) = tokio::time::timeout(CONTROL_TIMEOUT, removal).await {
+                    tracing::warn!(container = %id, "could not remove an abandoned container: {e}");
+                }
+            });
         }
     }
 }
@@ -876,7 +934,10 @@ impl Vmms for DockerVmms {
                         return Ok(());
                     }
                     use bollard::models::ContainerStateStatusEnum as Status;
-                    if matches!(state.status, Some(Status::EXITED | Status::DEAD | Status::REMOVING)) {
+                    if matches!(
+                        state.status,
+                        Some(Status::EXITED | Status::DEAD | Status::REMOVING)
+                    ) {
                         return Err(VmmsError::Backend(format!(
                             "container {id} stopped before any job ran (exit code {}{})",
                             state.exit_code.unwrap_or(-1),
@@ -1106,7 +1167,9 @@ impl Vmms for DockerVmms {
                     image,
                     vmms: self.vmms_name.clone(),
                     id: label(LABEL_VM_ID).and_then(|v| v.parse().ok()),
-                    instance: c.id.or_else(|| Some(name.trim_start_matches('/').to_string())),
+                    instance: c
+                        .id
+                        .or_else(|| Some(name.trim_start_matches('/').to_string())),
                     host: Some(engine.url.clone()),
                     owner: label(LABEL_OWNER),
                     ..Default::default()
@@ -1145,7 +1208,9 @@ impl Vmms for DockerVmms {
                 engine,
                 "list images",
                 Some(CONTROL_TIMEOUT),
-                engine.client.list_images(Some(ListImagesOptions::default())),
+                engine
+                    .client
+                    .list_images(Some(ListImagesOptions::default())),
             )
             .await
             {
@@ -1177,7 +1242,10 @@ impl Vmms for DockerVmms {
                 if self.exists_vm(vm).await? {
                     Ok(Vec::new())
                 } else {
-                    Err(VmmsError::NotFound(format!("{}: {e}", self.instance_name(vm))))
+                    Err(VmmsError::NotFound(format!(
+                        "{}: {e}",
+                        self.instance_name(vm)
+                    )))
                 }
             }
             Err(other) => Err(other.into()),
@@ -1249,10 +1317,12 @@ impl DockerVmms {
             before.push((tag.clone(), previous));
         }
 
-        let file = tokio::fs::File::open(tarball).await.map_err(|e| DockerError::Config {
-            engine: engine.url.clone(),
-            message: format!("cannot open the image tarball: {e}"),
-        })?;
+        let file = tokio::fs::File::open(tarball)
+            .await
+            .map_err(|e| DockerError::Config {
+                engine: engine.url.clone(),
+                message: format!("cannot open the image tarball: {e}"),
+            })?;
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
         let mut progress = Box::pin(engine.client.import_image(
             ImportImageOptions {
