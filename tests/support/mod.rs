@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
