@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod jobs;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
