@@ -975,3 +975,227 @@ async fn the_registry_opens_docker_for_both_tango_names() {
         assert!(!backend.reusable());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The example jobs, with the real autodriver
+// ---------------------------------------------------------------------------------------
+
+/// What one example job did on the backend.
+struct JobRun {
+    outcome: RunOutcome,
+    output: Vec<u8>,
+    /// Partial outputs read while `run_job` had not returned.
+    partials: Vec<Vec<u8>>,
+}
+
+/// Runs an example job from `shared/jobs` on a fresh machine, as the worker would: create,
+/// wait, copy in, run (reading partial output meanwhile when the job expects it), copy out,
+/// destroy. Then checks the run against the job's `expect` file.
+async fn run_example(name: &str, timeout: u64, disable_network: bool) -> JobRun {
+    run_job_folder(support::jobs::job(name), timeout, disable_network).await
+}
+
+/// [`run_example`] for any job folder with its expectations.
+async fn run_job_folder(job: support::jobs::Job, timeout: u64, disable_network: bool) -> JobRun {
+    let name = job.name.as_str();
+    let image = test_image();
+    let prefix = unique_prefix(name);
+    let _cleanup = Cleanup::new(&prefix);
+    let config = config(&prefix);
+    let backend = real_backend(&config).await;
+    let vm = ready_machine(&backend, 4000, image).await;
+    let files: Vec<InputFile> = job
+        .input_files()
+        .iter()
+        .map(|p| InputFile {
+            local_file: p.display().to_string(),
+            dest_file: p.file_name().unwrap().to_string_lossy().into_owned(),
+        })
+        .collect();
+    backend.copy_in(&vm, &files).await.expect("copy_in");
+
+    let spec = RunSpec {
+        job_id: 4000,
+        job_name: name.to_string(),
+        timeout,
+        max_output: config.limits.max_output_file_size,
+        ulimit_user_proc: config.limits.ulimit_user_proc,
+        ulimit_file_size: config.limits.ulimit_file_size,
+        disable_network,
+    };
+    let watch_partial = !job.expect.partial_output_contains_while_running.is_empty();
+    let run = backend.run_job(&vm, &spec);
+    tokio::pin!(run);
+    let mut partials = Vec::new();
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome.expect("run_job"),
+            _ = tokio::time::sleep(Duration::from_millis(500)), if watch_partial => {
+                let part = backend
+                    .get_partial_output(&vm, spec.max_output)
+                    .await
+                    .expect("get_partial_output while running");
+                partials.push(part);
+            }
+        }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("output");
+    backend
+        .copy_out(&vm, &dest, spec.max_output)
+        .await
+        .expect("copy_out");
+    let output = std::fs::read(&dest).unwrap();
+    backend.safe_destroy_vm(&vm).await.expect("safe_destroy_vm");
+
+    // The checks every example's expect file asks for.
+    let code = outcome.status();
+    assert!(
+        job.expect.allows_autodriver_exit(code),
+        "{name}: autodriver exit {code} is not what expect says ({:?}); output:\n{}",
+        job.expect.status,
+        String::from_utf8_lossy(&output)
+    );
+    let limits = support::jobs::Limits {
+        osize: spec.max_output,
+        fsize: spec.ulimit_file_size,
+        network_disabled: disable_network,
+    };
+    if let Err(e) = job.expect.check_output(&output, &limits) {
+        panic!("{name}: {e}");
+    }
+    for want in &job.expect.partial_output_contains_while_running {
+        assert!(
+            partials
+                .iter()
+                .any(|p| support::jobs::contains(p, want.as_bytes())),
+            "{name}: no partial output read while running contained {want:?}: {partials:?}"
+        );
+    }
+    JobRun {
+        outcome,
+        output,
+        partials,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_hello() {
+    let run = run_example("hello", 60, false).await;
+    assert_eq!(run.outcome, RunOutcome::Exited(0));
+    let text = String::from_utf8_lossy(&run.output);
+    // The autodriver injected into a stock image ran make in the grading directory.
+    assert!(text.contains("Makefile"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_score() {
+    run_example("score", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_nonzero() {
+    run_example("nonzero", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_forever_times_out() {
+    let run = run_example("forever", 3, false).await;
+    assert_eq!(
+        run.outcome,
+        RunOutcome::Exited(2),
+        "the autodriver's own timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_flood_is_cut_to_the_limit() {
+    run_example("flood", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_bigfile_is_stopped_by_the_file_size_limit() {
+    run_example("bigfile", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_binary_output_survives() {
+    let run = run_example("binary", 60, false).await;
+    assert!(support::jobs::contains(&run.output, b"\xff\xfe"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_files_of_several_kinds() {
+    run_example("files", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_network_shows_only_lo_when_disabled() {
+    run_example("network", 60, true).await;
+    let open = run_example("network", 60, false).await;
+    let text = String::from_utf8_lossy(&open.output);
+    assert!(
+        text.contains("eth0"),
+        "with network the job sees eth0: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_partial_output_is_readable_while_it_runs() {
+    let run = run_example("partial", 60, false).await;
+    assert!(
+        run.partials.len() >= 3,
+        "read several times: {}",
+        run.partials.len()
+    );
+    // Some reads happened well before the end, and each was a prefix of the log.
+    assert!(
+        run.partials
+            .iter()
+            .any(|p| !p.is_empty() && !support::jobs::contains(p, b"tick 20")),
+        "read while running"
+    );
+    for p in &run.partials {
+        assert!(p.starts_with(b"tick 1\n") || p.is_empty(), "{p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_memhog_ends_normally_under_the_memory_limit() {
+    run_example("memhog", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_eats_memory_is_killed_by_the_memory_limit() {
+    // The shared memhog job uses `tail -c 1`, which keeps only one byte and never eats
+    // memory; `tail -n 1` of a stream with no newline buffers all of it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Makefile"),
+        "autograde:\n\t@echo \"eating memory\"\n\t@head -c 2000000000 /dev/zero | tail -n 1 > /dev/null; echo \"tail exit $$?\"\n",
+    )
+    .unwrap();
+    let job = support::jobs::Job {
+        name: "realhog".into(),
+        dir: dir.path().to_path_buf(),
+        // 137: killed by SIGKILL, which is what the cgroup's OOM killer sends.
+        expect: support::jobs::Expect::parse(
+            "status: success\noutput_contains: eating memory\noutput_contains: tail exit 137\n",
+        ),
+    };
+    run_job_folder(job, 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_forkbomb_is_contained_and_others_run_on() {
+    let bomb = tokio::spawn(run_example("forkbomb", 10, false));
+    // Another job runs meanwhile, on its own machine and uid, and is not starved.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let neighbour = run_example("hello", 60, false).await;
+    assert_eq!(neighbour.outcome, RunOutcome::Exited(0));
+    let run = bomb.await.expect("the forkbomb test task");
+    assert!(matches!(run.outcome, RunOutcome::Exited(0 | 2)));
+    // And the engine still answers.
+    docker_ok(&["info", "--format", "{{.ServerVersion}}"]);
+}

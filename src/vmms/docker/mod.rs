@@ -72,10 +72,12 @@ pub const OUTPUT_SLACK: u64 = 4096;
 /// has them). Docker's init runs as PID 1 above it and reaps orphans.
 const IDLE_COMMAND: &str = "while :; do sleep 86400; done";
 
-/// Capabilities left to root in the container: what the autodriver needs to set the job up
-/// (own the grading directory: CHOWN, FOWNER, DAC_OVERRIDE), become the job's user
-/// (SETUID, SETGID) and kill the job's processes afterwards (KILL). Everything else is
-/// dropped; the job itself runs without any, and `no-new-privileges` stops it gaining them.
+/// Capabilities left to root in the container: what the autodriver needs to give the grading
+/// directory to the job (CHOWN), remove what the job left (DAC_OVERRIDE for mode-000 files,
+/// FOWNER for sticky directories), become the job's uid (SETUID, SETGID) and kill the job's
+/// processes (KILL, for its root-side kills). Each was found needed by removing it (see
+/// docs/backends.md). The job itself runs without any, and `no-new-privileges` stops it
+/// gaining them.
 pub const CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
