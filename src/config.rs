@@ -848,6 +848,21 @@ impl Config {
                 );
             }
         }
+        if self.docker.job_uid_count > 0 {
+            // The range must stay clear of root and the system's users, and fit in a uid.
+            let last =
+                u64::from(self.docker.job_uid_base) + u64::from(self.docker.job_uid_count) - 1;
+            if self.docker.job_uid_base < 1000 || last >= u64::from(u32::MAX) {
+                return invalid(
+                    "docker.job_uid_base",
+                    format!(
+                        "job uids {}..={last} must start at 1000 or above and stay below {}",
+                        self.docker.job_uid_base,
+                        u32::MAX
+                    ),
+                );
+            }
+        }
         if !["public_ip", "private_ip", "dns_name", "bastion"]
             .contains(&self.ec2.ssh_address.as_str())
         {
@@ -1076,6 +1091,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("server.keys:"), "{err}");
+    }
+
+    #[test]
+    fn job_uids_stay_clear_of_root() {
+        let err = Config::parse("[docker]\njob_uid_base = 0\n", "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("docker.job_uid_base:"), "{err}");
+        let named = Config::parse("[docker]\njob_uid_base = 0\njob_uid_count = 0\n", "t");
+        assert!(
+            named.unwrap().validate().is_ok(),
+            "a named user needs no range"
+        );
     }
 
     #[test]
