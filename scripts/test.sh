@@ -61,7 +61,12 @@ cargo clippy --all-targets --locked -- -D warnings
 
 log "cargo build (and the static autodriver)"
 cargo build --all-targets --locked
-scripts/build-autodriver.sh >/dev/null
+# Built once here, so each test process (nextest runs one per test) need not ask cargo.
+TANGO_TEST_AUTODRIVER=$(scripts/build-autodriver.sh)
+export TANGO_TEST_AUTODRIVER
+
+log "the Docker test image (built when missing)"
+scripts/build-test-image.sh >/dev/null
 
 log "tests"
 if command -v cargo-nextest >/dev/null; then

@@ -227,11 +227,17 @@ pub struct DockerConfig {
     pub rm_timeout: u64,
     /// `DOCKER_HOST_USER`: unused (it was for boot2docker); accepted for migration.
     pub host_user: String,
-    /// The user jobs run as inside the container.
+    /// The user jobs run as inside the container when `job_uid_count` is 0 (Tango's way:
+    /// one named user, which the image must have).
     pub user: String,
     /// Numeric uid/gid for images without that user.
     pub fallback_uid: u32,
     pub fallback_gid: u32,
+    /// Each container's job runs as its own uid (and gid), `job_uid_base + id %
+    /// job_uid_count`: RLIMIT_NPROC counts processes per uid across the whole host, so jobs
+    /// sharing a uid would share one process budget. 0 means all jobs run as `user`.
+    pub job_uid_base: u32,
+    pub job_uid_count: u32,
     /// Where our static autodriver is, to inject into images that lack one; empty means the
     /// one next to the `tango` binary.
     pub autodriver: PathBuf,
@@ -457,6 +463,8 @@ impl Default for DockerConfig {
             user: "autograde".into(),
             fallback_uid: 65534,
             fallback_gid: 65534,
+            job_uid_base: 200_000,
+            job_uid_count: 50_000,
             autodriver: PathBuf::new(),
             kill_margin_secs: 30,
         }
@@ -840,6 +848,21 @@ impl Config {
                 );
             }
         }
+        if self.docker.job_uid_count > 0 {
+            // The range must stay clear of root and the system's users, and fit in a uid.
+            let last =
+                u64::from(self.docker.job_uid_base) + u64::from(self.docker.job_uid_count) - 1;
+            if self.docker.job_uid_base < 1000 || last >= u64::from(u32::MAX) {
+                return invalid(
+                    "docker.job_uid_base",
+                    format!(
+                        "job uids {}..={last} must start at 1000 or above and stay below {}",
+                        self.docker.job_uid_base,
+                        u32::MAX
+                    ),
+                );
+            }
+        }
         if !["public_ip", "private_ip", "dns_name", "bastion"]
             .contains(&self.ec2.ssh_address.as_str())
         {
@@ -1068,6 +1091,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("server.keys:"), "{err}");
+    }
+
+    #[test]
+    fn job_uids_stay_clear_of_root() {
+        let err = Config::parse("[docker]\njob_uid_base = 0\n", "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("docker.job_uid_base:"), "{err}");
+        let named = Config::parse("[docker]\njob_uid_base = 0\njob_uid_count = 0\n", "t");
+        assert!(
+            named.unwrap().validate().is_ok(),
+            "a named user needs no range"
+        );
     }
 
     #[test]

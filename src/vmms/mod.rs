@@ -11,6 +11,7 @@
 //! and writes the output file; `run_job` returns its exit status. Tango's statuses: 0 the job
 //! finished (whatever make returned), 1 usage error, 2 timed out, 3 OS error.
 
+pub mod docker;
 pub mod local;
 
 use std::path::Path;
@@ -95,6 +96,13 @@ pub trait Vmms: Send + Sync + 'static {
     /// `instanceName(id, name)`: `<prefix>-<id>-<name>`.
     fn instance_name(&self, vm: &Machine) -> String;
 
+    /// Whether a machine may run another job after one finished. A backend whose machines
+    /// are single-use (Docker: a container is destroyed after its job and a fresh one takes
+    /// its place in the pool) answers false.
+    fn reusable(&self) -> bool {
+        true
+    }
+
     /// Creates the machine (`vm.id`, `vm.image`, `vm.owner` are set); records the backend's
     /// handle in `vm.instance` / `vm.host`.
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError>;
@@ -147,6 +155,7 @@ pub trait Vmms: Send + Sync + 'static {
 pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
     match config.vmms.name.as_str() {
         "local" => Ok(Arc::new(local::LocalVmms::new(config)?)),
+        "localDocker" | "distDocker" => Ok(Arc::new(docker::DockerVmms::new(config).await?)),
         other => Err(VmmsError::Unsupported(format!(
             "the {other} backend is not built yet"
         ))),

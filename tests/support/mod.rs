@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod docker;
+pub mod jobs;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
