@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
