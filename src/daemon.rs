@@ -13,6 +13,14 @@ use crate::manager::Manager;
 /// Runs the REST server (and, with `with_manager`, the job manager) until SIGINT or SIGTERM.
 /// Errors are one line, for the terminal and the journal.
 pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
+    if !with_manager && config.store.backend == StoreBackend::Memory {
+        return Err(
+            "tango: --no-manager: store.backend is memory, so no other process \
+                    could run the jobs; use store.backend = \"redis\" (or --store redis) with \
+                    `tango manager` processes, or drop --no-manager"
+                .into(),
+        );
+    }
     crate::logging::init(&config.log)?;
     std::fs::create_dir_all(&config.server.courselabs).map_err(|e| {
         format!(
@@ -47,7 +55,7 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
 pub async fn manager(config: Config) -> Result<(), String> {
     if config.store.backend == StoreBackend::Memory {
         return Err(
-            "tango manager: store.backend is memory, which a separate process cannot \
+            "tango: manager: store.backend is memory, which a separate process cannot \
                     share; set store.backend = \"redis\" (or --store redis), or run `tango serve` \
                     with its built-in manager"
                 .into(),

@@ -69,7 +69,8 @@ pub struct Manager {
     /// Cancelled to stop claiming jobs.
     stop: CancellationToken,
     dispatcher: JoinHandle<()>,
-    ticker: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    housekeeper: JoinHandle<()>,
 }
 
 /// What the manager's tasks share: the manager itself as its workers see it.
@@ -127,14 +128,18 @@ impl Manager {
             vmms = shared.app.vmms.name(),
             "job manager starting"
         );
+        // Its own task, so that slow housekeeping (many machines to destroy) never lets
+        // the lease run out.
+        let heartbeat = tokio::spawn(shared.clone().heartbeat_loop());
         shared.housekeeping().await;
-        let ticker = tokio::spawn(shared.clone().tick_loop());
+        let housekeeper = tokio::spawn(shared.clone().housekeeping_loop());
         let dispatcher = tokio::spawn(shared.clone().dispatch_loop(stop.clone()));
         Ok(Manager {
             shared,
             stop,
             dispatcher,
-            ticker,
+            heartbeat,
+            housekeeper,
         })
     }
 
@@ -173,7 +178,8 @@ impl Manager {
         shared.callbacks.wait().await;
         shared.background.close();
         shared.background.wait().await;
-        let _ = self.ticker.await;
+        let _ = self.housekeeper.await;
+        let _ = self.heartbeat.await;
 
         shared.prealloc.destroy_all().await;
         let store = &shared.app.store;
@@ -202,10 +208,12 @@ impl Manager {
     pub async fn abort(self) {
         self.shared.kill.cancel();
         self.stop.cancel();
-        self.dispatcher.abort();
-        self.ticker.abort();
+        for task in [&self.dispatcher, &self.heartbeat, &self.housekeeper] {
+            task.abort();
+        }
         let _ = self.dispatcher.await;
-        let _ = self.ticker.await;
+        let _ = self.heartbeat.await;
+        let _ = self.housekeeper.await;
         for tracker in [
             &self.shared.workers,
             &self.shared.callbacks,
@@ -222,27 +230,54 @@ impl Shared {
         Duration::from_secs(self.app.config.jobs.lease_secs.max(1))
     }
 
-    /// Heartbeat, reap, sweep and reconcile, every `lease / 3`; reconcile at once when
-    /// `/prealloc` runs in this process.
-    async fn tick_loop(self: Arc<Self>) {
-        let period = (self.lease() / 3).max(Duration::from_millis(100));
-        let mut interval = tokio::time::interval(period);
+    /// How often the lease is renewed and housekeeping done: a third of the lease, so two
+    /// renewals can fail before it runs out.
+    fn tick(&self) -> Duration {
+        (self.lease() / 3).max(Duration::from_millis(100))
+    }
+
+    /// Renews the lease every [`Shared::tick`] until the manager is killed.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.tick());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
         loop {
             tokio::select! {
                 _ = self.kill.cancelled() => return,
-                _ = interval.tick() => {
-                    if let Err(e) = self.app.store.heartbeat(&self.owner, self.lease()).await {
+                _ = interval.tick() => {}
+            }
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                renewed = self.app.store.heartbeat(&self.owner, self.lease()) => {
+                    if let Err(e) = renewed {
                         tracing::error!(error = %e, "heartbeat failed");
                     }
+                }
+            }
+        }
+    }
+
+    /// Reap, sweep and reconcile every [`Shared::tick`]; reconcile at once when `/prealloc`
+    /// runs in this process.
+    async fn housekeeping_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.tick());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            let full = tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = interval.tick() => true,
+                _ = self.app.pools_changed.notified() => false,
+            };
+            let work = async {
+                if full {
                     self.housekeeping().await;
+                } else if let Err(e) = self.prealloc.reconcile().await {
+                    tracing::warn!(error = %e, "cannot reconcile pools");
                 }
-                _ = self.app.pools_changed.notified() => {
-                    if let Err(e) = self.prealloc.reconcile().await {
-                        tracing::warn!(error = %e, "cannot reconcile pools");
-                    }
-                }
+            };
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = work => {}
             }
         }
     }
@@ -373,7 +408,7 @@ impl Shared {
                 Err(e) => Err(AcquireError::Store(e)),
             };
             match acquired {
-                Ok(vm) => Assignment::Pooled(vm),
+                Ok(vm) => Assignment::Pooled(Box::new(vm)),
                 Err(AcquireError::Creation(error)) => {
                     job.trace(format!(
                         "Dispatched job {} [try {}]",
@@ -404,7 +439,7 @@ impl Shared {
             // Without reuse, a machine `/prealloc` made is used if one is free (Tango's
             // allocVM); otherwise one is made for the job.
             match self.prealloc.try_take(&pool).await {
-                Ok(Some(vm)) => Assignment::Pooled(vm),
+                Ok(Some(vm)) => Assignment::Pooled(Box::new(vm)),
                 _ => Assignment::Fresh,
             }
         };
@@ -420,7 +455,7 @@ impl Shared {
             if matches!(e, StoreError::LeaseLost(_)) {
                 tracing::warn!(job = job.id, "lease lost before dispatch");
                 if let Assignment::Pooled(vm) = assignment {
-                    self.prealloc.release(vm, true).await;
+                    self.prealloc.release(*vm, true).await;
                 }
                 return;
             }

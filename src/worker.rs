@@ -62,7 +62,7 @@ pub const RUN_GRACE: Duration = Duration::from_secs(5);
 /// How a job gets its machine.
 pub enum Assignment {
     /// A free machine from a pool (`Assigned job NAME:ID existing VM ...`).
-    Pooled(Machine),
+    Pooled(Box<Machine>),
     /// A machine made for this job alone, numbered with its id (`... new VM ...`).
     Fresh,
 }
@@ -227,6 +227,7 @@ impl Worker {
         // ---- a machine ----
         let vm = match assignment {
             Assignment::Pooled(vm) => {
+                let vm = *vm;
                 let message = format!(
                     "Assigned job {label} existing VM {}",
                     vmms.instance_name(&vm)
@@ -469,8 +470,9 @@ impl Worker {
                 if let Some(vm) = self.vm.take() {
                     self.shared.prealloc.release(vm, reusable).await;
                 }
+                let cap = self.job.max_output_file_size.saturating_add(OUTPUT_SLACK);
                 let autodriver_output = match &output {
-                    Some(path) => match tokio::fs::read(path).await {
+                    Some(path) => match read_capped(path, cap).await {
                         Ok(bytes) => bytes,
                         Err(e) => {
                             tracing::warn!(job = self.job.id, error = %e, "cannot read the output");
@@ -585,6 +587,19 @@ impl Worker {
             self.shared.spawn_callback(self.job.clone(), content);
         }
     }
+}
+
+/// Bytes past `max_output_file_size` accepted from a backend's copy-out: the autodriver's
+/// status line and elision marker come on top of the job's output.
+const OUTPUT_SLACK: u64 = 64 * 1024;
+
+/// At most `cap` bytes of a file: a backend that ignores its cap cannot make us read more.
+async fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(cap).read_to_end(&mut bytes).await?;
+    Ok(bytes)
 }
 
 fn secs(n: u64) -> Duration {

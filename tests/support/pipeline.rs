@@ -350,6 +350,9 @@ pub enum Reply {
     Hang,
 }
 
+/// One part of a multipart body: its headers (names lower-cased) and its content.
+pub type Part = (Vec<(String, String)>, Vec<u8>);
+
 /// One request as it arrived.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -369,7 +372,7 @@ impl Received {
     }
 
     /// The parts of a `multipart/form-data` body: (part headers lower-cased, content).
-    pub fn multipart(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+    pub fn multipart(&self) -> Vec<Part> {
         let content_type = self.header("content-type").unwrap_or_default();
         let boundary = content_type
             .split(';')
