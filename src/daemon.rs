@@ -1,23 +1,76 @@
 //! Starting and stopping the daemon's processes: `tango serve` and `tango manager`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
+use crate::manager::Manager;
 
 /// Runs the REST server (and, with `with_manager`, the job manager) until SIGINT or SIGTERM.
 /// Errors are one line, for the terminal and the journal.
 pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
+    if !with_manager && config.store.backend == StoreBackend::Memory {
+        return Err(
+            "tango: --no-manager: store.backend is memory, so no other process \
+                    could run the jobs; use store.backend = \"redis\" (or --store redis) with \
+                    `tango manager` processes, or drop --no-manager"
+                .into(),
+        );
+    }
     crate::logging::init(&config.log)?;
-    let _ = with_manager;
     std::fs::create_dir_all(&config.server.courselabs).map_err(|e| {
         format!(
             "tango: server.courselabs: cannot create {}: {e}",
             config.server.courselabs.display()
         )
     })?;
+    let app = open_app(config).await?;
+    let addr = format!("{}:{}", app.config.server.bind, app.config.server.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("tango: cannot listen on {addr}: {e}"))?;
+    let manager = if with_manager {
+        Some(start_manager(&app).await?)
+    } else {
+        None
+    };
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
+    let served = axum::serve(listener, crate::api::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("tango: server: {e}"));
+    if let Some(manager) = manager {
+        manager.shutdown(grace(&app)).await;
+    }
+    served
+}
+
+/// Runs only the job manager, sharing a Redis store with `tango serve --no-manager` and
+/// other managers.
+pub async fn manager(config: Config) -> Result<(), String> {
+    if config.store.backend == StoreBackend::Memory {
+        return Err(
+            "tango: manager: store.backend is memory, which a separate process cannot \
+                    share; set store.backend = \"redis\" (or --store redis), or run `tango serve` \
+                    with its built-in manager"
+                .into(),
+        );
+    }
+    crate::logging::init(&config.log)?;
+    let app = open_app(config).await?;
+    let manager = start_manager(&app).await?;
+    shutdown_signal().await;
+    manager.shutdown(grace(&app)).await;
+    Ok(())
+}
+
+/// The store, the backend and the shared services, checked to work.
+async fn open_app(config: Config) -> Result<Arc<App>, String> {
     let store = crate::store::open(&config)
         .await
         .map_err(|e| format!("tango: store: {e}"))?;
@@ -28,23 +81,17 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
     let vmms = crate::vmms::open(&config)
         .await
         .map_err(|e| format!("tango: vmms.name: {e}"))?;
-    let addr = format!("{}:{}", config.server.bind, config.server.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("tango: cannot listen on {addr}: {e}"))?;
-    let app = App::new(config, store, vmms);
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "RESTful Tango listening");
-    axum::serve(listener, crate::api::router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("tango: server: {e}"))
+    Ok(App::new(config, store, vmms))
 }
 
-/// Runs only the job manager.
-pub async fn manager(config: Config) -> Result<(), String> {
-    crate::logging::init(&config.log)?;
-    Err("tango: the stand-alone manager is not built yet".into())
+async fn start_manager(app: &Arc<App>) -> Result<Manager, String> {
+    Manager::start(app.clone())
+        .await
+        .map_err(|e| format!("tango: manager: {e}"))
+}
+
+fn grace(app: &App) -> Duration {
+    Duration::from_secs(app.config.server.shutdown_grace_secs)
 }
 
 /// Resolves on SIGINT or SIGTERM.

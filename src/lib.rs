@@ -16,6 +16,8 @@ pub mod api;
 #[cfg(feature = "daemon")]
 pub mod app;
 #[cfg(feature = "daemon")]
+pub mod callback;
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
@@ -24,8 +26,14 @@ pub mod labs;
 #[cfg(feature = "daemon")]
 pub mod logging;
 #[cfg(feature = "daemon")]
+pub mod manager;
+#[cfg(feature = "daemon")]
 pub mod model;
+#[cfg(feature = "daemon")]
+pub mod preallocator;
 #[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod vmms;
+#[cfg(feature = "daemon")]
+pub mod worker;

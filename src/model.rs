@@ -85,7 +85,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CallbackState {
-    /// The callback reached the server (any HTTP answer counts, as in Tango).
+    /// The callback reached the server: any HTTP answer counts, as in Tango, except the
+    /// gateway errors 502, 503 and 504, which say Autolab itself never saw the request.
     pub delivered: bool,
     /// Attempts made so far.
     pub attempts: u32,
@@ -93,6 +94,17 @@ pub struct CallbackState {
     pub status: Option<u16>,
     /// The last error, when the last attempt failed.
     pub error: Option<String>,
+    /// The manager delivering it now; `None` once delivery has ended (delivered or given
+    /// up). A callback whose sender died is taken over by the manager that reaps the sender,
+    /// so a crash between finishing a job and notifying Autolab loses no callback.
+    pub sender: Option<String>,
+}
+
+impl CallbackState {
+    /// Delivery still under way (by `sender`).
+    pub fn pending(&self) -> bool {
+        self.sender.is_some() && !self.delivered
+    }
 }
 
 /// A grading job.
@@ -170,7 +182,12 @@ impl Job {
                 .collect(),
             disable_network: self.disable_network,
             timings: &self.timings,
-            callback: self.callback.as_ref(),
+            callback: self.callback.as_ref().map(|c| CallbackView {
+                delivered: c.delivered,
+                attempts: c.attempts,
+                status: c.status,
+                error: c.error.as_deref(),
+            }),
         }
     }
 }
@@ -196,7 +213,16 @@ pub struct JobView<'a> {
     // Ours, after Tango's.
     pub disable_network: bool,
     pub timings: &'a Timings,
-    pub callback: Option<&'a CallbackState>,
+    pub callback: Option<CallbackView<'a>>,
+}
+
+/// `callback` in `/jobs`: what became of the callback, without the sending manager's id.
+#[derive(Debug, Serialize)]
+pub struct CallbackView<'a> {
+    pub delivered: bool,
+    pub attempts: u32,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
 }
 
 /// `vm` in `/jobs`, in Python's key order.

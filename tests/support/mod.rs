@@ -10,6 +10,7 @@
 pub mod api;
 pub mod docker;
 pub mod jobs;
+pub mod pipeline;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

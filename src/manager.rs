@@ -1,0 +1,630 @@
+//! The job manager: takes queued jobs in FIFO order, gets each a machine from the
+//! [`Preallocator`], and hands it to a [`worker`](crate::worker) task; keeps this manager's
+//! lease alive; recovers what dead managers left behind.
+//!
+//! One manager runs in `tango serve` (unless `--no-manager`) or alone in `tango manager`;
+//! any number may share one Redis, on one host or several. Each has an *owner id*
+//! (`<hostname>-<pid>-<4 hex digits>`), which names it on every job it holds and every
+//! machine it makes.
+//!
+//! - **Leases.** The manager heartbeats (`store.heartbeat`) before it claims anything and
+//!   every `jobs.lease_secs / 3` after. A job it claims carries its owner id, and every
+//!   write to the job is fenced by it. If the manager dies, its lease runs out and the next
+//!   manager to reap (`store.reap_expired`, at the same period) puts its jobs back at the
+//!   front of the queue with their retry counts, destroys its machines, and sends the
+//!   callbacks it had not delivered (a dead job whose `callback.sender` is the dead
+//!   manager). Exactly one manager reaps a given dead manager (the store's reap is atomic),
+//!   so a callback is taken over once.
+//! - **Dispatch** is event driven and sequential, like Tango's: wait for a concurrency slot
+//!   (`vmms.max_concurrent_jobs`, 0 for none), `store.claim_next` (blocks until a job is
+//!   queued), then wait for a machine for the job's image (a notification, not a sleep
+//!   loop). While it waits the job is claimed but `assigned: false`; once it has a machine
+//!   it is traced `Dispatched job NAME:ID [try N]`, marked assigned, and its worker starts.
+//!   The head of the queue waits for its machine before the next job is looked at, which
+//!   is what makes the order FIFO.
+//! - **Recovery at start** (Tango's `resetTango`, made safe for several managers): reap
+//!   dead managers, then destroy machines with our prefix that no live manager owns.
+//!   Jobs this process's predecessor held are requeued when its lease runs out.
+//! - **Shutdown** ([`Manager::shutdown`]): stop claiming, give running jobs and callbacks
+//!   up to a grace period, then stop them, destroy our machines and hand our jobs back.
+//!
+//! What remains at-least-once: a callback that was on the wire when its manager died is
+//! sent again by the reaper (Autolab ignores the second); a job that was running when its
+//! manager died runs again from the start (its retry count is kept, not increased).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::callback::{Notifier, NotifierError};
+use crate::model::{CallbackState, Job, unix_now};
+use crate::preallocator::{AcquireError, Preallocator};
+use crate::store::{Reaped, StoreError};
+use crate::worker::{self, Assignment};
+
+/// The longest one `claim_next` call blocks. Dispatch does not depend on it (a queued job
+/// wakes the claim at once); it only bounds how long a store call stays open.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Notifier(#[from] NotifierError),
+}
+
+/// A running manager. Stop it with [`Manager::shutdown`].
+pub struct Manager {
+    shared: Arc<Shared>,
+    /// Cancelled to stop claiming jobs.
+    stop: CancellationToken,
+    dispatcher: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    housekeeper: JoinHandle<()>,
+}
+
+/// What the manager's tasks share: the manager itself as its workers see it.
+pub struct Shared {
+    pub app: Arc<App>,
+    /// This manager's owner id.
+    pub owner: String,
+    pub prealloc: Arc<Preallocator>,
+    notifier: Notifier,
+    /// One task per running job.
+    workers: TaskTracker,
+    /// One task per callback being delivered.
+    callbacks: TaskTracker,
+    /// Pool creators.
+    background: TaskTracker,
+    /// Cancelled when the manager stops hard: every task ends at its next await.
+    kill: CancellationToken,
+    callbacks_in_flight: AtomicUsize,
+    /// A sweep for leftover machines is due (at start, after a reap, after a failed one).
+    sweep_due: AtomicBool,
+}
+
+impl Manager {
+    /// Registers this manager, recovers what dead managers left, and starts dispatching.
+    pub async fn start(app: Arc<App>) -> Result<Manager, ManagerError> {
+        let owner = owner_id();
+        let kill = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let background = TaskTracker::new();
+        let prealloc =
+            Preallocator::new(app.clone(), owner.clone(), background.clone(), kill.clone());
+        let notifier = Notifier::new(&app.config.callback)?;
+        let shared = Arc::new(Shared {
+            app,
+            owner,
+            prealloc,
+            notifier,
+            workers: TaskTracker::new(),
+            callbacks: TaskTracker::new(),
+            background,
+            kill,
+            callbacks_in_flight: AtomicUsize::new(0),
+            sweep_due: AtomicBool::new(true),
+        });
+        // Alive before claiming anything: a claim by an owner without a lease would be
+        // reaped at once by another manager.
+        shared
+            .app
+            .store
+            .heartbeat(&shared.owner, shared.lease())
+            .await?;
+        tracing::info!(
+            owner = %shared.owner,
+            store = shared.app.store.kind(),
+            vmms = shared.app.vmms.name(),
+            "job manager starting"
+        );
+        // Its own task, so that slow housekeeping (many machines to destroy) never lets
+        // the lease run out.
+        let heartbeat = tokio::spawn(shared.clone().heartbeat_loop());
+        shared.housekeeping().await;
+        let housekeeper = tokio::spawn(shared.clone().housekeeping_loop());
+        let dispatcher = tokio::spawn(shared.clone().dispatch_loop(stop.clone()));
+        Ok(Manager {
+            shared,
+            stop,
+            dispatcher,
+            heartbeat,
+            housekeeper,
+        })
+    }
+
+    /// This manager's owner id.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// Callbacks being delivered now.
+    pub fn callbacks_in_flight(&self) -> usize {
+        self.shared.callbacks_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Jobs running now.
+    pub fn running_jobs(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Stops claiming, lets running jobs and callbacks finish for up to `grace`, then stops
+    /// the rest: their jobs go back to the front of the queue, our machines are destroyed,
+    /// and the lease is given up. If callbacks are still undelivered, the lease is instead
+    /// left to run out, so that the manager that reaps us sends them.
+    pub async fn shutdown(self, grace: Duration) {
+        let shared = self.shared.clone();
+        tracing::info!(owner = %shared.owner, ?grace, "job manager stopping");
+        self.stop.cancel();
+        let _ = self.dispatcher.await;
+        let deadline = tokio::time::Instant::now() + grace;
+        shared.workers.close();
+        let _ = tokio::time::timeout_at(deadline, shared.workers.wait()).await;
+        shared.callbacks.close();
+        let _ = tokio::time::timeout_at(deadline, shared.callbacks.wait()).await;
+        let undelivered = shared.callbacks_in_flight.load(Ordering::Acquire);
+        shared.kill.cancel();
+        shared.workers.wait().await;
+        shared.callbacks.wait().await;
+        shared.background.close();
+        shared.background.wait().await;
+        let _ = self.housekeeper.await;
+        let _ = self.heartbeat.await;
+
+        shared.prealloc.destroy_all().await;
+        let store = &shared.app.store;
+        if undelivered == 0 {
+            match store.release_owner(&shared.owner).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(jobs = ?ids, "jobs still running at shutdown handed back")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand jobs back; they return when the lease runs out")
+                }
+            }
+        } else {
+            shared.hand_back_jobs().await;
+            tracing::warn!(
+                undelivered,
+                "callbacks still undelivered at shutdown: the manager that reaps this one sends them"
+            );
+        }
+        tracing::info!(owner = %shared.owner, "job manager stopped");
+    }
+
+    /// Stops every task at once, as `kill -9` would: nothing is handed back, no machine is
+    /// destroyed, the lease just runs out. For tests of recovery.
+    pub async fn abort(self) {
+        self.shared.kill.cancel();
+        self.stop.cancel();
+        for task in [&self.dispatcher, &self.heartbeat, &self.housekeeper] {
+            task.abort();
+        }
+        let _ = self.dispatcher.await;
+        let _ = self.heartbeat.await;
+        let _ = self.housekeeper.await;
+        for tracker in [
+            &self.shared.workers,
+            &self.shared.callbacks,
+            &self.shared.background,
+        ] {
+            tracker.close();
+            tracker.wait().await;
+        }
+    }
+}
+
+impl Shared {
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.app.config.jobs.lease_secs.max(1))
+    }
+
+    /// How often the lease is renewed and housekeeping done: a third of the lease, so two
+    /// renewals can fail before it runs out.
+    fn tick(&self) -> Duration {
+        (self.lease() / 3).max(Duration::from_millis(100))
+    }
+
+    /// Renews the lease every [`Shared::tick`] until the manager is killed.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.tick());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                renewed = self.app.store.heartbeat(&self.owner, self.lease()) => {
+                    if let Err(e) = renewed {
+                        tracing::error!(error = %e, "heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reap, sweep and reconcile every [`Shared::tick`]; reconcile at once when `/prealloc`
+    /// runs in this process.
+    async fn housekeeping_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.tick());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            let full = tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = interval.tick() => true,
+                _ = self.app.pools_changed.notified() => false,
+            };
+            let work = async {
+                if full {
+                    self.housekeeping().await;
+                } else if let Err(e) = self.prealloc.reconcile().await {
+                    tracing::warn!(error = %e, "cannot reconcile pools");
+                }
+            };
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = work => {}
+            }
+        }
+    }
+
+    /// Reaps dead managers, sweeps leftover machines when due, brings pools to target.
+    async fn housekeeping(self: &Arc<Self>) {
+        match self.app.store.reap_expired().await {
+            Ok(reaped) => self.take_over(reaped).await,
+            Err(e) => tracing::warn!(error = %e, "cannot reap expired managers"),
+        }
+        if self.sweep_due.swap(false, Ordering::AcqRel) || self.prealloc.strays_suspected() {
+            match self.prealloc.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(destroyed = n, "leftover machines destroyed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sweep leftover machines; will retry");
+                    self.sweep_due.store(true, Ordering::Release);
+                }
+            }
+        }
+        if let Err(e) = self.prealloc.reconcile().await {
+            tracing::warn!(error = %e, "cannot reconcile pools");
+        }
+    }
+
+    /// Takes over what dead managers left: their machines are destroyed (their jobs are
+    /// already back in the queue) and their undelivered callbacks sent.
+    async fn take_over(self: &Arc<Self>, reaped: Reaped) {
+        if reaped.owners.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            owners = ?reaped.owners,
+            requeued = ?reaped.requeued,
+            machines = reaped.machines.len(),
+            "managers stopped heartbeating: their jobs are back in the queue"
+        );
+        self.prealloc.destroy_reaped(&reaped.machines).await;
+        // Their one-off machines are in no pool: the sweep finds them by owner.
+        self.sweep_due.store(true, Ordering::Release);
+
+        let dead = match self.app.store.dead_jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read dead jobs: pending callbacks of dead managers are not resent");
+                return;
+            }
+        };
+        for mut job in dead {
+            let orphaned = job.callback.as_ref().is_some_and(|c| {
+                c.pending() && c.sender.as_ref().is_some_and(|s| reaped.owners.contains(s))
+            });
+            if !orphaned {
+                continue;
+            }
+            job.callback = Some(CallbackState {
+                sender: Some(self.owner.clone()),
+                ..CallbackState::default()
+            });
+            if let Err(e) = self.app.store.update_dead(&job).await {
+                tracing::error!(job = job.id, error = %e, "cannot take over callback");
+                continue;
+            }
+            tracing::info!(job = job.id, "sending the callback of a dead manager");
+            match tokio::fs::read(&job.output_file).await {
+                Ok(content) => self.spawn_callback(job, content),
+                Err(e) => {
+                    job.callback = Some(CallbackState {
+                        error: Some(format!("cannot read the output file: {e}")),
+                        ..CallbackState::default()
+                    });
+                    let _ = self.app.store.update_dead(&job).await;
+                }
+            }
+        }
+    }
+
+    async fn dispatch_loop(self: Arc<Self>, stop: CancellationToken) {
+        let slots = match self.app.config.vmms.max_concurrent_jobs {
+            0 => None,
+            n => Some(Arc::new(Semaphore::new(n as usize))),
+        };
+        loop {
+            let permit = match &slots {
+                Some(slots) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return,
+                    },
+                },
+                None => None,
+            };
+            let claimed = tokio::select! {
+                _ = stop.cancelled() => return,
+                claimed = self.app.store.claim_next(&self.owner, CLAIM_WAIT) => claimed,
+            };
+            match claimed {
+                Ok(Some(job)) => self.dispatch(job, permit, &stop).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take jobs from the queue");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gets `job` a machine and starts its worker.
+    async fn dispatch(
+        self: &Arc<Self>,
+        mut job: Job,
+        permit: Option<OwnedSemaphorePermit>,
+        stop: &CancellationToken,
+    ) {
+        let config = &self.app.config;
+        let pool = job.vm.name.clone();
+        tracing::debug!(job = job.id, pool, "claimed job");
+        let assignment = if job.access_key.is_some() {
+            // Legacy per-job credentials: a machine of its own, never pooled (as in Tango).
+            Assignment::Fresh
+        } else if config.vmms.reuse_vms {
+            let acquired = match self.prealloc.ensure_pool(&job).await {
+                Ok(()) => self.prealloc.acquire(&pool, stop).await,
+                Err(e) => Err(AcquireError::Store(e)),
+            };
+            match acquired {
+                Ok(vm) => Assignment::Pooled(Box::new(vm)),
+                Err(AcquireError::Creation(error)) => {
+                    job.trace(format!(
+                        "Dispatched job {} [try {}]",
+                        job.label(),
+                        job.retries
+                    ));
+                    let shared = self.clone();
+                    self.spawn_worker(job.id, permit, async move {
+                        worker::run_failed(shared, job, error).await
+                    });
+                    return;
+                }
+                Err(AcquireError::Stopped) => {
+                    self.put_back(&job).await;
+                    return;
+                }
+                Err(AcquireError::Store(e)) => {
+                    tracing::error!(job = job.id, error = %e, "cannot get a machine; job put back");
+                    self.put_back(&job).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    return;
+                }
+            }
+        } else {
+            // Without reuse, a machine `/prealloc` made is used if one is free (Tango's
+            // allocVM); otherwise one is made for the job.
+            match self.prealloc.try_take(&pool).await {
+                Ok(Some(vm)) => Assignment::Pooled(Box::new(vm)),
+                _ => Assignment::Fresh,
+            }
+        };
+
+        job.trace(format!(
+            "Dispatched job {} [try {}]",
+            job.label(),
+            job.retries
+        ));
+        job.assigned = true;
+        job.timings.dispatched = Some(unix_now());
+        if let Err(e) = self.app.store.update_live(&job).await {
+            if matches!(e, StoreError::LeaseLost(_)) {
+                tracing::warn!(job = job.id, "lease lost before dispatch");
+                if let Assignment::Pooled(vm) = assignment {
+                    self.prealloc.release(*vm, true).await;
+                }
+                return;
+            }
+            tracing::warn!(job = job.id, error = %e, "cannot record dispatch");
+        }
+        let shared = self.clone();
+        let id = job.id;
+        self.spawn_worker(id, permit, async move {
+            worker::run(shared, job, assignment).await
+        });
+    }
+
+    /// Runs a worker in its own task, ended by `kill`; a panic gives the job up cleanly.
+    fn spawn_worker(
+        self: &Arc<Self>,
+        id: u64,
+        permit: Option<OwnedSemaphorePermit>,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let shared = self.clone();
+        let kill = self.kill.clone();
+        self.workers.spawn(async move {
+            let _slot = permit;
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                result = AssertUnwindSafe(work).catch_unwind() => {
+                    if result.is_err() {
+                        tracing::error!(job = id, "worker panicked; giving the job up");
+                        worker::recover_from_panic(shared, id).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Puts a claimed job back at the front of the queue, as it was (not a retry).
+    async fn put_back(&self, job: &Job) {
+        let store = self.app.store.clone();
+        self.persist("put back", || {
+            let store = store.clone();
+            let job = job.clone();
+            async move { store.requeue(&job).await }
+        })
+        .await;
+    }
+
+    /// At shutdown with callbacks undelivered: our jobs go back to the queue one by one,
+    /// and our lease is left to run out.
+    async fn hand_back_jobs(&self) {
+        match self.app.store.live_jobs().await {
+            Ok(jobs) => {
+                for mut job in jobs
+                    .into_iter()
+                    .filter(|j| j.owner.as_deref() == Some(&self.owner))
+                {
+                    job.assigned = false;
+                    if let Err(e) = self.app.store.requeue(&job).await {
+                        tracing::warn!(job = job.id, error = %e, "cannot hand job back");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand jobs back; they return when the lease runs out")
+            }
+        }
+    }
+
+    /// Delivers a finished job's callback in its own task, then records the outcome on the
+    /// dead job. `content` is the output file's content.
+    pub fn spawn_callback(self: &Arc<Self>, mut job: Job, content: Vec<u8>) {
+        let Some(url) = job.notify_url.clone().filter(|u| !u.is_empty()) else {
+            return;
+        };
+        let shared = self.clone();
+        let kill = self.kill.clone();
+        self.callbacks_in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight(self.clone());
+        self.callbacks.spawn(async move {
+            let _in_flight = in_flight;
+            let name = std::path::Path::new(&job.output_file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = async {
+                    let state = shared.notifier.deliver(&url, &name, &content).await;
+                    job.callback = Some(state);
+                    job.timings.called_back = Some(unix_now());
+                    let store = shared.app.store.clone();
+                    shared.persist("record callback", || {
+                        let store = store.clone();
+                        let job = job.clone();
+                        async move {
+                            if !store.update_dead(&job).await? {
+                                tracing::debug!(job = job.id, "dead job already dropped");
+                            }
+                            Ok(())
+                        }
+                    })
+                    .await;
+                } => {}
+            }
+        });
+    }
+
+    /// Runs a store write until it succeeds, retrying while the store is unavailable.
+    /// False when it cannot succeed (the lease is lost, the entry is corrupt) or the
+    /// manager is stopping hard.
+    pub async fn persist<F, Fut>(&self, what: &str, op: F) -> bool
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(()) => return true,
+                Err(e @ (StoreError::LeaseLost(_) | StoreError::Corrupt { .. })) => {
+                    tracing::warn!(error = %e, "{what}: giving up");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: store unavailable, retrying");
+                    tokio::select! {
+                        _ = self.kill.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Counts a callback task while it lives.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.callbacks_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `<hostname>-<pid>-<4 hex digits>`: unique per process, and says where it runs.
+pub fn owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_ids_name_the_process() {
+        let id = owner_id();
+        assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
+        let tail = id.rsplit('-').next().unwrap_or_default();
+        assert_eq!(tail.len(), 4, "{id}");
+        assert!(tail.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+}

@@ -1,0 +1,678 @@
+//! One job's life on one machine: initialize → wait → copy in → run → copy out, then the
+//! output file, the dead list and the callback. Tango's `worker.py`, step for step, with
+//! the same trace lines, final messages, counters and output-file header.
+//!
+//! Every step is bounded: `initialize_vm`, `wait_vm`, `copy_in` and `copy_out` by their
+//! `timeouts.*`; `run_job` by the job's timeout plus `docker.kill_margin_secs` (the
+//! host-side guard backends use) plus [`RUN_GRACE`]. No step can keep a job live for ever.
+//!
+//! Which failure takes which path, and why:
+//!
+//! | what happened | path | final message / trace |
+//! |---|---|---|
+//! | `run_job` status 0 | done, machine returned | `Success: Autodriver returned normally` |
+//! | status 1 | done, machine returned | `Error: Autodriver usage error (status=1)` |
+//! | status 2 (autodriver's timeout) | done, machine returned | `Error: Job timed out after N seconds` |
+//! | status 3 (OS error in the machine) | done, machine destroyed and replaced | `Error: OS error while running job on VM` |
+//! | other status | done, machine returned | `Error: Unknown autodriver error (status=N)` |
+//! | run killed from the host, or our bound on `run_job` ran out | done, machine destroyed and replaced | `Error: Job timed out after N seconds` |
+//! | `copy_in` I/O error on this host (an input file missing or unreadable) | done, the job is not run, machine returned | `Error: Copy in to VM failed (status=-1)` |
+//! | `copy_out` I/O error on this host (the output cannot be written) | done, machine returned | `Success: Autodriver returned normallyError: Copy out from VM failed (status=-1)` (sic, Tango's concatenation) |
+//! | any other error or timeout of `initialize_vm`, `wait_vm`, `copy_in`, `run_job`, `copy_out` (the machine or its backend failed) | retry: `Job NAME:ID failed: <err>`, machine destroyed and replaced, job back at the **front** of the queue with `retries + 1`, up to `jobs.retries`; then give up | `Internal error: waitVM timeout after N secs` or `Internal error: <step> failed: <err>` |
+//! | `copy_out` fails after a run that was killed or hit an OS error | done (a retry would run a runaway or damaging job again) | the run's message |
+//! | the backend cannot do a step at all (`Unsupported`) | give up at once (a retry cannot help) | `Internal error: <step> failed: <err>` |
+//! | our lease on the job was lost (we were taken for dead) | abandon: no output, no callback; the manager that holds it now finishes it | — |
+//!
+//! Tango retried only a `waitVM` timeout and let every other machine failure escape as an
+//! exception, which left the job live and unassigned for ever with no callback; here every
+//! machine failure is retried the same bounded way. Giving up writes Tango's header:
+//! `Internal error: Unable to complete job after N tries. Pleae resubmit` (sic; N is
+//! `jobs.retries`, as in Tango) and `Job status: waitVM=… copyIn=… runJob=… copyOut=…`.
+//!
+//! The output file (PROTOCOL.md section 7) is Tango's header lines, stamped in local time
+//! like Tango's, then the autodriver's output, so the job's own last line stays last. It
+//! is written to a temporary file in the output directory and renamed onto the output
+//! path, so a poll never sees half a file.
+//!
+//! Order at the end, for exactly-once under crashes: (1) fenced write of the job (is it
+//! still ours?), (2) output file written and renamed, (3) `store.finish` (fenced), with the
+//! callback marked pending by this manager in the same write, (4) callback in its own task,
+//! (5) callback outcome recorded on the dead job. A crash before (3) leaves the job live
+//! under our lease: it is requeued when the lease runs out and runs again, overwriting the
+//! output file with a complete new one. A crash after (3) leaves a pending callback that
+//! the manager that reaps us sends (see `manager.rs`). A callback that was on the wire when
+//! we died may be delivered twice; Autolab ignores the second (its `dave` key is spent).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Local;
+
+use crate::manager::Shared;
+use crate::model::{CallbackState, Counter, Job, Machine, ctime, unix_now};
+use crate::store::StoreError;
+use crate::vmms::{RunOutcome, RunSpec, VmmsError};
+
+/// Time past the job's timeout and the backend's kill margin before we stop waiting for
+/// `run_job`: the backend's own guard should have ended it long before.
+pub const RUN_GRACE: Duration = Duration::from_secs(5);
+
+/// How a job gets its machine.
+pub enum Assignment {
+    /// A free machine from a pool (`Assigned job NAME:ID existing VM ...`).
+    Pooled(Box<Machine>),
+    /// A machine made for this job alone, numbered with its id (`... new VM ...`).
+    Fresh,
+}
+
+/// Runs `step` within `limit`, turning an overrun into [`VmmsError::Timeout`].
+pub async fn within<T>(
+    limit: Duration,
+    step: &'static str,
+    future: impl Future<Output = Result<T, VmmsError>>,
+) -> Result<T, VmmsError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(VmmsError::Timeout {
+            step,
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+/// Runs a dispatched job to its end (see the module doc).
+pub async fn run(shared: Arc<Shared>, job: Job, assignment: Assignment) {
+    let mut worker = Worker::new(shared, job);
+    let ending = worker.steps(assignment).await;
+    worker.end(ending).await;
+}
+
+/// Charges a job that never got a machine (making one for its pool failed) with the
+/// failure: retried or given up exactly like a machine failure in a step.
+pub async fn run_failed(shared: Arc<Shared>, job: Job, error: String) {
+    let mut worker = Worker::new(shared, job);
+    worker
+        .end(Ending::MachineFailed {
+            error: format!("Internal error: {error}"),
+            retry: true,
+        })
+        .await;
+}
+
+/// After a worker task panicked (a bug): the job is given up with an internal error and
+/// its machine destroyed, rather than left live and assigned for ever as in Tango.
+pub async fn recover_from_panic(shared: Arc<Shared>, id: u64) {
+    let job = match shared.app.store.live_job(id).await {
+        Ok(Some(job)) if job.owner.as_deref() == Some(&shared.owner) => job,
+        _ => return,
+    };
+    let mut worker = Worker::new(shared.clone(), job);
+    if worker.job.vm.instance.is_some() {
+        worker.vm = Some(worker.job.vm.clone());
+    }
+    worker
+        .end(Ending::MachineFailed {
+            error: "Internal error: the worker failed unexpectedly".into(),
+            retry: false,
+        })
+        .await;
+}
+
+/// The exit status of each step, as Tango's `Job status:` line prints them (`None` for a
+/// step not reached).
+#[derive(Debug, Default, Clone, Copy)]
+struct Statuses {
+    wait_vm: Option<i32>,
+    copy_in: Option<i32>,
+    run_job: Option<i32>,
+    copy_out: Option<i32>,
+}
+
+impl std::fmt::Display for Statuses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: Option<i32>| v.map_or_else(|| "None".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "waitVM={} copyIn={} runJob={} copyOut={}",
+            show(self.wait_vm),
+            show(self.copy_in),
+            show(self.run_job),
+            show(self.copy_out)
+        )
+    }
+}
+
+/// How the steps ended.
+enum Ending {
+    /// The job ran to a Tango final message. `output`: the autodriver's output, if copied
+    /// out. `reusable`: the machine may serve another job.
+    Finished {
+        message: String,
+        output: Option<tempfile::TempPath>,
+        reusable: bool,
+    },
+    /// The machine or its backend failed: retried (if `retry` and tries remain) or given up.
+    MachineFailed { error: String, retry: bool },
+    /// Another manager holds the job now.
+    Abandoned,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    job: Job,
+    /// The machine, once it is ours (released exactly once, in `end`).
+    vm: Option<Machine>,
+    /// Header lines of the output file, `Autograder [<ctime>]: ...`.
+    header: Vec<String>,
+    statuses: Statuses,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, job: Job) -> Worker {
+        let mut worker = Worker {
+            shared,
+            job,
+            vm: None,
+            header: Vec::new(),
+            statuses: Statuses::default(),
+        };
+        worker.header(&format!("Received job {}", worker.job.label()));
+        worker
+    }
+
+    fn header(&mut self, message: &str) {
+        self.header
+            .push(format!("Autograder [{}]: {message}\n", ctime(Local::now())));
+    }
+
+    fn trace(&mut self, message: String) {
+        tracing::info!(job = self.job.id, "{message}");
+        self.job.trace(message);
+    }
+
+    /// Writes the job back (fenced). False when the job is no longer ours.
+    async fn save(&mut self) -> bool {
+        match self.shared.app.store.update_live(&self.job).await {
+            Ok(()) => true,
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(
+                    job = self.job.id,
+                    "lease lost: another manager holds the job now"
+                );
+                false
+            }
+            Err(e) => {
+                // Progress only; the final write retries.
+                tracing::warn!(job = self.job.id, error = %e, "cannot record job progress");
+                true
+            }
+        }
+    }
+
+    async fn count(&self, counter: Counter) {
+        if let Err(e) = self.shared.app.store.incr(counter, 1).await {
+            tracing::warn!(counter = counter.name(), error = %e, "cannot count");
+        }
+    }
+
+    /// The five steps. Returns how they ended; releasing the machine and the rest is `end`.
+    async fn steps(&mut self, assignment: Assignment) -> Ending {
+        let app = self.shared.app.clone();
+        let config = &app.config;
+        let vmms = &app.vmms;
+        let label = self.job.label();
+
+        // ---- a machine ----
+        let vm = match assignment {
+            Assignment::Pooled(vm) => {
+                let vm = *vm;
+                let message = format!(
+                    "Assigned job {label} existing VM {}",
+                    vmms.instance_name(&vm)
+                );
+                self.job.vm = vm.clone();
+                self.vm = Some(vm.clone());
+                self.trace(message);
+                vm
+            }
+            Assignment::Fresh => {
+                let mut vm = self.job.vm.clone();
+                vm.id = Some(self.job.id);
+                vm.owner = Some(self.shared.owner.clone());
+                vm.instance = None;
+                vm.host = None;
+                if vm.vmms.is_empty() {
+                    vm.vmms = vmms.name().to_string();
+                }
+                self.shared.prealloc.track_one_off(self.job.id);
+                let message = format!("Assigned job {label} new VM {}", vmms.instance_name(&vm));
+                self.job.vm = vm.clone();
+                self.vm = Some(vm.clone());
+                self.trace(message);
+                if !self.save().await {
+                    return Ending::Abandoned;
+                }
+                let made = within(
+                    secs(config.timeouts.initialize_vm),
+                    "initializeVM",
+                    vmms.initialize_vm(&mut vm),
+                )
+                .await;
+                // Even a failed initialize may have made something to destroy.
+                self.vm = Some(vm.clone());
+                self.job.vm = vm.clone();
+                if let Err(e) = made {
+                    return self.machine_failed("initializeVM", e);
+                }
+                vm
+            }
+        };
+        let instance = vmms.instance_name(&vm);
+
+        // ---- wait ----
+        self.trace(format!("Job {label} waiting for VM {instance}"));
+        if !self.save().await {
+            return Ending::Abandoned;
+        }
+        let wait = secs(config.timeouts.wait_vm);
+        match within(wait, "waitVM", vmms.wait_vm(&vm, wait)).await {
+            Ok(()) => self.statuses.wait_vm = Some(0),
+            Err(e) => {
+                self.statuses.wait_vm = Some(-1);
+                if matches!(e, VmmsError::Timeout { .. }) {
+                    self.count(Counter::WaitvmTimeouts).await;
+                    return Ending::MachineFailed {
+                        error: format!(
+                            "Internal error: waitVM timeout after {} secs",
+                            config.timeouts.wait_vm
+                        ),
+                        retry: true,
+                    };
+                }
+                return self.machine_failed("waitVM", e);
+            }
+        }
+        self.job.timings.machine_ready = Some(unix_now());
+        self.trace(format!("VM {instance} ready for job {label}"));
+        if !self.save().await {
+            return Ending::Abandoned;
+        }
+
+        // ---- copy in ----
+        let copied = within(
+            secs(config.timeouts.copy_in),
+            "copyIn",
+            vmms.copy_in(&vm, &self.job.input),
+        )
+        .await;
+        let copy_in_status = if copied.is_ok() { 0 } else { -1 };
+        self.statuses.copy_in = Some(copy_in_status);
+        if let Err(e) = copied {
+            self.count(Counter::CopyinErrors).await;
+            if let VmmsError::Io(detail) = &e {
+                // This host's side: a retry on another machine would fail the same way.
+                tracing::warn!(job = self.job.id, %detail, "cannot copy the input in");
+                self.trace(format!(
+                    "Input copied for job {label} [status={copy_in_status}]"
+                ));
+                return Ending::Finished {
+                    message: format!("Error: Copy in to VM failed (status={copy_in_status})"),
+                    output: None,
+                    reusable: true,
+                };
+            }
+            return self.machine_failed("copyIn", e);
+        }
+        self.job.timings.copied_in = Some(unix_now());
+        self.trace(format!("Input copied for job {label} [status=0]"));
+        if !self.save().await {
+            return Ending::Abandoned;
+        }
+
+        // ---- run ----
+        let timeout = if self.job.timeout > 0 {
+            self.job.timeout
+        } else {
+            config.timeouts.run_job
+        };
+        let spec = RunSpec {
+            job_id: self.job.id,
+            job_name: self.job.name.clone(),
+            timeout,
+            max_output: self.job.max_output_file_size,
+            ulimit_user_proc: config.limits.ulimit_user_proc,
+            ulimit_file_size: config.limits.ulimit_file_size,
+            disable_network: self.job.disable_network,
+        };
+        let bound = secs(timeout) + secs(config.docker.kill_margin_secs) + RUN_GRACE;
+        let outcome = match within(bound, "runJob", vmms.run_job(&vm, &spec)).await {
+            Ok(outcome) => outcome,
+            // Our bound, or the backend's guard reporting its kill as an error.
+            Err(VmmsError::Timeout { .. }) => RunOutcome::Killed,
+            Err(e) => {
+                self.statuses.run_job = Some(-1);
+                self.count(Counter::RunjobErrors).await;
+                return self.machine_failed("runJob", e);
+            }
+        };
+        let status = outcome.status();
+        self.statuses.run_job = Some(status);
+        if status != 0 {
+            self.count(Counter::RunjobErrors).await;
+        }
+        if outcome == RunOutcome::Killed {
+            self.count(Counter::RunjobTimeouts).await;
+        }
+        self.job.timings.ran = Some(unix_now());
+        self.trace(format!("Job {label} executed [status={status}]"));
+        if !self.save().await {
+            return Ending::Abandoned;
+        }
+        let (mut message, reusable) = match outcome {
+            RunOutcome::Exited(0) => ("Success: Autodriver returned normally".to_string(), true),
+            RunOutcome::Exited(1) => ("Error: Autodriver usage error (status=1)".into(), true),
+            RunOutcome::Exited(2) => (
+                format!("Error: Job timed out after {timeout} seconds"),
+                true,
+            ),
+            // The job may have damaged the machine: never reuse it, never retry the job.
+            RunOutcome::Exited(3) => ("Error: OS error while running job on VM".into(), false),
+            RunOutcome::Exited(n) => (
+                format!("Error: Unknown autodriver error (status={n})"),
+                true,
+            ),
+            RunOutcome::Killed => (
+                format!("Error: Job timed out after {timeout} seconds"),
+                false,
+            ),
+        };
+        let machine_trusted = reusable;
+
+        // ---- copy out ----
+        let copied = match self.output_temp() {
+            Ok(temp) => within(
+                secs(config.timeouts.copy_out),
+                "copyOut",
+                vmms.copy_out(&vm, &temp, self.job.max_output_file_size),
+            )
+            .await
+            .map(|()| temp),
+            Err(e) => Err(VmmsError::Io(format!(
+                "cannot create a temporary file: {e}"
+            ))),
+        };
+        let copy_out_status = if copied.is_ok() { 0 } else { -1 };
+        self.statuses.copy_out = Some(copy_out_status);
+        let output = match copied {
+            Ok(temp) => Some(temp),
+            Err(e) => {
+                self.count(Counter::CopyoutErrors).await;
+                let host_side = matches!(e, VmmsError::Io(_));
+                if !host_side && machine_trusted {
+                    return self.machine_failed("copyOut", e);
+                }
+                tracing::warn!(job = self.job.id, error = %e, "cannot copy the output out");
+                if status == 0 {
+                    message.push_str(&format!(
+                        "Error: Copy out from VM failed (status={copy_out_status})"
+                    ));
+                }
+                None
+            }
+        };
+        self.job.timings.copied_out = Some(unix_now());
+        self.trace(format!(
+            "Output copied for job {label} [status={copy_out_status}]"
+        ));
+        Ending::Finished {
+            message,
+            output,
+            reusable,
+        }
+    }
+
+    /// A machine-level failure of `step`.
+    fn machine_failed(&self, step: &str, error: VmmsError) -> Ending {
+        let retry = !matches!(error, VmmsError::Unsupported(_));
+        let error = match error {
+            VmmsError::Timeout { .. } => format!("Internal error: {error}"),
+            other => format!("Internal error: {step} failed: {other}"),
+        };
+        Ending::MachineFailed { error, retry }
+    }
+
+    /// A temporary file in the output directory for the autodriver's output (same
+    /// filesystem as the output file, so nothing is copied twice).
+    fn output_temp(&self) -> std::io::Result<tempfile::TempPath> {
+        let dir = output_dir(&self.job.output_file);
+        std::fs::create_dir_all(&dir)?;
+        Ok(tempfile::Builder::new()
+            .prefix(".tango-output-")
+            .tempfile_in(&dir)?
+            .into_temp_path())
+    }
+
+    async fn end(&mut self, ending: Ending) {
+        match ending {
+            Ending::Abandoned => {
+                if let Some(vm) = self.vm.take() {
+                    // Its state is unknown (another manager may run the job elsewhere).
+                    self.shared.prealloc.release(vm, false).await;
+                }
+            }
+            Ending::Finished {
+                message,
+                output,
+                reusable,
+            } => {
+                if let Some(vm) = self.vm.take() {
+                    self.shared.prealloc.release(vm, reusable).await;
+                }
+                let cap = self.job.max_output_file_size.saturating_add(OUTPUT_SLACK);
+                let autodriver_output = match &output {
+                    Some(path) => match read_capped(path, cap).await {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(job = self.job.id, error = %e, "cannot read the output");
+                            Vec::new()
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                drop(output);
+                self.header(&message);
+                self.header("Here is the output from the autograder:\n---");
+                self.complete(message, autodriver_output).await;
+            }
+            Ending::MachineFailed { error, retry } => {
+                let label = self.job.label();
+                self.trace(format!("Job {label} failed: {error}"));
+                if let Some(vm) = self.vm.take() {
+                    self.shared.prealloc.release(vm, false).await;
+                }
+                let retries = self.shared.app.config.jobs.retries;
+                if retry && self.job.retries < retries {
+                    self.retry().await;
+                    return;
+                }
+                if retry {
+                    self.header(&format!(
+                        "Internal error: Unable to complete job after {retries} tries. Pleae resubmit"
+                    ));
+                } else {
+                    self.header(&error);
+                }
+                let statuses = self.statuses;
+                self.header(&format!("Job status: {statuses}"));
+                self.header("Here is the output from the autograder:\n---");
+                self.complete(error, Vec::new()).await;
+            }
+        }
+    }
+
+    /// Back to the front of the queue for another try on a fresh machine.
+    async fn retry(&mut self) {
+        self.job.retries += 1;
+        self.job.assigned = false;
+        self.count(Counter::JobRetries).await;
+        let job = self.job.clone();
+        let store = self.shared.app.store.clone();
+        let done = self
+            .shared
+            .persist("requeue", || {
+                let store = store.clone();
+                let job = job.clone();
+                async move { store.requeue(&job).await }
+            })
+            .await;
+        if done {
+            tracing::info!(
+                job = self.job.id,
+                retries = self.job.retries,
+                "job requeued"
+            );
+        }
+    }
+
+    /// Writes the output file and moves the job to the dead list with `final_message` as
+    /// its last trace line, then starts the callback. See the module doc for the order.
+    async fn complete(&mut self, final_message: String, autodriver_output: Vec<u8>) {
+        let mut content: Vec<u8> = self.header.concat().into_bytes();
+        content.extend_from_slice(&autodriver_output);
+        drop(autodriver_output);
+
+        // Still ours? Otherwise the output file is another manager's to write.
+        if !self.save().await {
+            return;
+        }
+        if let Err(e) = write_atomically(&self.job.output_file, &content).await {
+            tracing::error!(job = self.job.id, path = %self.job.output_file, error = %e,
+                "cannot write the output file");
+        }
+
+        self.trace(final_message);
+        self.job.assigned = false;
+        self.job.timings.finished = Some(unix_now());
+        let notify = self
+            .job
+            .notify_url
+            .as_deref()
+            .is_some_and(|url| !url.is_empty());
+        if notify {
+            self.job.callback = Some(CallbackState {
+                sender: Some(self.shared.owner.clone()),
+                ..CallbackState::default()
+            });
+        }
+        let job = self.job.clone();
+        let store = self.shared.app.store.clone();
+        let max_dead = self.shared.app.config.jobs.max_dead;
+        let finished = self
+            .shared
+            .persist("finish", || {
+                let store = store.clone();
+                let job = job.clone();
+                async move { store.finish(&job, max_dead).await }
+            })
+            .await;
+        if !finished {
+            return;
+        }
+        if self.shared.app.config.log.timing {
+            log_timings(&self.job);
+        }
+        if notify {
+            self.shared.spawn_callback(self.job.clone(), content);
+        }
+    }
+}
+
+/// Bytes past `max_output_file_size` accepted from a backend's copy-out: the autodriver's
+/// status line and elision marker come on top of the job's output.
+const OUTPUT_SLACK: u64 = 64 * 1024;
+
+/// At most `cap` bytes of a file: a backend that ignores its cap cannot make us read more.
+async fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(cap).read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The directory an output file goes in.
+fn output_dir(output_file: &str) -> PathBuf {
+    Path::new(output_file)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Writes `content` to `path` through a temporary file in the same directory and a rename,
+/// so a reader sees either the old file or the whole new one.
+pub async fn write_atomically(path: &str, content: &[u8]) -> std::io::Result<()> {
+    let path = PathBuf::from(path);
+    let content = content.to_vec();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let dir = output_dir(&path.to_string_lossy());
+        std::fs::create_dir_all(&dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tango-write-")
+            .tempfile_in(&dir)?;
+        temp.write_all(&content)?;
+        temp.as_file().sync_data()?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// `log.timing`: how long each phase of a job took (Tango's `LOG_TIMING`).
+fn log_timings(job: &Job) {
+    let t = &job.timings;
+    let between = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.3}", b - a),
+        _ => "-".into(),
+    };
+    tracing::info!(
+        job = job.id,
+        queued = %between(t.added, t.dispatched),
+        machine = %between(t.dispatched, t.machine_ready),
+        copy_in = %between(t.machine_ready, t.copied_in),
+        run = %between(t.copied_in, t.ran),
+        copy_out = %between(t.ran, t.copied_out),
+        total = %between(t.added, t.finished),
+        "job timing (seconds)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_print_like_python() {
+        let s = Statuses {
+            wait_vm: Some(-1),
+            ..Statuses::default()
+        };
+        assert_eq!(
+            s.to_string(),
+            "waitVM=-1 copyIn=None runJob=None copyOut=None"
+        );
+    }
+
+    #[test]
+    fn output_dir_of_a_bare_name_is_here() {
+        assert_eq!(output_dir("x.txt"), PathBuf::from("."));
+        assert_eq!(output_dir("/a/b/x.txt"), PathBuf::from("/a/b"));
+    }
+}
