@@ -177,8 +177,9 @@ impl Preallocator {
     }
 
     /// Takes back a machine after its job. `reusable`: the job ended normally, so the
-    /// machine may serve another (with `reuse_vms`); otherwise it is destroyed, and
-    /// replaced if it belonged to a pool.
+    /// machine may serve another (with `reuse_vms`, and when the backend's machines are not
+    /// single-use, as Docker's are); otherwise it is destroyed, and replaced if it belonged
+    /// to a pool.
     pub async fn release(self: &Arc<Self>, vm: Machine, reusable: bool) {
         let pool = vm.name.clone();
         let Some(id) = vm.id else {
@@ -191,7 +192,11 @@ impl Preallocator {
             return;
         }
         let store = &self.app.store;
-        if reusable && self.app.config.vmms.reuse_vms && !self.over_target(&pool).await {
+        if reusable
+            && self.app.vmms.reusable()
+            && self.app.config.vmms.reuse_vms
+            && !self.over_target(&pool).await
+        {
             match store.pool_free(&self.owner, &pool, &vm).await {
                 Ok(true) => {
                     self.machine_event.notify_waiters();
