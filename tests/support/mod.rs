@@ -7,6 +7,10 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "ec2")]
+pub mod moto;
+pub mod sshd;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
