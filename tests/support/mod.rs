@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod jobs;
 #[cfg(feature = "ec2")]
 pub mod moto;
 pub mod sshd;
