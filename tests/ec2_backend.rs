@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName, ResourceType, Tag, TagSpecification};
+use support::jobs;
 use support::moto::{self, Moto};
 use support::sshd::{self, Sshd};
 use tango::config::Config;
@@ -507,4 +508,27 @@ async fn bad_ec2_settings_are_reported_before_anything_is_launched() {
         .expect("refused")
         .to_string();
     assert!(err.contains("secret_access_key"), "{err}");
+}
+
+/// Tango's example jobs, one after another on one instance (as a pool reuses it), through
+/// the autodriver installed on the "instance" as docs/backends.md says (run through sudo).
+#[tokio::test]
+async fn the_example_jobs_run_on_an_ec2_instance() {
+    let mut rig = Rig::new().await;
+    let autodriver = rig.sshd.install_autodriver(&jobs::autodriver_binary());
+    rig.config.ssh.autodriver = autodriver;
+    let backend = rig.backend().await;
+    let mut vm = machine(1000);
+    backend.initialize_vm(&mut vm).await.unwrap();
+    backend.wait_vm(&vm, Duration::from_secs(20)).await.unwrap();
+    let scratch = rig.sshd.scratch();
+    for (name, timeout) in [("hello", 60), ("score", 60), ("forever", 3), ("flood", 60)] {
+        let job = jobs::job(name);
+        sshd::run_example_job(backend.as_ref(), &vm, &job, timeout, &scratch).await;
+    }
+    backend.safe_destroy_vm(&vm).await.unwrap();
+    assert!(matches!(
+        state_of(&rig.instances().await[0]),
+        Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+    ));
 }

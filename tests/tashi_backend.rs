@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::sshd::Sshd;
+use support::jobs;
+use support::sshd::{self, Sshd};
 use tango::config::Config;
 use tango::model::{InputFile, Machine};
 use tango::vmms::{self, Vmms, VmmsError};
@@ -403,4 +404,79 @@ async fn a_missing_input_file_is_an_io_error() {
     let err = backend.copy_in(&vm, &inputs).await.unwrap_err();
     assert!(err.to_string().contains("not a plain file name"), "{err}");
     backend.destroy_vm(&vm).await.unwrap();
+}
+
+/// Tango's example jobs, one after another on one VM (as a pool reuses it), through the
+/// autodriver installed on the "VM" as docs/backends.md says (run through sudo).
+#[tokio::test]
+async fn the_example_jobs_run_on_a_tashi_vm() {
+    let mut rig = Rig::new();
+    let autodriver = rig.sshd.install_autodriver(&jobs::autodriver_binary());
+    rig.config.ssh.autodriver = autodriver;
+    let backend = rig.backend().await;
+    let mut vm = machine(1009);
+    backend.initialize_vm(&mut vm).await.unwrap();
+    backend.wait_vm(&vm, Duration::from_secs(20)).await.unwrap();
+    let scratch = rig.sshd.scratch();
+    for (name, timeout) in [("hello", 60), ("score", 60), ("forever", 3), ("flood", 60)] {
+        let job = jobs::job(name);
+        let run = sshd::run_example_job(backend.as_ref(), &vm, &job, timeout, &scratch).await;
+        assert!(run.output.len() as u64 <= run.limits.osize + 4096, "{name}");
+    }
+    backend.safe_destroy_vm(&vm).await.unwrap();
+}
+
+/// While a job runs, getPartialOutput either returns what it has printed so far or, with an
+/// autodriver run as root through sudo (whose live log only root may read), says plainly
+/// that partial output is not available here; it never fails in another way, never blocks
+/// the job, and the job's final output is whole.
+#[tokio::test]
+async fn partial_output_while_the_job_runs_is_its_log_or_a_clear_refusal() {
+    let mut rig = Rig::new();
+    let autodriver = rig.sshd.install_autodriver(&jobs::autodriver_binary());
+    rig.config.ssh.autodriver = autodriver;
+    let backend = rig.backend().await;
+    let mut vm = machine(1010);
+    backend.initialize_vm(&mut vm).await.unwrap();
+    backend.wait_vm(&vm, Duration::from_secs(20)).await.unwrap();
+    let job = jobs::job("partial");
+    let scratch = rig.sshd.scratch();
+    let running = {
+        let backend = backend.clone();
+        let vm = vm.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            sshd::run_example_job(backend.as_ref(), &vm, &job, 60, &scratch).await;
+        })
+    };
+    // Wait until the autodriver has made its log.
+    let log = rig.sshd.home.join("output.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.exists(), "the autodriver made no live log");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!running.is_finished(), "the job ended too soon");
+    match backend.get_partial_output(&vm, 100_000).await {
+        Ok(seen) => {
+            for want in &job.expect.partial_output_contains_while_running {
+                assert!(
+                    jobs::contains(&seen, want.as_bytes()),
+                    "partial output lacks {want:?}: {}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+        Err(VmmsError::Unsupported(message)) => {
+            assert!(message.contains("output.log"), "{message}");
+            // Only when the log really is private to root.
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&log).unwrap();
+            assert!(meta.uid() == 0 && meta.mode() & 0o044 == 0, "{meta:?}");
+        }
+        Err(other) => panic!("partial output failed: {other}"),
+    }
+    running.await.unwrap();
+    backend.safe_destroy_vm(&vm).await.unwrap();
 }

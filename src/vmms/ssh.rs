@@ -41,9 +41,14 @@ use crate::model::InputFile;
 /// status line and the elision marker) around the capped job output.
 pub const OUTPUT_SLACK: u64 = 4096;
 
-/// The grading directory and output file, relative to the login user's home (Tango's names).
+/// The grading directory and output file, relative to the login user's home (Tango's names),
+/// and the log the autodriver writes while make runs (its default `--output-log`, relative
+/// to where it starts: the home directory too).
 const GRADING_DIR: &str = "autolab";
 const OUTPUT_FILE: &str = "output";
+const LIVE_LOG: &str = "output.log";
+/// Exit status of our partial-output reader for "the log is there but not readable".
+const UNREADABLE: i32 = 77;
 
 /// How long an idle master connection outlives its last use. A pool VM idle for longer
 /// reconnects on its next job; a daemon killed with -9 leaves no master behind for longer.
@@ -221,8 +226,8 @@ impl SshRunner {
         }
     }
 
-    /// `copyIn`: a fresh `~/autolab` (and no `~/output` left from an earlier job on a reused
-    /// VM), then each input file streamed into it.
+    /// `copyIn`: a fresh `~/autolab` (and no `~/output` or `~/output.log` left from an
+    /// earlier job on a reused VM), then each input file streamed into it.
     pub async fn copy_in(&self, target: &SshTarget, inputs: &[InputFile]) -> Result<(), VmmsError> {
         for input in inputs {
             check_dest_name(&input.dest_file)?;
@@ -232,7 +237,7 @@ impl SshRunner {
             self.run_checked(
                 &session,
                 target,
-                &format!("rm -rf {GRADING_DIR} {OUTPUT_FILE} && mkdir {GRADING_DIR}"),
+                &format!("rm -rf {GRADING_DIR} {OUTPUT_FILE} {LIVE_LOG} && mkdir {GRADING_DIR}"),
                 "making a fresh grading directory",
             )
             .await?;
@@ -350,8 +355,11 @@ impl SshRunner {
         with_deadline("copy_out", self.copy_out_timeout, steps).await
     }
 
-    /// `getPartialOutput`: the first `max_bytes` of `~/output` as it is now; nothing if the
-    /// job has not written any yet.
+    /// `getPartialOutput`: the first `max_bytes` of what the job has printed so far: the
+    /// autodriver's live log `~/output.log` (Tango read the same log), else `~/output`;
+    /// nothing if neither exists yet. A log the login user may not read (an autodriver run
+    /// as root through sudo keeps it private) is [`VmmsError::Unsupported`]: see
+    /// docs/backends.md.
     pub async fn partial_output(
         &self,
         target: &SshTarget,
@@ -361,11 +369,20 @@ impl SshRunner {
             let session = self.session(target, self.attempts).await?;
             let output = session
                 .shell(format!(
-                    "test -e {OUTPUT_FILE} || exit 0; head -c {max_bytes} {OUTPUT_FILE}"
+                    "for f in {LIVE_LOG} {OUTPUT_FILE}; do \
+                     if test -e $f; then test -r $f || exit {UNREADABLE}; \
+                     exec head -c {max_bytes} $f; fi; done"
                 ))
                 .output()
                 .await
                 .map_err(|e| ssh_error(target, "reading the partial output", &e))?;
+            if output.status.code() == Some(UNREADABLE) {
+                return Err(VmmsError::Unsupported(format!(
+                    "{target}: the autodriver's live log ~/{LIVE_LOG} is not readable by the \
+                     login user (an autodriver run as root keeps it private), so partial \
+                     output is not available on this VM"
+                )));
+            }
             if !output.status.success() {
                 return Err(VmmsError::Backend(format!(
                     "{target}: reading the partial output failed ({}): {}",

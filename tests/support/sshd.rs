@@ -1,13 +1,18 @@
 //! A real sshd on loopback standing in for a VM, set up as `docs/backends.md` tells an
 //! administrator to set up a VM image: a login user (Tango's `autolab`) who logs in with a
-//! key only, the grading user `autograde`, and the autodriver installed set-user-ID root.
+//! key only, and the autodriver, owned by root, which the login user may run as root through
+//! `sudo -n` (and nothing else); the autodriver then runs the job as an unprivileged user.
 //!
-//! Each [`Sshd`] is private to one test: its own port, host key, client key and login user
-//! (`tvm<pid><n>`, with its home in the test's temporary directory, removed again when the
-//! test ends), so tests running at once never share a home directory. The system's sshd is
-//! never touched. This needs root (useradd, and sshd must run as root to log a user in); it
-//! says so and fails when not root. `autograde` is created when missing and left in place
-//! (other tests may be using it), as on a VM image.
+//! Each [`Sshd`] is private to one test: its own port, host key, client key, login user
+//! (`tvm<pid>x<n>`, its home in the test's temporary directory) and sudoers rule, all removed
+//! when the test ends, so tests running at once never share a home directory. Many "VMs"
+//! share this host, so the autodriver is told a grading uid of the test's own (`--uid`,
+//! `--gid`): the autodriver kills every process and removes every file of the job's uid, and
+//! two tests must not share one. On a real VM, one job at a time, the default (`autograde`)
+//! is what to use. The system's sshd is never touched.
+//!
+//! This needs root (useradd, a sudoers rule, and sshd must run as root to log a user in) and
+//! the Debian packages openssh-server and sudo; it says so and fails when they are missing.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -18,9 +23,6 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, unique};
 
-/// The grading user the set-user-ID autodriver runs jobs as (its built-in choice).
-pub const GRADING_USER: &str = "autograde";
-
 /// A running sshd and the VM-like account behind it.
 pub struct Sshd {
     pub port: u16,
@@ -30,8 +32,8 @@ pub struct Sshd {
     pub home: PathBuf,
     /// The private key that logs in (`ssh.key_path`).
     pub client_key: PathBuf,
-    /// `<dir>/bin/autodriver` when [`Sshd::install_autodriver`] was called.
-    pub autodriver: Option<PathBuf>,
+    /// The sudoers rule made by [`Sshd::install_autodriver`], removed on drop.
+    sudoers: Option<PathBuf>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     uid: u32,
@@ -47,11 +49,10 @@ impl Sshd {
             .expect("temp dir");
         // The login user must reach its home below this directory.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        ensure_user(GRADING_USER, None);
         let user = login_name();
         let home = dir.path().join("home");
         fs::create_dir(&home).unwrap();
-        ensure_user(&user, Some(&home));
+        ensure_user(&user, &home);
         let uid = id_of(&user, "-u");
         let gid = id_of(&user, "-g");
         chown(&home, Some(uid), Some(gid)).unwrap();
@@ -106,7 +107,7 @@ impl Sshd {
             user,
             home,
             client_key,
-            autodriver: None,
+            sudoers: None,
             dir,
             child: None,
             uid,
@@ -199,18 +200,43 @@ impl Sshd {
         fs::write(&path, keys).unwrap();
     }
 
-    /// Installs `binary` as the VM's autodriver: `<dir>/bin/autodriver`, owned by root and
-    /// set-user-ID, as on Tango's images. Returns its path (for `ssh.autodriver`).
-    pub fn install_autodriver(&mut self, binary: &Path) -> PathBuf {
+    /// Installs `binary` as the VM's autodriver (`<dir>/bin/autodriver`, owned by root) and
+    /// lets the login user run it, and only it, as root without a password. Returns the
+    /// command for `ssh.autodriver`: `sudo -n <path> --uid U --gid U`, with a grading uid no
+    /// other test uses.
+    pub fn install_autodriver(&mut self, binary: &Path) -> String {
+        assert!(
+            Path::new("/usr/bin/sudo").exists(),
+            "sudo is needed for the VM tests (Debian package sudo; scripts/test.sh installs it)"
+        );
         let bin = self.dir.path().join("bin");
         fs::create_dir_all(&bin).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let path = bin.join("autodriver");
         fs::copy(binary, &path).unwrap();
         chown(&path, Some(0), Some(0)).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o4755)).unwrap();
-        self.autodriver = Some(path.clone());
-        path
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        // sudo ignores files in sudoers.d whose names hold a dot.
+        let rule = PathBuf::from(format!("/etc/sudoers.d/tango-test-{}", self.user));
+        fs::write(
+            &rule,
+            format!("{} ALL=(root) NOPASSWD: {}\n", self.user, path.display()),
+        )
+        .unwrap();
+        fs::set_permissions(&rule, fs::Permissions::from_mode(0o440)).unwrap();
+        let check = Command::new("visudo")
+            .args(["-c", "-q", "-f"])
+            .arg(&rule)
+            .status()
+            .expect("visudo");
+        assert!(
+            check.success(),
+            "the sudoers rule {} is invalid",
+            rule.display()
+        );
+        self.sudoers = Some(rule);
+        let uid = grading_uid();
+        format!("sudo -n {} --uid {uid} --gid {uid}", path.display())
     }
 
     /// The uid of the login user.
@@ -222,6 +248,9 @@ impl Sshd {
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
+        if let Some(rule) = self.sudoers.take() {
+            let _ = fs::remove_file(rule);
+        }
         // The login user's processes end with their connections; give them a moment.
         for _ in 0..50 {
             let status = Command::new("userdel")
@@ -309,8 +338,16 @@ fn login_name() -> String {
     )
 }
 
-/// Creates `name` unless it exists; `home` for a login user, none for the grading user.
-fn ensure_user(name: &str, home: Option<&Path>) {
+/// A grading uid (and gid) no other test uses, in or out of this process: not in
+/// /etc/passwd, above every real id, and apart from the range tests/autodriver.rs uses.
+fn grading_uid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    2_000_000_000 + (std::process::id() % 100_000) * 100 + N.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// Creates the login user `name` with its home at `home`, unless it exists.
+fn ensure_user(name: &str, home: &Path) {
     for _ in 0..100 {
         if Command::new("id")
             .arg(name)
@@ -321,29 +358,16 @@ fn ensure_user(name: &str, home: Option<&Path>) {
         {
             return;
         }
-        let mut useradd = Command::new("useradd");
-        match home {
-            Some(home) => useradd
-                .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
-                .arg(home),
-            None => useradd.args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ]),
-        };
-        let out = useradd.arg(name).output().expect("useradd");
+        let out = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
+            .arg(home)
+            // "!" (useradd's default) is a locked account, which sshd refuses even for a
+            // key; "*" is no password but not locked.
+            .args(["--password", "*"])
+            .arg(name)
+            .output()
+            .expect("useradd");
         if out.status.success() {
-            if home.is_some() {
-                // "!" (useradd's default) is a locked account, which sshd refuses even for
-                // a key; "*" is no password but not locked.
-                let status = Command::new("usermod")
-                    .args(["-p", "*", name])
-                    .status()
-                    .expect("usermod");
-                assert!(status.success(), "usermod -p '*' {name}");
-            }
             return;
         }
         // Another test holds the password-file lock, or made the same user first.
@@ -367,4 +391,77 @@ fn keygen(path: &Path) {
         .status()
         .expect("ssh-keygen (Debian package openssh-client)");
     assert!(status.success(), "ssh-keygen failed");
+}
+
+/// What running one example job on a VM gave.
+pub struct JobRun {
+    pub outcome: tango::vmms::RunOutcome,
+    pub output: Vec<u8>,
+    pub limits: super::jobs::Limits,
+}
+
+/// Runs an example job on `vm` the way the worker does (copy in, run, copy out) and checks
+/// the result against the job's `expect` file. `timeout` is the job's timeout in seconds.
+pub async fn run_example_job(
+    backend: &dyn tango::vmms::Vmms,
+    vm: &tango::model::Machine,
+    job: &super::jobs::Job,
+    timeout: u64,
+    scratch: &Path,
+) -> JobRun {
+    use tango::vmms::{RunOutcome, RunSpec};
+    let inputs: Vec<tango::model::InputFile> = job
+        .input_files()
+        .iter()
+        .map(|path| tango::model::InputFile {
+            local_file: path.display().to_string(),
+            dest_file: path.file_name().unwrap().to_string_lossy().into_owned(),
+        })
+        .collect();
+    backend
+        .copy_in(vm, &inputs)
+        .await
+        .unwrap_or_else(|e| panic!("{}: copy in: {e}", job.name));
+    let spec = RunSpec {
+        job_id: 1,
+        job_name: job.name.clone(),
+        timeout,
+        max_output: 1_024_000,
+        ulimit_user_proc: 100,
+        ulimit_file_size: 104_857_600,
+        disable_network: false,
+    };
+    let outcome = backend
+        .run_job(vm, &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{}: run: {e}", job.name));
+    let dest = scratch.join(format!("{}.out", job.name));
+    backend
+        .copy_out(vm, &dest, spec.max_output)
+        .await
+        .unwrap_or_else(|e| panic!("{}: copy out: {e}", job.name));
+    let output = fs::read(&dest).unwrap();
+    let limits = super::jobs::Limits {
+        osize: spec.max_output,
+        fsize: spec.ulimit_file_size,
+        network_disabled: false,
+    };
+    let code = match outcome {
+        RunOutcome::Exited(code) => code,
+        RunOutcome::Killed => panic!("{}: the autodriver overran its own timeout", job.name),
+    };
+    assert!(
+        job.expect.allows_autodriver_exit(code),
+        "{}: autodriver exited {code}; output:\n{}",
+        job.name,
+        String::from_utf8_lossy(&output[..output.len().min(2000)])
+    );
+    if let Err(e) = job.expect.check_output(&output, &limits) {
+        panic!("{}: {e}", job.name);
+    }
+    JobRun {
+        outcome,
+        output,
+        limits,
+    }
 }
