@@ -47,6 +47,11 @@ const TAG_OWNER: &str = "tango:owner";
 /// How often the instance state is polled while waiting (Tango's `TIMER_POLL_INTERVAL`).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Bounds on every EC2 API call (the SDK sets none on a whole call by default): one attempt,
+/// and the call with its retries.
+const API_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+const API_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Tango's table from a machine's cores and memory (MiB) to a general-purpose instance type;
 /// `None` means `ec2.default_instance_type`. A missing memory counts as small, as it did in
 /// Python 2.
@@ -97,7 +102,14 @@ impl Ec2Vmms {
     /// Makes the backend from `config`; the EC2 API is not called until it is used.
     pub async fn new(config: &Config) -> Result<Self, VmmsError> {
         let settings = config.ec2.clone();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(API_ATTEMPT_TIMEOUT)
+                    .operation_timeout(API_CALL_TIMEOUT)
+                    .build(),
+            );
         if !settings.region.is_empty() {
             loader = loader.region(Region::new(settings.region.clone()));
         }
