@@ -12,7 +12,11 @@
 //! finished (whatever make returned), 1 usage error, 2 timed out, 3 OS error.
 
 pub mod docker;
+#[cfg(feature = "ec2")]
+pub mod ec2;
 pub mod local;
+pub mod ssh;
+pub mod tashi;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -141,6 +145,21 @@ pub trait Vmms: Send + Sync + 'static {
     /// What the running job has written so far, at most `max_bytes`.
     async fn get_partial_output(&self, vm: &Machine, max_bytes: u64) -> Result<Vec<u8>, VmmsError>;
 
+    /// A backend acting with a job's own cloud credentials (Tango's `accessKeyId` and
+    /// `accessKey`): the worker runs such a job on a one-off machine made through it, and
+    /// destroys that machine through it too. Backends without accounts refuse.
+    fn with_credentials(
+        &self,
+        access_key_id: &str,
+        access_key: &str,
+    ) -> Result<Arc<dyn Vmms>, VmmsError> {
+        let _ = (access_key_id, access_key);
+        Err(VmmsError::Unsupported(format!(
+            "the {} backend does not take per-job credentials",
+            self.name()
+        )))
+    }
+
     /// `/build`: loads an image tarball (`docker save` format) and tags it `<name>:latest`.
     async fn build_image(&self, name: &str, tarball: &Path) -> Result<(), VmmsError> {
         let _ = (name, tarball);
@@ -156,6 +175,13 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
     match config.vmms.name.as_str() {
         "local" => Ok(Arc::new(local::LocalVmms::new(config)?)),
         "localDocker" | "distDocker" => Ok(Arc::new(docker::DockerVmms::new(config).await?)),
+        #[cfg(feature = "ec2")]
+        "ec2SSH" => Ok(Arc::new(ec2::Ec2Vmms::new(config).await?)),
+        #[cfg(not(feature = "ec2"))]
+        "ec2SSH" => Err(VmmsError::Unsupported(
+            "this tango was built without the ec2 feature".into(),
+        )),
+        "tashiSSH" => Ok(Arc::new(tashi::TashiVmms::new(config)?)),
         other => Err(VmmsError::Unsupported(format!(
             "the {other} backend is not built yet"
         ))),

@@ -10,7 +10,10 @@
 pub mod api;
 pub mod docker;
 pub mod jobs;
+#[cfg(feature = "ec2")]
+pub mod moto;
 pub mod pipeline;
+pub mod sshd;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
