@@ -113,7 +113,12 @@ impl Workspace {
 
     fn command(&self, opts: &Opts) -> Command {
         let mut cmd = self.command_without_ids(opts);
-        cmd.args(["--uid", &self.uid.to_string(), "--gid", &self.uid.to_string()]);
+        cmd.args([
+            "--uid",
+            &self.uid.to_string(),
+            "--gid",
+            &self.uid.to_string(),
+        ]);
         cmd
     }
 
@@ -139,7 +144,10 @@ impl Workspace {
     }
 
     fn start(&self, opts: &Opts) -> Child {
-        self.command(opts).arg(self.job_dir()).spawn().expect("start the autodriver")
+        self.command(opts)
+            .arg(self.job_dir())
+            .spawn()
+            .expect("start the autodriver")
     }
 
     fn run(&self, opts: &Opts) -> Run {
@@ -160,10 +168,9 @@ impl Workspace {
             String::from_utf8_lossy(&out.stdout)
         );
         let output = std::fs::read(self.output()).expect("the output file");
-        let report: Report = serde_json::from_slice(
-            &std::fs::read(self.report()).expect("the report file"),
-        )
-        .expect("the report is JSON");
+        let report: Report =
+            serde_json::from_slice(&std::fs::read(self.report()).expect("the report file"))
+                .expect("the report is JSON");
         assert_eq!(report.autodriver_exit, exit);
         Run {
             exit,
@@ -242,10 +249,13 @@ fn check_shared(job: &Job, opts: &Opts, run: &Run) {
 fn every_shared_job_is_tested() {
     let names: Vec<String> = jobs::all_jobs().into_iter().map(|j| j.name).collect();
     let tested = [
-        "bigfile", "binary", "files", "flood", "forever", "forkbomb", "hello", "memhog",
-        "network", "nonzero", "partial", "score",
+        "bigfile", "binary", "files", "flood", "forever", "forkbomb", "hello", "memhog", "network",
+        "nonzero", "partial", "score",
     ];
-    assert_eq!(names, tested, "a shared job has no test in tests/autodriver.rs");
+    assert_eq!(
+        names, tested,
+        "a shared job has no test in tests/autodriver.rs"
+    );
 }
 
 #[test]
@@ -320,12 +330,19 @@ fn forever() {
     };
     let run = run_shared(&jobs::job("forever"), &opts);
     assert_eq!(run.exit, 2);
-    assert_eq!(run.first_line(), "Autodriver: Job timed out after 3 seconds");
+    assert_eq!(
+        run.first_line(),
+        "Autodriver: Job timed out after 3 seconds"
+    );
     assert_eq!(run.report.limit, Limit::Timeout);
     assert_eq!(run.report.signal, Some(libc::SIGKILL));
     assert!(run.report.killed_processes >= 1);
     assert!(run.report.wall_secs >= 3.0, "{:?}", run.report);
-    assert!(run.elapsed < Duration::from_secs(30), "hung: {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(30),
+        "hung: {:?}",
+        run.elapsed
+    );
 }
 
 #[test]
@@ -460,7 +477,10 @@ fn cpu_limit_stops_a_busy_job() {
     };
     let run = ws.run(&opts);
     assert_eq!(run.exit, 2, "{}", run.text());
-    assert_eq!(run.first_line(), "Autodriver: Job timed out after 2 seconds");
+    assert_eq!(
+        run.first_line(),
+        "Autodriver: Job timed out after 2 seconds"
+    );
     assert_eq!(run.report.limit, Limit::Cpu);
     assert!(run.report.cpu_secs >= 2.0, "{:?}", run.report);
     assert!(run.elapsed < Duration::from_secs(50), "{:?}", run.elapsed);
@@ -549,7 +569,10 @@ fn usage_errors_exit_1() {
         vec![d, d],
         vec!["--bogus", d],
     ] {
-        let out = Command::new(jobs::autodriver_binary()).args(&args).output().unwrap();
+        let out = Command::new(jobs::autodriver_binary())
+            .args(&args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
     }
     require_root();
@@ -622,10 +645,7 @@ fn unprivileged_it_runs_make_as_its_caller_and_still_kills_the_job() {
     let run = ws.finish(out, started.elapsed());
     assert_eq!(
         run.text(),
-        format!(
-            "Autodriver: Job timed out after 2 seconds\n{}\n",
-            ws.uid
-        )
+        format!("Autodriver: Job timed out after 2 seconds\n{}\n", ws.uid)
     );
     assert!(run.report.killed_processes >= 2, "{:?}", run.report);
     run.assert_nothing_left();
@@ -686,5 +706,8 @@ fn set_user_id_it_will_not_pick_another_uid() {
     cmd.arg("--output").arg(&target).arg(ws.job_dir());
     let out = as_user(ws.uid, &cmd).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(!target.exists(), "a set-user-ID autodriver wrote a file for its caller");
+    assert!(
+        !target.exists(),
+        "a set-user-ID autodriver wrote a file for its caller"
+    );
 }

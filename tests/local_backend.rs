@@ -131,7 +131,10 @@ impl Backend {
     async fn run(&self, job: &Job, spec: &RunSpec) -> Ran {
         let vm = self.ready_machine().await;
         let uid = self.vmms.machine_uid(&vm).unwrap().expect("a uid (root)");
-        self.vmms.copy_in(&vm, &inputs_of(job)).await.expect("copy in");
+        self.vmms
+            .copy_in(&vm, &inputs_of(job))
+            .await
+            .expect("copy in");
         let started = Instant::now();
         let outcome = self.vmms.run_job(&vm, spec).await.expect("run");
         let elapsed = started.elapsed();
@@ -177,7 +180,10 @@ impl Backend {
 
 fn assert_no_process_of(uid: u32) {
     let left = procs::live_processes_of(uid).unwrap();
-    assert!(left.is_empty(), "processes of uid {uid} were left: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of uid {uid} were left: {left:?}"
+    );
 }
 
 // ---- the shared jobs ----
@@ -186,10 +192,13 @@ fn assert_no_process_of(uid: u32) {
 fn every_shared_job_is_tested() {
     let names: Vec<String> = jobs::all_jobs().into_iter().map(|j| j.name).collect();
     let tested = [
-        "bigfile", "binary", "files", "flood", "forever", "forkbomb", "hello", "memhog",
-        "network", "nonzero", "partial", "score",
+        "bigfile", "binary", "files", "flood", "forever", "forkbomb", "hello", "memhog", "network",
+        "nonzero", "partial", "score",
     ];
-    assert_eq!(names, tested, "a shared job has no test in tests/local_backend.rs");
+    assert_eq!(
+        names, tested,
+        "a shared job has no test in tests/local_backend.rs"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +218,11 @@ async fn score() {
 async fn nonzero() {
     let b = backend();
     let ran = b.run_shared("nonzero", &spec(&b.config, 20, false)).await;
-    assert_eq!(ran.outcome, RunOutcome::Exited(0), "a failed make is a normal end");
+    assert_eq!(
+        ran.outcome,
+        RunOutcome::Exited(0),
+        "a failed make is a normal end"
+    );
 }
 
 #[tokio::test]
@@ -261,9 +274,12 @@ async fn forkbomb() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             worst = worst.max(at.elapsed());
             ticks += 1;
-            if ticks % 10 == 0 {
+            if ticks.is_multiple_of(10) {
                 let status = tokio::process::Command::new("true").status().await;
-                assert!(status.is_ok_and(|s| s.success()), "could not start a process");
+                assert!(
+                    status.is_ok_and(|s| s.success()),
+                    "could not start a process"
+                );
             }
             if ticks >= 60 {
                 return worst;
@@ -272,7 +288,10 @@ async fn forkbomb() {
     });
     let ran = b.run_shared("forkbomb", &spec(&b.config, 10, false)).await;
     let worst = ticker.await.expect("the runtime kept ticking");
-    assert!(worst < Duration::from_secs(5), "the runtime stalled {worst:?}");
+    assert!(
+        worst < Duration::from_secs(5),
+        "the runtime stalled {worst:?}"
+    );
     assert!(ran.elapsed < Duration::from_secs(40), "{:?}", ran.elapsed);
 }
 
@@ -327,7 +346,11 @@ async fn loopback_works_without_network() {
         )
         .await
         .unwrap();
-    let outcome = b.vmms.run_job(&vm, &spec(&b.config, 20, true)).await.unwrap();
+    let outcome = b
+        .vmms
+        .run_job(&vm, &spec(&b.config, 20, true))
+        .await
+        .unwrap();
     let dest = b.dest("loopback.out");
     b.vmms.copy_out(&vm, &dest, 1 << 20).await.unwrap();
     b.vmms.destroy_vm(&vm).await.unwrap();
@@ -352,7 +375,10 @@ async fn partial() {
                 if jobs::contains(&partial, want.as_bytes()) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "partial output never showed {want:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "partial output never showed {want:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -405,7 +431,11 @@ async fn get_vms_lists_our_machines_with_their_owner() {
     let listed = b.vmms.get_vms().await.unwrap();
     let ids: Vec<_> = listed.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![one.id, two.id]);
-    assert!(listed.iter().all(|m| m.owner.as_deref() == Some("test-manager")));
+    assert!(
+        listed
+            .iter()
+            .all(|m| m.owner.as_deref() == Some("test-manager"))
+    );
     assert!(listed.iter().all(|m| m.instance.is_some()));
     b.vmms.destroy_vm(&one).await.unwrap();
     let listed = b.vmms.get_vms().await.unwrap();
@@ -443,7 +473,10 @@ async fn a_machine_is_reused_for_a_second_job_with_fresh_files() {
         let job = jobs::job(name);
         b.vmms.copy_in(&vm, &inputs_of(&job)).await.unwrap();
         let s = spec(&b.config, 20, false);
-        assert_eq!(b.vmms.run_job(&vm, &s).await.unwrap(), RunOutcome::Exited(0));
+        assert_eq!(
+            b.vmms.run_job(&vm, &s).await.unwrap(),
+            RunOutcome::Exited(0)
+        );
         let dest = b.dest(&format!("reuse-{name}.out"));
         b.vmms.copy_out(&vm, &dest, s.max_output).await.unwrap();
         let output = std::fs::read(&dest).unwrap();
@@ -451,7 +484,10 @@ async fn a_machine_is_reused_for_a_second_job_with_fresh_files() {
             .check_output(&output, &Limits::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         if name == "score" {
-            assert!(!jobs::contains(&output, b"greet.sh"), "hello's files were left");
+            assert!(
+                !jobs::contains(&output, b"greet.sh"),
+                "hello's files were left"
+            );
         }
     }
     b.vmms.destroy_vm(&vm).await.unwrap();
@@ -499,13 +535,22 @@ async fn copy_out_does_not_follow_links() {
 
     // A link at the destination is replaced, not written through.
     std::fs::remove_file(output_path(&b, &vm)).unwrap();
-    std::fs::write(output_path(&b, &vm), b"Autodriver: Job exited with status 0\n").unwrap();
+    std::fs::write(
+        output_path(&b, &vm),
+        b"Autodriver: Job exited with status 0\n",
+    )
+    .unwrap();
     let victim = b.dest("victim");
     std::fs::write(&victim, b"precious").unwrap();
     symlink(&victim, &dest).unwrap();
     b.vmms.copy_out(&vm, &dest, 1000).await.unwrap();
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-    assert!(!std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(&dest)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(
         std::fs::read(&dest).unwrap(),
         b"Autodriver: Job exited with status 0\n"

@@ -82,7 +82,16 @@ mod tests {
     #[test]
     fn tangos_command_line() {
         let o = Options::try_parse_from([
-            "autodriver", "-u", "100", "-f", "104857600", "-t", "20", "-o", "1024000", "autolab",
+            "autodriver",
+            "-u",
+            "100",
+            "-f",
+            "104857600",
+            "-t",
+            "20",
+            "-o",
+            "1024000",
+            "autolab",
         ])
         .unwrap();
         assert_eq!(

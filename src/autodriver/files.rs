@@ -255,7 +255,10 @@ mod tests {
         let removal = clear_dir(d, &[mine], Some(100)).unwrap();
         assert_eq!(removal.removed, 2);
         assert!(removal.saw_capped_file);
-        let left: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("mine")]);
         assert!(outside.path().join("keep").exists());
     }

@@ -29,8 +29,14 @@ pub const FALLBACK_ID: u32 = 65534;
 pub enum Mode {
     Root,
     /// Set-user-ID root: real ids are the caller's.
-    Setuid { caller_uid: u32, caller_gid: u32 },
-    Unprivileged { uid: u32, gid: u32 },
+    Setuid {
+        caller_uid: u32,
+        caller_gid: u32,
+    },
+    Unprivileged {
+        uid: u32,
+        gid: u32,
+    },
 }
 
 impl Mode {
@@ -124,7 +130,7 @@ pub fn resolve(
                         gid: FALLBACK_ID,
                         groups: vec![FALLBACK_ID],
                         name: passwd::find_uid(passwd_text, FALLBACK_ID).map(|u| u.name),
-                            switch: true,
+                        switch: true,
                         owns_uid: true,
                     },
                 }
@@ -207,8 +213,13 @@ mod tests {
 
     #[test]
     fn root_without_the_user_falls_back_to_nobody() {
-        let id = resolve(Mode::Root, &req(None, None), "root:x:0:0::/root:/bin/sh\n", "")
-            .unwrap();
+        let id = resolve(
+            Mode::Root,
+            &req(None, None),
+            "root:x:0:0::/root:/bin/sh\n",
+            "",
+        )
+        .unwrap();
         assert_eq!((id.uid, id.gid), (FALLBACK_ID, FALLBACK_ID));
         assert_eq!(id.name, None);
     }
@@ -282,7 +293,10 @@ mod tests {
             gid: 1000,
         };
         let id = resolve(me, &req(None, None), PASSWD, GROUP).unwrap();
-        assert_eq!((id.uid, id.gid, id.switch, id.owns_uid), (1000, 1000, false, false));
+        assert_eq!(
+            (id.uid, id.gid, id.switch, id.owns_uid),
+            (1000, 1000, false, false)
+        );
         assert!(resolve(me, &req(None, Some((1000, 1000))), PASSWD, GROUP).is_ok());
         assert!(matches!(
             resolve(me, &req(None, Some((5, 5))), PASSWD, GROUP),

@@ -107,7 +107,8 @@ pub fn run(
         .with(|| files::create_private(&log_path))
         .map_err(os_error("Error opening output file"))?;
     own_files.push(FileId::of(
-        &log.metadata().map_err(os_error("Error opening output file"))?,
+        &log.metadata()
+            .map_err(os_error("Error opening output file"))?,
     ));
 
     // SAFETY: prctl with constant arguments.
@@ -370,7 +371,10 @@ fn watch(
             if left.is_zero() {
                 break;
             }
-            poll(&mut [pollfd(p.as_raw_fd())], left.min(Duration::from_millis(100)));
+            poll(
+                &mut [pollfd(p.as_raw_fd())],
+                left.min(Duration::from_millis(100)),
+            );
         }
     }
     Ok((watched, capture))
@@ -395,7 +399,9 @@ fn kill_job(
         seen.extend(live.iter().map(|p| p.pid));
         // Zombies that are our children are reaped on the next turn; other zombies of the
         // uid wait for a parent outside the job and are harmless.
-        let our_zombies = left.iter().any(|p| p.is_zombie() && p.ppid == scope.ancestor);
+        let our_zombies = left
+            .iter()
+            .any(|p| p.is_zombie() && p.ppid == scope.ancestor);
         if live.is_empty() && !our_zombies && watched.make_status.is_some() {
             return Ok(seen.len() as u64);
         }
@@ -434,7 +440,10 @@ fn kill_exactly(pid: i32, scope: Scope) {
         return;
     };
     let Ok(all) = procs::snapshot() else { return };
-    if procs::job_processes(&all, scope).iter().any(|p| p.pid == pid) {
+    if procs::job_processes(&all, scope)
+        .iter()
+        .any(|p| p.pid == pid)
+    {
         // SAFETY: pidfd_send_signal on a pidfd we own.
         unsafe {
             libc::syscall(

@@ -23,8 +23,7 @@ pub struct User {
 /// lines and NIS `+`/`-` entries give `None`.
 pub fn parse_passwd_line(line: &str) -> Option<User> {
     let line = line.trim_end_matches(['\n', '\r']);
-    if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-')
-    {
+    if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
         return None;
     }
     let fields: Vec<&str> = line.split(':').collect();

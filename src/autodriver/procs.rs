@@ -203,30 +203,31 @@ pub fn kill_uid(uid: u32, gid: u32) -> io::Result<()> {
             "refusing to kill every process of root",
         ));
     }
-    let helper = std::thread::Builder::new()
-        .name("kill-uid".into())
-        .spawn(move || -> io::Result<()> {
-            // SAFETY: raw credential system calls that affect only this thread, which ends
-            // right after.
-            unsafe {
-                let ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
-                    == 0
-                    && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
-                    && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
-                if !ok {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!(
-                            "could not switch to uid {uid} to kill its processes: {}",
-                            io::Error::last_os_error()
-                        ),
-                    ));
+    let helper =
+        std::thread::Builder::new()
+            .name("kill-uid".into())
+            .spawn(move || -> io::Result<()> {
+                // SAFETY: raw credential system calls that affect only this thread, which ends
+                // right after.
+                unsafe {
+                    let ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+                        == 0
+                        && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                        && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+                    if !ok {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!(
+                                "could not switch to uid {uid} to kill its processes: {}",
+                                io::Error::last_os_error()
+                            ),
+                        ));
+                    }
+                    // ESRCH (nothing to kill) is the common, happy case.
+                    libc::kill(-1, libc::SIGKILL);
                 }
-                // ESRCH (nothing to kill) is the common, happy case.
-                libc::kill(-1, libc::SIGKILL);
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
     helper
         .join()
         .map_err(|_| io::Error::other("the kill helper thread panicked"))?
@@ -317,14 +318,11 @@ mod tests {
         .into_iter()
         .map(|s| (s.pid, s))
         .collect();
-        let mut pids = |uid| -> Vec<i32> {
-            let mut v: Vec<i32> = job_processes(
-                &all,
-                Scope { ancestor: 10, uid },
-            )
-            .into_iter()
-            .map(|s| s.pid)
-            .collect();
+        let pids = |uid| -> Vec<i32> {
+            let mut v: Vec<i32> = job_processes(&all, Scope { ancestor: 10, uid })
+                .into_iter()
+                .map(|s| s.pid)
+                .collect();
             v.sort();
             v
         };

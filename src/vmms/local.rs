@@ -310,7 +310,10 @@ impl UidClaims {
         let mut taken = std::collections::HashSet::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let Some(uid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            let Some(uid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -330,11 +333,14 @@ impl UidClaims {
         }
         let count = range.len();
         let start = range.start;
-        let uid = range.into_iter().find(|uid| !taken.contains(uid)).ok_or_else(|| {
-            VmmsError::Backend(format!(
-                "all {count} local uids from {start} are in use: raise local.uid_count"
-            ))
-        })?;
+        let uid = range
+            .into_iter()
+            .find(|uid| !taken.contains(uid))
+            .ok_or_else(|| {
+                VmmsError::Backend(format!(
+                    "all {count} local uids from {start} are in use: raise local.uid_count"
+                ))
+            })?;
         fs::write(
             self.dir.join(uid.to_string()),
             machine_dir.as_os_str().as_encoded_bytes(),
@@ -345,8 +351,7 @@ impl UidClaims {
     /// Gives `uid` back if `machine_dir` holds it. Call with the lock held.
     fn release(&self, uid: u32, machine_dir: &Path) {
         let claim = self.dir.join(uid.to_string());
-        if fs::read(&claim).is_ok_and(|held| held == machine_dir.as_os_str().as_encoded_bytes())
-        {
+        if fs::read(&claim).is_ok_and(|held| held == machine_dir.as_os_str().as_encoded_bytes()) {
             let _ = fs::remove_file(claim);
         }
     }
@@ -653,8 +658,7 @@ impl Vmms for LocalVmms {
             .env_clear()
             .env(
                 "PATH",
-                std::env::var_os("PATH")
-                    .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
