@@ -204,11 +204,13 @@ pub struct LocalConfig {
     pub autodriver: PathBuf,
     /// Images the backend claims to have (it runs everything on the host).
     pub images: Vec<String>,
-    /// The user the autodriver drops to when tango runs as root.
-    pub user: String,
-    /// Numeric uid/gid to use when `user` does not exist on the host.
-    pub fallback_uid: u32,
-    pub fallback_gid: u32,
+    /// When tango runs as root, each machine runs its jobs as its own uid (and gid of the
+    /// same number) from `uid_base .. uid_base + uid_count`, so that the process limit and
+    /// the kill-everything-of-the-uid at the end touch that machine alone. These ids need
+    /// not exist in /etc/passwd; pick a range no user or service has.
+    pub uid_base: u32,
+    /// How many machines may exist at once.
+    pub uid_count: u32,
 }
 
 /// The Docker backends (`localDocker`, `distDocker`).
@@ -445,9 +447,8 @@ impl Default for LocalConfig {
             work_dir: PathBuf::new(),
             autodriver: PathBuf::new(),
             images: vec!["autograding_image".into()],
-            user: "autograde".into(),
-            fallback_uid: 65534,
-            fallback_gid: 65534,
+            uid_base: 2_000_000_000,
+            uid_count: 1000,
         }
     }
 }
@@ -795,6 +796,19 @@ impl Config {
                     format!("must be a non-negative number of seconds, got {value}"),
                 );
             }
+        }
+        if self.local.uid_base == 0
+            || self.local.uid_count == 0
+            || u64::from(self.local.uid_base) + u64::from(self.local.uid_count) > i32::MAX as u64
+        {
+            return invalid(
+                "local.uid_base",
+                format!(
+                    "local.uid_base and local.uid_count must give a range of non-root ids \
+                     below 2^31, got {} and {}",
+                    self.local.uid_base, self.local.uid_count
+                ),
+            );
         }
         if let Some(cores) = self.limits.cores
             && (!cores.is_finite() || cores <= 0.0)

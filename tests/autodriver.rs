@@ -488,6 +488,34 @@ fn cpu_limit_stops_a_busy_job() {
 }
 
 #[test]
+fn a_job_that_grows_into_the_address_space_limit_is_reported() {
+    require_root();
+    // Grows 8 MiB at a time until an allocation fails, then lingers a moment (as a job
+    // printing its error would): the sampled peak shows the limit was reached.
+    let ws = Workspace::new().with_makefile("all:\n\t@python3 grow.py\n");
+    std::fs::write(
+        ws.job_dir().join("grow.py"),
+        "import time\nl = []\ntry:\n    while True:\n        l.append(bytearray(8 << 20))\n\
+         except MemoryError:\n    print('out of memory', flush=True)\n    time.sleep(1)\n",
+    )
+    .unwrap();
+    let opts = Opts {
+        address_space: 256 * MIB,
+        ..Opts::default()
+    };
+    let run = ws.run(&opts);
+    assert_eq!(run.exit, 0, "{}", run.text());
+    assert!(run.text().contains("out of memory"), "{}", run.text());
+    assert_eq!(run.report.limit, Limit::Memory, "{:?}", run.report);
+    assert!(run.report.peak_rss_bytes > 100 * MIB, "{:?}", run.report);
+    // Far from the limit, the report says none.
+    let ws = Workspace::new().with_makefile("all:\n\t@python3 -c 'x = bytearray(64 << 20)'\n");
+    let run = ws.run(&opts);
+    assert_eq!(run.exit, 0, "{}", run.text());
+    assert_eq!(run.report.limit, Limit::None, "{:?}", run.report);
+}
+
+#[test]
 fn files_the_job_leaves_in_shared_places_are_removed() {
     require_root();
     let ws = Workspace::new();

@@ -178,7 +178,8 @@ pub fn resolve(
             }
         }
     };
-    if identity.switch && identity.uid == 0 {
+    // Unprivileged with a real uid of 0 (effective uid dropped) would run make as root too.
+    if identity.uid == 0 {
         return Err(IdentityError::Usage("refusing to run a job as root".into()));
     }
     Ok(identity)
@@ -244,6 +245,15 @@ mod tests {
         assert!(matches!(e, IdentityError::Usage(_)));
         let e = resolve(Mode::Root, &req(Some("root"), None), PASSWD, GROUP).unwrap_err();
         assert!(matches!(e, IdentityError::Usage(_)));
+    }
+
+    #[test]
+    fn never_root_even_without_privileges() {
+        let half_root = Mode::Unprivileged { uid: 0, gid: 0 };
+        assert!(matches!(
+            resolve(half_root, &req(None, None), PASSWD, GROUP),
+            Err(IdentityError::Usage(_))
+        ));
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn watch(
     let ticks = procs::clock_ticks() as f64;
     let mut next_sample = started + SAMPLE_EVERY;
     let mut ended_at = None;
+    let mut failure = None;
 
     loop {
         let now = Instant::now();
@@ -343,10 +344,16 @@ fn watch(
         fds.push(pollfd(signals.fd.as_raw_fd()));
         poll(&mut fds, wait);
 
-        if let Some(p) = &pipe
-            && drain(p.as_raw_fd(), &mut capture).map_err(os_error("Error reading output"))?
-        {
-            pipe = None;
+        if let Some(p) = &pipe {
+            match drain(p.as_raw_fd(), &mut capture) {
+                Ok(true) => pipe = None,
+                Ok(false) => {}
+                Err(e) => {
+                    // Stop watching, but kill the job first like any other ending.
+                    failure = Some(os_error("Error reading output")(e));
+                    break;
+                }
+            }
         }
         if let Some(sig) = signals.take() {
             watched.stop = Some(Stop::Signal(sig));
@@ -361,6 +368,9 @@ fn watch(
     watched.wall = ended_at.unwrap_or_else(Instant::now) - started;
 
     watched.killed = kill_job(make_pid, identity, scope, &mut watched)?;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     if let Some(p) = pipe {
         let until = Instant::now() + DRAIN_PATIENCE;
         loop {

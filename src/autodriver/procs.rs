@@ -318,7 +318,7 @@ mod tests {
         .into_iter()
         .map(|s| (s.pid, s))
         .collect();
-        let mut pids = |uid| -> Vec<i32> {
+        let pids = |uid| -> Vec<i32> {
             let mut v: Vec<i32> = job_processes(&all, Scope { ancestor: 10, uid })
                 .into_iter()
                 .map(|s| s.pid)
