@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where the jobs are: `TANGO_TEST_JOBS`, else `shared/jobs` beside or above the crate
-/// (`/work/shared/jobs` for a worktree in `/work/wt/NAME` or `/work/main`).
+/// Where the jobs are: `TANGO_TEST_JOBS`, else the project's shared `shared/jobs` beside or
+/// above the crate (`/work/shared/jobs` for a checkout in `/work/main`), else the copy kept in
+/// `tests/jobs/` so that a clone anywhere still has them.
 pub fn jobs_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TANGO_TEST_JOBS") {
         return PathBuf::from(dir);
@@ -20,6 +21,7 @@ pub fn jobs_dir() -> PathBuf {
         manifest.join("../shared/jobs"),
         manifest.join("../../shared/jobs"),
         PathBuf::from("/work/shared/jobs"),
+        manifest.join("tests/jobs"),
     ] {
         if candidate.join("hello/expect").is_file() {
             return candidate;

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod daemon;
 pub mod docker;
 pub mod jobs;
 #[cfg(feature = "ec2")]
