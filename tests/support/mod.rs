@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod private_redis;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -105,8 +107,13 @@ pub fn redis_config() -> StoreConfig {
 
 /// Connects to the test Redis with `config` (one more connection each call).
 pub async fn redis_store(config: &StoreConfig) -> Arc<dyn JobStore> {
-    let _ = RedisStore::connect(config).await;
-    unimplemented!("TEMPORARY-SCAFFOLD")
+    match RedisStore::connect(config).await {
+        Ok(store) => Arc::new(store),
+        Err(e) => panic!(
+            "cannot open the redis store at {}:{}: {e}",
+            config.redis_host, config.redis_port
+        ),
+    }
 }
 
 /// A string unique within this machine for this run.
