@@ -26,7 +26,6 @@ async fn memory() -> Fixture {
     }
 }
 
-#[allow(dead_code)]
 async fn redis() -> Fixture {
     let config = support::redis_config();
     Fixture {
@@ -489,7 +488,7 @@ macro_rules! contract {
 macro_rules! every_backend {
     ($($case:ident),* $(,)?) => {
         contract!(memory: $($case),*);
-        // contract!(redis: $($case),*);
+        contract!(redis: $($case),*);
     };
 }
 

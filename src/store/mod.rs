@@ -173,11 +173,6 @@ pub trait JobStore: Send + Sync + 'static {
 pub async fn open(config: &Config) -> Result<Arc<dyn JobStore>, StoreError> {
     match config.store.backend {
         StoreBackend::Memory => Ok(Arc::new(memory::MemoryStore::new())),
-        StoreBackend::Redis => {
-            redis::RedisStore::connect(&config.store).await?;
-            Err(StoreError::Unavailable(
-                "the redis store is not built yet".into(),
-            ))
-        }
+        StoreBackend::Redis => Ok(Arc::new(redis::RedisStore::connect(&config.store).await?)),
     }
 }

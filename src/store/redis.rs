@@ -1,15 +1,1240 @@
-//! The Redis store (placeholder until it is written).
+//! The Redis store: durable, and shared by every `tango serve` and `tango manager` process
+//! that points at the same Redis and namespace, on any host.
+//!
+//! Each [`JobStore`] method is one Lua script, one command, or one `MULTI` block (a waiting
+//! `claim_next` repeats one claim script between waits), so other clients never see half of
+//! a change. Values are JSON (`serde_json` of [`Job`], [`Machine`], [`PoolTarget`]), never
+//! a language pickle.
+//!
+//! # Key layout
+//!
+//! Every key starts with `<ns>:` (`store.namespace`, `tango` by default), so one Redis can
+//! serve several deployments, and Python Tango's keys (`liveJobs`, `queue:…`, pickled
+//! values) are never read or written. In the names below, `<owner>` and `<pool>` are escaped (`%` → `%25`,
+//! `:` → `%3A`) so that an owner or pool name containing `:` cannot reach another's key.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<ns>:next-job-id` | string | the last job id handed out (`INCR`) |
+//! | `<ns>:vm-ids` | string | how many machine ids were handed out; id = 999 + `INCR` |
+//! | `<ns>:live` | hash | job id → job JSON, for every live job |
+//! | `<ns>:lease` | hash | job id → the manager holding it (claimed, not yet requeued or finished) |
+//! | `<ns>:assigned` | set | ids of live jobs dispatched to a machine |
+//! | `<ns>:queue` | list | ids of unassigned jobs, head first |
+//! | `<ns>:claimed:<owner>` | sorted set | ids a manager holds (score = id, for requeueing in order) |
+//! | `<ns>:claimers` | set | managers with a `claimed:` set, so claims of a manager that never heartbeat are found |
+//! | `<ns>:owners` | sorted set | manager → when its lease runs out (ms, Redis server clock) |
+//! | `<ns>:dead` | hash | job id → job JSON, for finished and rejected jobs |
+//! | `<ns>:dead-order` | list | dead job ids, oldest first, for trimming beyond `max_dead` |
+//! | `<ns>:pools:<owner>` | set | names of a manager's pools |
+//! | `<ns>:pool:<owner>:<pool>:total` | list | ids of the pool's machines, in the order added |
+//! | `<ns>:pool:<owner>:<pool>:free` | list | ids of its free machines, oldest first |
+//! | `<ns>:pool:<owner>:<pool>:machines` | hash | machine id → machine JSON |
+//! | `<ns>:pool-targets` | hash | pool → what `/prealloc` asked for (JSON) |
+//! | `<ns>:counters` | hash | `/info` counter name → integer |
+//!
+//! A live job's `owner` and `assigned` are kept outside its JSON (`lease`, `assigned`) and
+//! laid over it when it is read: reaping a dead manager then changes them without decoding
+//! and re-encoding job JSON in Lua (whose number formatting would lose precision). The copies
+//! of those two fields inside the stored JSON are whatever the last writer sent; ignore them.
+//!
+//! Scripts build the per-owner key names themselves, from the namespace they are given, so
+//! this store needs a single Redis (or a primary with replicas), not Redis Cluster.
+//!
+//! # Waiting for work
+//!
+//! [`JobStore::claim_next`] waits with `BLMOVE <ns>:queue <ns>:queue LEFT LEFT <timeout>`
+//! on a connection of its own (a blocking command would stall every other call on the shared
+//! multiplexed connection). Moving the head of the queue onto itself changes nothing: the
+//! command is only a wake-up that costs no polling, and the job is then taken by the claim
+//! script. So a claimer that is cancelled while waiting (its future dropped, its connection
+//! closed) cannot leave a job half taken, and a job queued or requeued wakes the waiters at
+//! once. Requires Redis 6.2 or newer (`BLMOVE`).
+//!
+//! # Failures
+//!
+//! Every call answers within [`CALL_BUDGET`]: connecting gives up after [`CONNECT_TIMEOUT`],
+//! a reply after [`RESPONSE_TIMEOUT`]. A Redis that cannot be reached, refuses the
+//! connection or does not answer becomes [`StoreError::Unavailable`]; JSON or replies that
+//! do not parse, or keys of the wrong type, become [`StoreError::Corrupt`]. The shared
+//! connection is one multiplexed RESP3 connection, which reports at once that it closed; the
+//! next call then opens a new one, so the store recovers by itself when Redis comes back. A
+//! failed call is sent again (within the budget) when no connection could be made (so it was
+//! never sent), or when it only reads or sending it twice changes nothing; any other write
+//! whose answer was lost is reported, never repeated, since it may have been applied.
 
-use super::StoreError;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo,
+    ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo, RedisError, RedisResult, Script,
+    ScriptInvocation, Value,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::{JobStore, Reaped, StoreError, StoreStats};
 use crate::config::StoreConfig;
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
 
-pub struct RedisStore;
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long Redis may take to answer one command on the shared connection.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most any call but a waiting `claim_next` takes, retries included. The REST API must
+/// answer within 2 s even when Redis is gone.
+pub const CALL_BUDGET: Duration = Duration::from_millis(1500);
+/// How much longer than its own timeout a `BLMOVE` may take before the server is taken for
+/// unreachable.
+const BLOCKING_GRACE: Duration = Duration::from_secs(2);
+/// Idle blocking connections kept for the next waiting `claim_next`.
+const IDLE_BLOCKING_CONNECTIONS: usize = 8;
+/// The longest single wait of `claim_next` (a year): longer ones are cut to this.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Waits shorter than this are not worth a blocking command (and `BLMOVE` reads a timeout
+/// of 0 as "forever").
+const MIN_BLOCK: Duration = Duration::from_millis(1);
 
-impl RedisStore {
-    pub async fn connect(_config: &StoreConfig) -> Result<RedisStore, StoreError> {
-        Err(StoreError::Unavailable(
-            "the redis store is not built yet".into(),
-        ))
+/// The store on one Redis, under one namespace.
+pub struct RedisStore {
+    /// Opens the dedicated connections of waiting claimers.
+    client: Client,
+    /// The shared, multiplexed connection every other call uses.
+    link: Link,
+    keys: Keys,
+    /// Dedicated connections for `BLMOVE`, idle between waits.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// `host:port`, for error messages.
+    addr: String,
+}
+
+/// The shared connection: one multiplexed RESP3 connection, replaced when it dies.
+///
+/// Unlike redis-rs's `ConnectionManager`, this tells apart a call that failed because no
+/// connection could be made (so the command was never sent, and may be sent again, even a
+/// write) from one that failed after it was sent (a write may have been applied).
+struct Link {
+    client: Client,
+    /// The current connection, and whether it is still open. Locked across a connection
+    /// attempt, so that concurrent callers wait for one attempt instead of starting many.
+    current: tokio::sync::Mutex<Option<(MultiplexedConnection, Arc<AtomicBool>)>>,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// No connection: the command was not sent.
+    Unsent(RedisError),
+    /// The command was sent (or partly sent): it may have been applied.
+    Sent(RedisError),
+}
+
+impl Link {
+    /// The open connection, or a new one. The flag goes false when the connection closes.
+    async fn get(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>), RedisError> {
+        let mut current = self.current.lock().await;
+        if let Some((conn, open)) = &*current
+            && open.load(Ordering::Acquire)
+        {
+            return Ok((conn.clone(), open.clone()));
+        }
+        *current = None;
+        let open = Arc::new(AtomicBool::new(true));
+        let flag = open.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            // RESP3 connections report their own end at once (the server closed it, or it
+            // broke), so the next call reconnects instead of failing on a dead socket.
+            .set_push_sender(move |info: PushInfo| {
+                if info.kind == PushKind::Disconnection {
+                    flag.store(false, Ordering::Release);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *current = Some((conn.clone(), open.clone()));
+        Ok((conn, open))
     }
 }
-// TEMPORARY-SCAFFOLD
+
+/// The names of the keys the Rust side uses directly (scripts derive the rest).
+struct Keys {
+    ns: String,
+    next_job_id: String,
+    vm_ids: String,
+    live: String,
+    lease: String,
+    assigned: String,
+    queue: String,
+    dead: String,
+    dead_order: String,
+    pool_targets: String,
+    counters: String,
+}
+
+impl Keys {
+    fn new(ns: &str) -> Keys {
+        let key = |name: &str| format!("{ns}:{name}");
+        Keys {
+            ns: ns.to_string(),
+            next_job_id: key("next-job-id"),
+            vm_ids: key("vm-ids"),
+            live: key("live"),
+            lease: key("lease"),
+            assigned: key("assigned"),
+            queue: key("queue"),
+            dead: key("dead"),
+            dead_order: key("dead-order"),
+            pool_targets: key("pool-targets"),
+            counters: key("counters"),
+        }
+    }
+}
+
+/// When a failed call may be sent again (a call that found no connection always may).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Only if it was never sent: it changes state, and a lost answer may hide a change
+    /// that was made.
+    IfUnsent,
+    /// After any connection failure: it only reads, or sending it twice leaves the same
+    /// state as sending it once.
+    Idempotent,
+}
+
+/// Attempts per call: the first, then one at once (a dead connection is replaced), then one
+/// after a short pause.
+const ATTEMPTS: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+// ---- the scripts ----
+
+/// Shared by every script: ARGV[1] is the namespace.
+const PRELUDE: &str = r#"
+local ns = ARGV[1]
+local function key(name) return ns .. ':' .. name end
+local escapes = { ['%'] = '%25', [':'] = '%3A' }
+local function part(name) return (string.gsub(name, '[%%:]', escapes)) end
+local function claimed_key(owner) return key('claimed:' .. part(owner)) end
+local function pools_key(owner) return key('pools:' .. part(owner)) end
+local function pool_key(owner, pool, what)
+  return key('pool:' .. part(owner) .. ':' .. part(pool) .. ':' .. what)
+end
+-- Leases use the server's clock: managers on several hosts share one Redis.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function held(id, owner)
+  return redis.call('HGET', key('lease'), id) == owner
+    and redis.call('HEXISTS', key('live'), id) == 1
+end
+local function unclaim(owner, id)
+  local ck = claimed_key(owner)
+  redis.call('ZREM', ck, id)
+  if redis.call('EXISTS', ck) == 0 then redis.call('SREM', key('claimers'), owner) end
+end
+local function push_dead(id, json, max_dead)
+  if redis.call('HSET', key('dead'), id, json) == 1 then
+    redis.call('RPUSH', key('dead-order'), id)
+  end
+  if max_dead > 0 then
+    local extra = redis.call('LLEN', key('dead-order')) - max_dead
+    for _ = 1, extra do
+      local old = redis.call('LPOP', key('dead-order'))
+      if old then redis.call('HDEL', key('dead'), old) end
+    end
+  end
+end
+local function pool_views(owner, out)
+  local names = redis.call('SMEMBERS', pools_key(owner))
+  table.sort(names)
+  for _, pool in ipairs(names) do
+    table.insert(out, {
+      pool,
+      redis.call('LRANGE', pool_key(owner, pool, 'total'), 0, -1),
+      redis.call('LRANGE', pool_key(owner, pool, 'free'), 0, -1),
+    })
+  end
+end
+-- Forgets a manager: its jobs go back to the front of the queue in id order (appended to
+-- `requeued`), its pools are dropped and their machines appended to `machines` as
+-- owner, pool, id, machine JSON (false when unknown).
+local function drop_owner(owner, requeued, machines)
+  redis.call('ZREM', key('owners'), owner)
+  redis.call('SREM', key('claimers'), owner)
+  local ck = claimed_key(owner)
+  local ids = redis.call('ZRANGE', ck, 0, -1)
+  redis.call('DEL', ck)
+  local mine = {}
+  for _, id in ipairs(ids) do
+    if redis.call('HGET', key('lease'), id) == owner then
+      redis.call('HDEL', key('lease'), id)
+      if redis.call('HEXISTS', key('live'), id) == 1 then
+        redis.call('SREM', key('assigned'), id)
+        table.insert(mine, id)
+      end
+    end
+  end
+  for i = #mine, 1, -1 do redis.call('LPUSH', key('queue'), mine[i]) end
+  for _, id in ipairs(mine) do table.insert(requeued, id) end
+  local pk = pools_key(owner)
+  local names = redis.call('SMEMBERS', pk)
+  table.sort(names)
+  for _, pool in ipairs(names) do
+    local total = pool_key(owner, pool, 'total')
+    local free = pool_key(owner, pool, 'free')
+    local stored = pool_key(owner, pool, 'machines')
+    for _, id in ipairs(redis.call('LRANGE', total, 0, -1)) do
+      table.insert(machines, owner)
+      table.insert(machines, pool)
+      table.insert(machines, id)
+      table.insert(machines, redis.call('HGET', stored, id))
+    end
+    redis.call('DEL', total, free, stored)
+  end
+  redis.call('DEL', pk)
+end
+"#;
+
+struct Scripts {
+    enqueue: Script,
+    claim: Script,
+    update_live: Script,
+    requeue: Script,
+    finish: Script,
+    add_dead: Script,
+    update_dead: Script,
+    heartbeat: Script,
+    live_owners: Script,
+    release_owner: Script,
+    reap_expired: Script,
+    pool_add: Script,
+    pool_free: Script,
+    pool_take: Script,
+    pool_remove: Script,
+    pools: Script,
+    owner_pools: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    // ARGV: ns, id, json, max_queued. Returns -1, or the queue's length when it is full.
+    enqueue: script(
+        r#"
+local max = tonumber(ARGV[4])
+if max > 0 then
+  local n = redis.call('LLEN', key('queue'))
+  if n >= max then return n end
+end
+redis.call('HSET', key('live'), ARGV[2], ARGV[3])
+redis.call('HDEL', key('lease'), ARGV[2])
+redis.call('SREM', key('assigned'), ARGV[2])
+redis.call('RPUSH', key('queue'), ARGV[2])
+return -1
+"#,
+    ),
+    // ARGV: ns, owner. Returns nil, or {job JSON, assigned (0/1)}. Queue entries whose job
+    // is no longer live are dropped.
+    claim: script(
+        r#"
+local owner = ARGV[2]
+while true do
+  local id = redis.call('LPOP', key('queue'))
+  if not id then return false end
+  local json = redis.call('HGET', key('live'), id)
+  if json then
+    local previous = redis.call('HGET', key('lease'), id)
+    if previous and previous ~= owner then unclaim(previous, id) end
+    redis.call('HSET', key('lease'), id, owner)
+    redis.call('ZADD', claimed_key(owner), id, id)
+    redis.call('SADD', key('claimers'), owner)
+    return { json, redis.call('SISMEMBER', key('assigned'), id) }
+  end
+end
+"#,
+    ),
+    // ARGV: ns, id, owner, json, assigned (0/1). Returns 1, or 0 when the lease is lost.
+    update_live: script(
+        r#"
+local id, owner = ARGV[2], ARGV[3]
+if not held(id, owner) then return 0 end
+redis.call('HSET', key('live'), id, ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('SADD', key('assigned'), id)
+else
+  redis.call('SREM', key('assigned'), id)
+end
+return 1
+"#,
+    ),
+    // ARGV: ns, id, owner, json. Returns 1, or 0 when the lease is lost.
+    requeue: script(
+        r#"
+local id, owner = ARGV[2], ARGV[3]
+if not held(id, owner) then return 0 end
+redis.call('HSET', key('live'), id, ARGV[4])
+redis.call('SREM', key('assigned'), id)
+redis.call('HDEL', key('lease'), id)
+unclaim(owner, id)
+redis.call('LPUSH', key('queue'), id)
+return 1
+"#,
+    ),
+    // ARGV: ns, id, owner, json, max_dead. Returns 1, or 0 when the lease is lost.
+    finish: script(
+        r#"
+local id, owner = ARGV[2], ARGV[3]
+if not held(id, owner) then return 0 end
+redis.call('HDEL', key('live'), id)
+redis.call('HDEL', key('lease'), id)
+redis.call('SREM', key('assigned'), id)
+unclaim(owner, id)
+push_dead(id, ARGV[4], tonumber(ARGV[5]))
+return 1
+"#,
+    ),
+    // ARGV: ns, id, json, max_dead.
+    add_dead: script(
+        r#"
+push_dead(ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return 1
+"#,
+    ),
+    // ARGV: ns, id, json. Returns 1, or 0 when the job is not among the dead.
+    update_dead: script(
+        r#"
+if redis.call('HEXISTS', key('dead'), ARGV[2]) == 0 then return 0 end
+redis.call('HSET', key('dead'), ARGV[2], ARGV[3])
+return 1
+"#,
+    ),
+    // ARGV: ns, owner, lease in ms.
+    heartbeat: script(
+        r#"
+redis.call('ZADD', key('owners'), now_ms() + tonumber(ARGV[3]), ARGV[2])
+return 1
+"#,
+    ),
+    // ARGV: ns.
+    live_owners: script(
+        r#"
+return redis.call('ZRANGEBYSCORE', key('owners'), '(' .. now_ms(), '+inf')
+"#,
+    ),
+    // ARGV: ns, owner. Returns the requeued ids.
+    release_owner: script(
+        r#"
+local requeued, machines = {}, {}
+drop_owner(ARGV[2], requeued, machines)
+return requeued
+"#,
+    ),
+    // ARGV: ns. Returns {owners, requeued ids, machines (owner, pool, id, JSON) flattened}.
+    reap_expired: script(
+        r#"
+local expired = redis.call('ZRANGEBYSCORE', key('owners'), '-inf', now_ms())
+local seen = {}
+for _, owner in ipairs(expired) do seen[owner] = true end
+-- Claims by a manager that never heartbeat (or was forgotten) are orphans too.
+for _, owner in ipairs(redis.call('SMEMBERS', key('claimers'))) do
+  if not seen[owner] and not redis.call('ZSCORE', key('owners'), owner) then
+    table.insert(expired, owner)
+    seen[owner] = true
+  end
+end
+table.sort(expired)
+local requeued, machines = {}, {}
+for _, owner in ipairs(expired) do drop_owner(owner, requeued, machines) end
+return { expired, requeued, machines }
+"#,
+    ),
+    // ARGV: ns, owner, pool, machine id ('' when it has none), machine JSON.
+    pool_add: script(
+        r#"
+local owner, pool, id = ARGV[2], ARGV[3], ARGV[4]
+redis.call('SADD', pools_key(owner), pool)
+if id ~= '' and not redis.call('LPOS', pool_key(owner, pool, 'total'), id) then
+  redis.call('RPUSH', pool_key(owner, pool, 'total'), id)
+  redis.call('HSET', pool_key(owner, pool, 'machines'), id, ARGV[5])
+end
+return 1
+"#,
+    ),
+    // ARGV: ns, owner, pool, machine id, machine JSON. Returns 1, or 0 when not a member.
+    pool_free: script(
+        r#"
+local owner, pool, id = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('SISMEMBER', pools_key(owner), pool) == 0 then return 0 end
+if not redis.call('LPOS', pool_key(owner, pool, 'total'), id) then return 0 end
+if not redis.call('LPOS', pool_key(owner, pool, 'free'), id) then
+  redis.call('RPUSH', pool_key(owner, pool, 'free'), id)
+  redis.call('HSET', pool_key(owner, pool, 'machines'), id, ARGV[5])
+end
+return 1
+"#,
+    ),
+    // ARGV: ns, owner, pool. Returns nil, or {id, machine JSON}.
+    pool_take: script(
+        r#"
+local owner, pool = ARGV[2], ARGV[3]
+local id = redis.call('LPOP', pool_key(owner, pool, 'free'))
+if not id then return false end
+return { id, redis.call('HGET', pool_key(owner, pool, 'machines'), id) }
+"#,
+    ),
+    // ARGV: ns, owner, pool, machine id. Returns 1, or 0 when absent.
+    pool_remove: script(
+        r#"
+local owner, pool, id = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('SISMEMBER', pools_key(owner), pool) == 0 then return 0 end
+local removed = redis.call('LREM', pool_key(owner, pool, 'total'), 0, id)
+redis.call('LREM', pool_key(owner, pool, 'free'), 0, id)
+redis.call('HDEL', pool_key(owner, pool, 'machines'), id)
+if removed > 0 then return 1 end
+return 0
+"#,
+    ),
+    // ARGV: ns. Returns {pool, total ids, free ids} for each pool of each live manager.
+    pools: script(
+        r#"
+local owners = redis.call('ZRANGEBYSCORE', key('owners'), '(' .. now_ms(), '+inf')
+table.sort(owners)
+local out = {}
+for _, owner in ipairs(owners) do pool_views(owner, out) end
+return out
+"#,
+    ),
+    // ARGV: ns, owner. Returns {pool, total ids, free ids} for each of its pools.
+    owner_pools: script(
+        r#"
+local out = {}
+pool_views(ARGV[2], out)
+return out
+"#,
+    ),
+});
+
+// ---- connecting ----
+
+impl RedisStore {
+    /// Opens the store and checks that Redis answers, so that a wrong address or password is
+    /// reported at start.
+    pub async fn connect(config: &StoreConfig) -> Result<RedisStore, StoreError> {
+        let store = Self::connect_lazy(config)?;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Opens the store without reaching Redis: the first call connects, and each call
+    /// reports [`StoreError::Unavailable`] while Redis cannot be reached.
+    pub fn connect_lazy(config: &StoreConfig) -> Result<RedisStore, StoreError> {
+        let addr = format!("{}:{}", config.redis_host, config.redis_port);
+        let bad_config =
+            |e: RedisError| StoreError::Unavailable(format!("cannot use redis at {addr}: {e}"));
+        let mut settings = RedisConnectionInfo::default()
+            .set_db(config.redis_db)
+            // RESP3: a connection reports its own end (see `Link`).
+            .set_protocol(ProtocolVersion::RESP3);
+        if !config.redis_password.is_empty() {
+            settings = settings.set_password(&config.redis_password);
+        }
+        let info = ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
+            .into_connection_info()
+            .map_err(bad_config)?
+            .set_redis_settings(settings);
+        let client = Client::open(info).map_err(bad_config)?;
+        Ok(RedisStore {
+            link: Link {
+                client: client.clone(),
+                current: tokio::sync::Mutex::new(None),
+            },
+            client,
+            keys: Keys::new(&config.namespace),
+            blocking: Mutex::new(Vec::new()),
+            addr,
+        })
+    }
+
+    // ---- calling Redis ----
+
+    /// Runs `op` on the shared connection within [`CALL_BUDGET`], retrying as `retry` allows.
+    async fn call<F, Fut>(&self, retry: Retry, op: F) -> Result<Value, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<Value>>,
+    {
+        let deadline = Instant::now() + CALL_BUDGET;
+        let mut attempt = 1;
+        loop {
+            let tried = async {
+                let (conn, open) = self.link.get().await.map_err(Failure::Unsent)?;
+                op(conn).await.map_err(|error| {
+                    if error.is_unrecoverable_error() {
+                        // Do not send anything more on it; the next call reconnects.
+                        open.store(false, Ordering::Release);
+                    }
+                    Failure::Sent(error)
+                })
+            };
+            let (error, may_retry) = match tokio::time::timeout_at(deadline, tried).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(Failure::Unsent(error))) => (error, true),
+                Ok(Err(Failure::Sent(error))) => {
+                    let may_retry = retry == Retry::Idempotent && is_unavailable(&error);
+                    (error, may_retry)
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis at {} did not answer within {} ms",
+                        self.addr,
+                        CALL_BUDGET.as_millis()
+                    )));
+                }
+            };
+            let pause = if attempt == 1 {
+                Duration::ZERO
+            } else {
+                RETRY_PAUSE
+            };
+            if !may_retry || attempt >= ATTEMPTS || Instant::now() + pause >= deadline {
+                return Err(self.error(error));
+            }
+            attempt += 1;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn run<T: FromRedisValue>(
+        &self,
+        retry: Retry,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let value = self
+            .call(retry, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        self.convert(value)
+    }
+
+    async fn query<T: FromRedisValue>(
+        &self,
+        retry: Retry,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let value = self
+            .call(
+                retry,
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
+            .await?;
+        self.convert(value)
+    }
+
+    /// Runs a read-only `MULTI` block: a consistent snapshot of several keys.
+    async fn snapshot<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let value = self
+            .call(Retry::Idempotent, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        self.convert(value)
+    }
+
+    fn convert<T: FromRedisValue>(&self, value: Value) -> Result<T, StoreError> {
+        T::from_redis_value(value).map_err(|e| StoreError::Corrupt {
+            key: format!("{}:*", self.keys.ns),
+            message: format!("unexpected reply from redis: {e}"),
+        })
+    }
+
+    fn error(&self, error: RedisError) -> StoreError {
+        if error.code() == Some("WRONGTYPE") {
+            // Something else wrote under our namespace.
+            StoreError::Corrupt {
+                key: format!("{}:*", self.keys.ns),
+                message: error.to_string(),
+            }
+        } else {
+            StoreError::Unavailable(format!("redis at {}: {error}", self.addr))
+        }
+    }
+
+    /// A script invocation with the namespace as ARGV[1].
+    fn invocation<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.keys.ns);
+        invocation
+    }
+
+    // ---- waiting for the queue ----
+
+    /// Blocks until the queue has an entry or `wait` passes, without taking anything.
+    /// False when the time ran out.
+    async fn wait_for_queue(&self, wait: Duration) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(&self.keys.queue)
+            .arg(&self.keys.queue)
+            .arg("LEFT")
+            .arg("LEFT")
+            // Milliseconds, never 0 (which would mean forever).
+            .arg(format!(
+                "{:.3}",
+                wait.clamp(MIN_BLOCK, FOREVER).as_secs_f64()
+            ));
+        let mut retried = false;
+        loop {
+            let (mut conn, reused) = self.blocking_connection().await?;
+            match tokio::time::timeout(
+                wait.saturating_add(BLOCKING_GRACE),
+                cmd.query_async::<Value>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(value)) => {
+                    self.return_blocking_connection(conn);
+                    return Ok(!matches!(value, Value::Nil));
+                }
+                // An idle connection may have died with a Redis restart; BLMOVE of the queue
+                // onto itself changes nothing, so it can simply be sent again.
+                Ok(Err(error)) if reused && !retried && is_unavailable(&error) => {
+                    retried = true;
+                }
+                Ok(Err(error)) => return Err(self.error(error)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis at {} stopped answering while a claim waited",
+                        self.addr
+                    )));
+                }
+            }
+        }
+    }
+
+    /// An idle dedicated connection, or a new one. True when reused.
+    async fn blocking_connection(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
+        if let Some(conn) = self.lock_blocking().pop() {
+            return Ok((conn, true));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // The wait is bounded by the caller's own timeout instead.
+            .set_response_timeout(None);
+        match tokio::time::timeout(
+            CALL_BUDGET,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Ok((conn, false)),
+            Ok(Err(error)) => Err(self.error(error)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "cannot connect to redis at {} within {} ms",
+                self.addr,
+                CALL_BUDGET.as_millis()
+            ))),
+        }
+    }
+
+    fn return_blocking_connection(&self, conn: MultiplexedConnection) {
+        let mut idle = self.lock_blocking();
+        if idle.len() < IDLE_BLOCKING_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
+
+    fn lock_blocking(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
+        // The vector holds no invariant a panic could break.
+        self.blocking
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the head of the queue for `owner` now, if there is one.
+    async fn try_claim(&self, owner: &str) -> Result<Option<Job>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.claim);
+        invocation.arg(owner);
+        let claimed: Option<(String, bool)> = self.run(Retry::IfUnsent, &invocation).await?;
+        let Some((json, assigned)) = claimed else {
+            return Ok(None);
+        };
+        let mut job: Job = self.decode(&self.keys.live, &json)?;
+        job.owner = Some(owner.to_string());
+        job.assigned = assigned;
+        Ok(Some(job))
+    }
+
+    // ---- values ----
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<String, StoreError> {
+        // Our model types always serialize; this guards against a future field that does not.
+        serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+            key: format!("{}:*", self.keys.ns),
+            message: format!("cannot encode a value as JSON: {e}"),
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &str, json: &str) -> Result<T, StoreError> {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn parse_id(&self, key: &str, id: &str) -> Result<u64, StoreError> {
+        id.parse().map_err(|_| StoreError::Corrupt {
+            key: key.to_string(),
+            message: format!("{id:?} is not an id"),
+        })
+    }
+
+    fn parse_ids(&self, key: &str, ids: &[String]) -> Result<Vec<u64>, StoreError> {
+        ids.iter().map(|id| self.parse_id(key, id)).collect()
+    }
+
+    /// A stored job with its lease laid over it.
+    fn live(&self, json: &str, owner: Option<String>, assigned: bool) -> Result<Job, StoreError> {
+        let mut job: Job = self.decode(&self.keys.live, json)?;
+        job.owner = owner;
+        job.assigned = assigned;
+        Ok(job)
+    }
+
+    /// `job` as it is stored once it leaves the live jobs or the lease.
+    fn released(job: &Job) -> Job {
+        let mut job = job.clone();
+        job.owner = None;
+        job.assigned = false;
+        job
+    }
+
+    fn views(
+        &self,
+        rows: Vec<(String, Vec<String>, Vec<String>)>,
+    ) -> Result<Vec<(String, PoolView)>, StoreError> {
+        rows.into_iter()
+            .map(|(pool, total, free)| {
+                let key = format!("{}:pool:*:{pool}", self.keys.ns);
+                Ok((
+                    pool.clone(),
+                    PoolView {
+                        total: self.parse_ids(&key, &total)?,
+                        free: self.parse_ids(&key, &free)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Machines handed back by a script as owner, pool, id, JSON (or nil) quadruples.
+    fn machines(&self, flat: Vec<Option<String>>) -> Result<Vec<Machine>, StoreError> {
+        let mut machines = Vec::with_capacity(flat.len() / 4);
+        for entry in flat.chunks(4) {
+            let [Some(owner), Some(pool), Some(id), json] = entry else {
+                return Err(StoreError::Corrupt {
+                    key: format!("{}:pool:*", self.keys.ns),
+                    message: "a pool machine came back without owner, pool or id".into(),
+                });
+            };
+            let key = format!("{}:pool:{owner}:{pool}:machines", self.keys.ns);
+            let id = self.parse_id(&key, id)?;
+            let mut machine = match json {
+                Some(json) => self.decode(&key, json)?,
+                None => Machine {
+                    name: pool.clone(),
+                    ..Machine::default()
+                },
+            };
+            machine.id = Some(id);
+            machine.owner.get_or_insert_with(|| owner.clone());
+            machines.push(machine);
+        }
+        Ok(machines)
+    }
+}
+
+/// A failure to reach Redis, as opposed to an answer we did not like.
+fn is_unavailable(error: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.query(Retry::Idempotent, &redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn allocate_job_id(&self) -> Result<JobId, StoreError> {
+        self.query(
+            Retry::IfUnsent,
+            redis::cmd("INCR").arg(&self.keys.next_job_id),
+        )
+        .await
+    }
+
+    async fn allocate_vm_id(&self) -> Result<u64, StoreError> {
+        let handed_out: u64 = self
+            .query(Retry::IfUnsent, redis::cmd("INCR").arg(&self.keys.vm_ids))
+            .await?;
+        Ok(999 + handed_out)
+    }
+
+    async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError> {
+        let json = self.encode(&Self::released(job))?;
+        let mut invocation = self.invocation(&SCRIPTS.enqueue);
+        invocation.arg(job.id).arg(json).arg(max_queued);
+        let full: i64 = self.run(Retry::IfUnsent, &invocation).await?;
+        if full >= 0 {
+            return Err(StoreError::QueueFull(full as u64));
+        }
+        Ok(())
+    }
+
+    async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
+        // A wait too long to add to the clock (`Duration::MAX`) waits as good as forever.
+        let deadline = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + FOREVER);
+        loop {
+            if let Some(job) = self.try_claim(owner).await? {
+                return Ok(Some(job));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < MIN_BLOCK || !self.wait_for_queue(remaining).await? {
+                return Ok(None);
+            }
+            // Something was queued; another manager may take it first, so claim and
+            // maybe wait again.
+        }
+    }
+
+    async fn update_live(&self, job: &Job) -> Result<(), StoreError> {
+        let Some(owner) = job.owner.as_deref() else {
+            return Err(StoreError::LeaseLost(job.id));
+        };
+        let json = self.encode(job)?;
+        let mut invocation = self.invocation(&SCRIPTS.update_live);
+        invocation
+            .arg(job.id)
+            .arg(owner)
+            .arg(json)
+            .arg(if job.assigned { "1" } else { "0" });
+        // Writing the same job twice leaves the same state: safe to resend.
+        let held: bool = self.run(Retry::Idempotent, &invocation).await?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(job.id))
+        }
+    }
+
+    async fn requeue(&self, job: &Job) -> Result<(), StoreError> {
+        let Some(owner) = job.owner.as_deref() else {
+            return Err(StoreError::LeaseLost(job.id));
+        };
+        let json = self.encode(&Self::released(job))?;
+        let mut invocation = self.invocation(&SCRIPTS.requeue);
+        invocation.arg(job.id).arg(owner).arg(json);
+        let held: bool = self.run(Retry::IfUnsent, &invocation).await?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(job.id))
+        }
+    }
+
+    async fn finish(&self, job: &Job, max_dead: u64) -> Result<(), StoreError> {
+        let Some(owner) = job.owner.as_deref() else {
+            return Err(StoreError::LeaseLost(job.id));
+        };
+        let json = self.encode(&Self::released(job))?;
+        let mut invocation = self.invocation(&SCRIPTS.finish);
+        invocation.arg(job.id).arg(owner).arg(json).arg(max_dead);
+        let held: bool = self.run(Retry::IfUnsent, &invocation).await?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(job.id))
+        }
+    }
+
+    async fn add_dead(&self, job: &Job, max_dead: u64) -> Result<(), StoreError> {
+        let json = self.encode(&Self::released(job))?;
+        let mut invocation = self.invocation(&SCRIPTS.add_dead);
+        invocation.arg(job.id).arg(json).arg(max_dead);
+        let _: i64 = self.run(Retry::IfUnsent, &invocation).await?;
+        Ok(())
+    }
+
+    async fn update_dead(&self, job: &Job) -> Result<bool, StoreError> {
+        let json = self.encode(job)?;
+        let mut invocation = self.invocation(&SCRIPTS.update_dead);
+        invocation.arg(job.id).arg(json);
+        self.run(Retry::Idempotent, &invocation).await
+    }
+
+    async fn live_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hget(&self.keys.live, id)
+            .hget(&self.keys.lease, id)
+            .sismember(&self.keys.assigned, id);
+        let (json, owner, assigned): (Option<String>, Option<String>, bool) =
+            self.snapshot(&pipe).await?;
+        json.map(|json| self.live(&json, owner, assigned))
+            .transpose()
+    }
+
+    async fn dead_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let json: Option<String> = self
+            .query(
+                Retry::Idempotent,
+                redis::cmd("HGET").arg(&self.keys.dead).arg(id),
+            )
+            .await?;
+        json.map(|json| self.decode(&self.keys.dead, &json))
+            .transpose()
+    }
+
+    async fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hgetall(&self.keys.live)
+            .hgetall(&self.keys.lease)
+            .smembers(&self.keys.assigned);
+        let (live, mut leases, assigned): (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            HashSet<String>,
+        ) = self.snapshot(&pipe).await?;
+        let mut jobs = Vec::with_capacity(live.len());
+        for (id, json) in live {
+            let owner = leases.remove(&id);
+            jobs.push(self.live(&json, owner, assigned.contains(&id))?);
+        }
+        jobs.sort_unstable_by_key(|job| job.id);
+        Ok(jobs)
+    }
+
+    async fn dead_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lrange(&self.keys.dead_order, 0, -1)
+            .hgetall(&self.keys.dead);
+        let (order, mut dead): (Vec<String>, HashMap<String, String>) =
+            self.snapshot(&pipe).await?;
+        order
+            .iter()
+            .filter_map(|id| dead.remove(id))
+            .map(|json| self.decode(&self.keys.dead, &json))
+            .collect()
+    }
+
+    async fn queued_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<String> = self
+            .query(
+                Retry::Idempotent,
+                redis::cmd("LRANGE").arg(&self.keys.queue).arg(0).arg(-1),
+            )
+            .await?;
+        self.parse_ids(&self.keys.queue, &ids)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hlen(&self.keys.live)
+            .hlen(&self.keys.dead)
+            .llen(&self.keys.queue);
+        let (live, dead, queued): (u64, u64, u64) = self.snapshot(&pipe).await?;
+        Ok(StoreStats { live, dead, queued })
+    }
+
+    async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.invocation(&SCRIPTS.heartbeat);
+        invocation.arg(owner).arg(lease_ms);
+        // Renewing twice is as good as once.
+        let _: i64 = self.run(Retry::Idempotent, &invocation).await?;
+        Ok(())
+    }
+
+    async fn release_owner(&self, owner: &str) -> Result<Vec<JobId>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.release_owner);
+        invocation.arg(owner);
+        let ids: Vec<String> = self.run(Retry::IfUnsent, &invocation).await?;
+        self.parse_ids(&self.keys.queue, &ids)
+    }
+
+    async fn live_owners(&self) -> Result<Vec<String>, StoreError> {
+        let invocation = self.invocation(&SCRIPTS.live_owners);
+        let mut owners: Vec<String> = self.run(Retry::Idempotent, &invocation).await?;
+        owners.sort();
+        Ok(owners)
+    }
+
+    async fn reap_expired(&self) -> Result<Reaped, StoreError> {
+        let invocation = self.invocation(&SCRIPTS.reap_expired);
+        let (owners, ids, machines): (Vec<String>, Vec<String>, Vec<Option<String>>) =
+            self.run(Retry::IfUnsent, &invocation).await?;
+        Ok(Reaped {
+            owners,
+            requeued: self.parse_ids(&self.keys.queue, &ids)?,
+            machines: self.machines(machines)?,
+        })
+    }
+
+    async fn pool_add(&self, owner: &str, pool: &str, vm: &Machine) -> Result<(), StoreError> {
+        let json = self.encode(vm)?;
+        let id = vm.id.map(|id| id.to_string()).unwrap_or_default();
+        let mut invocation = self.invocation(&SCRIPTS.pool_add);
+        invocation.arg(owner).arg(pool).arg(id).arg(json);
+        // Not resent: a removal in between would be undone.
+        let _: i64 = self.run(Retry::IfUnsent, &invocation).await?;
+        Ok(())
+    }
+
+    async fn pool_free(&self, owner: &str, pool: &str, vm: &Machine) -> Result<bool, StoreError> {
+        let Some(id) = vm.id else {
+            return Ok(false);
+        };
+        let json = self.encode(vm)?;
+        let mut invocation = self.invocation(&SCRIPTS.pool_free);
+        invocation.arg(owner).arg(pool).arg(id).arg(json);
+        // Not resent: had the first one landed, the machine may have been taken since, and
+        // freeing it again would hand it out twice.
+        self.run(Retry::IfUnsent, &invocation).await
+    }
+
+    async fn pool_take(&self, owner: &str, pool: &str) -> Result<Option<Machine>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.pool_take);
+        invocation.arg(owner).arg(pool);
+        let taken: Option<(String, Option<String>)> =
+            self.run(Retry::IfUnsent, &invocation).await?;
+        let Some((id, json)) = taken else {
+            return Ok(None);
+        };
+        let key = format!("{}:pool:{owner}:{pool}:machines", self.keys.ns);
+        let Some(json) = json else {
+            return Err(StoreError::Corrupt {
+                key,
+                message: format!("free machine {id} has no stored description"),
+            });
+        };
+        self.decode(&key, &json).map(Some)
+    }
+
+    async fn pool_remove(&self, owner: &str, pool: &str, vm_id: u64) -> Result<bool, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.pool_remove);
+        invocation.arg(owner).arg(pool).arg(vm_id);
+        self.run(Retry::IfUnsent, &invocation).await
+    }
+
+    async fn pools(&self) -> Result<BTreeMap<String, PoolView>, StoreError> {
+        let invocation = self.invocation(&SCRIPTS.pools);
+        let rows: Vec<(String, Vec<String>, Vec<String>)> =
+            self.run(Retry::Idempotent, &invocation).await?;
+        let mut merged: BTreeMap<String, PoolView> = BTreeMap::new();
+        for (pool, view) in self.views(rows)? {
+            let entry = merged.entry(pool).or_default();
+            entry.total.extend(view.total);
+            entry.free.extend(view.free);
+        }
+        Ok(merged)
+    }
+
+    async fn owner_pools(&self, owner: &str) -> Result<BTreeMap<String, PoolView>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.owner_pools);
+        invocation.arg(owner);
+        let rows: Vec<(String, Vec<String>, Vec<String>)> =
+            self.run(Retry::Idempotent, &invocation).await?;
+        Ok(self.views(rows)?.into_iter().collect())
+    }
+
+    async fn set_pool_target(&self, pool: &str, target: &PoolTarget) -> Result<(), StoreError> {
+        let json = self.encode(target)?;
+        let _: i64 = self
+            .query(
+                Retry::Idempotent,
+                redis::cmd("HSET")
+                    .arg(&self.keys.pool_targets)
+                    .arg(pool)
+                    .arg(json),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pool_targets(&self) -> Result<BTreeMap<String, PoolTarget>, StoreError> {
+        let stored: HashMap<String, String> = self
+            .query(
+                Retry::Idempotent,
+                redis::cmd("HGETALL").arg(&self.keys.pool_targets),
+            )
+            .await?;
+        stored
+            .into_iter()
+            .map(|(pool, json)| Ok((pool, self.decode(&self.keys.pool_targets, &json)?)))
+            .collect()
+    }
+
+    async fn incr(&self, counter: Counter, by: u64) -> Result<(), StoreError> {
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let _: i64 = self
+            .query(
+                Retry::IfUnsent,
+                redis::cmd("HINCRBY")
+                    .arg(&self.keys.counters)
+                    .arg(counter.name())
+                    .arg(by),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn counters(&self) -> Result<Counters, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&self.keys.counters);
+        for counter in Counter::ALL {
+            cmd.arg(counter.name());
+        }
+        let values: Vec<Option<u64>> = self.query(Retry::Idempotent, &cmd).await?;
+        let mut counters = Counters::default();
+        for (counter, value) in Counter::ALL.into_iter().zip(values) {
+            *counters.slot(counter) = value.unwrap_or(0);
+        }
+        Ok(counters)
+    }
+}

@@ -14,6 +14,7 @@ pub mod jobs;
 #[cfg(feature = "ec2")]
 pub mod moto;
 pub mod pipeline;
+pub mod private_redis;
 pub mod sshd;
 
 use std::net::TcpListener;
@@ -83,6 +84,13 @@ pub fn redis_server() -> &'static RedisServer {
                 "redis-server is needed for these tests: run scripts/test.sh (it installs \
                  and starts one) or set TANGO_TEST_REDIS=host:port",
             );
+        // The server lives in a static, and statics are never dropped: stop it when the
+        // test binary exits instead of leaving one redis-server behind per run.
+        PRIVATE_REDIS_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: registers a plain function with no captured state.
+        unsafe {
+            libc::atexit(stop_private_redis);
+        }
         let guard = ChildGuard(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -100,6 +108,19 @@ pub fn redis_server() -> &'static RedisServer {
     })
 }
 
+/// The pid of the private redis-server of this test binary, 0 when there is none.
+static PRIVATE_REDIS_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn stop_private_redis() {
+    let pid = PRIVATE_REDIS_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) on the pid of a child this process started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
 /// A store configuration for a fresh, private namespace on the test Redis.
 pub fn redis_config() -> StoreConfig {
     let server = redis_server();
@@ -114,8 +135,13 @@ pub fn redis_config() -> StoreConfig {
 
 /// Connects to the test Redis with `config` (one more connection each call).
 pub async fn redis_store(config: &StoreConfig) -> Arc<dyn JobStore> {
-    let _ = RedisStore::connect(config).await;
-    unimplemented!("TEMPORARY-SCAFFOLD")
+    match RedisStore::connect(config).await {
+        Ok(store) => Arc::new(store),
+        Err(e) => panic!(
+            "cannot open the redis store at {}:{}: {e}",
+            config.redis_host, config.redis_port
+        ),
+    }
 }
 
 /// A string unique within this machine for this run.
