@@ -19,13 +19,24 @@ if [[ ${1:-} == "--" ]]; then shift; filter=("$@"); fi
 log() { printf '\n== %s\n' "$*"; }
 
 # ---- what the tests need, installed when missing ----
+# Debian packages: Redis (the store), an sshd and ssh (standing in for EC2/Tashi VMs), sudo
+# (the VM's autodriver runs through it), debootstrap (the Docker test image's root fs).
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+[[ -x /usr/sbin/sshd ]] || need_apt+=(openssh-server)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+command -v sudo >/dev/null || need_apt+=(sudo)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# PyPI: moto's EC2 API emulator.
+if ! command -v moto_server >/dev/null; then
+  log "installing moto[server] (PyPI)"
+  python3 -m pip install -q 'moto[server]'
 fi
 
 # ---- services, private to this run, stopped on exit ----

@@ -30,9 +30,8 @@ fn memory() -> Arc<dyn JobStore> {
     Arc::new(MemoryStore::new())
 }
 
-/// The Redis store, for the store-generic scenarios below. Not called yet: the Redis store
-/// is written on another branch; once merged, each `*_memory` test gets a `*_redis` twin.
-#[allow(dead_code)]
+/// The Redis store, for the store-generic scenarios below (each `*_memory` test has a
+/// `*_redis` twin).
 async fn redis() -> Arc<dyn JobStore> {
     support::redis_store(&support::redis_config()).await
 }
@@ -229,6 +228,12 @@ async fn autolab_round_trip_memory() {
     autolab_round_trip(memory()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autolab_round_trip_redis() {
+    let _shared = QUIET.read().await;
+    autolab_round_trip(redis().await).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // addJob validation and options
 
@@ -295,6 +300,12 @@ async fn rejected_job_is_answered_with_its_trace_and_kept_dead(store: Arc<dyn Jo
 async fn rejected_job_is_answered_with_its_trace_and_kept_dead_memory() {
     let _shared = QUIET.read().await;
     rejected_job_is_answered_with_its_trace_and_kept_dead(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_job_is_answered_with_its_trace_and_kept_dead_redis() {
+    let _shared = QUIET.read().await;
+    rejected_job_is_answered_with_its_trace_and_kept_dead(redis().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

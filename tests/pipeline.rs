@@ -1192,7 +1192,6 @@ async fn memory() -> Arc<dyn JobStore> {
     Arc::new(MemoryStore::new())
 }
 
-#[allow(dead_code)]
 async fn redis() -> Arc<dyn JobStore> {
     support::redis_store(&support::redis_config()).await
 }
@@ -1218,7 +1217,7 @@ macro_rules! cases {
 macro_rules! every_store {
     ($($case:ident),* $(,)?) => {
         cases!(memory: $($case),*);
-        // cases!(redis: $($case),*);
+        cases!(redis: $($case),*);
     };
 }
 
