@@ -543,10 +543,11 @@ async fn partial_output_is_read_while_it_grows_and_bounded() {
     let head = backend.get_partial_output(&vm, 13).await.unwrap();
     assert_eq!(head, b"tick 1\ntick 2");
 
-    // A link there is refused like any output.
+    // A link there is refused like any output. The writer may still be running, so the link
+    // replaces the file by an atomic rename (rm then ln would race with its next append).
     exec_root(
         c,
-        "rm -f /tango/output.log; ln -s /etc/shadow /tango/output.log",
+        "ln -s /etc/shadow /tango/link && mv -f /tango/link /tango/output.log",
     );
     assert!(backend.get_partial_output(&vm, 1000).await.is_err());
 
