@@ -722,3 +722,39 @@ mod tashi {
         );
     }
 }
+
+/// Per-job credentials need a backend with accounts: on any other the job is given up at once
+/// (a retry would be refused the same way), with Tango's header and nothing run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_its_own_credentials_is_refused_by_a_backend_without_accounts() {
+    let daemon = Daemon::start(DaemonOptions::local()).await;
+    let options = JobOptions {
+        extra: json!({"accessKeyId": "AKIDJOB", "accessKey": "job-secret"}),
+        ..job_options("hello", 30)
+    };
+    let done = run_job(&daemon, "course-refused", "hello", &options).await;
+    let error =
+        "Internal error: initializeVM failed: the local backend does not take per-job credentials";
+    let lines: Vec<&str> = done.header.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", done.header);
+    assert!(
+        lines[1].ends_with(&format!("]: {error}")),
+        "{}",
+        done.header
+    );
+    assert!(
+        lines[2].ends_with("]: Job status: waitVM=None copyIn=None runJob=None copyOut=None"),
+        "{}",
+        done.header
+    );
+    assert!(done.body.is_empty());
+    assert_eq!(done.dead["retries"], 0, "not retried");
+    let trace = trace_of(&done.dead);
+    assert!(
+        trace
+            .last()
+            .is_some_and(|l| l.ends_with(&format!("|{error}"))),
+        "{trace:?}"
+    );
+    assert!(!done.dead.to_string().contains("job-secret"));
+}
