@@ -29,6 +29,11 @@
 //! `Internal error: Unable to complete job after N tries. Pleae resubmit` (sic; N is
 //! `jobs.retries`, as in Tango) and `Job status: waitVM=… copyIn=… runJob=… copyOut=…`.
 //!
+//! A job that brings its own cloud credentials (`accessKeyId`/`accessKey`) runs on a backend
+//! acting with them (`Vmms::with_credentials`): a one-off machine in the job's account, made
+//! and destroyed through that backend, never through the pools. A backend without accounts
+//! refuses, and the job is given up at once (docs/backends.md).
+//!
 //! The output file (PROTOCOL.md section 7) is Tango's header lines, stamped in local time
 //! like Tango's, then the autodriver's output, so the job's own last line stays last. It
 //! is written to a temporary file in the output directory and renamed onto the output
