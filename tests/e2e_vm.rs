@@ -721,6 +721,49 @@ mod tashi {
             rig.calls()
         );
     }
+
+    /// On a Tashi pool, a copy-in that loses its SSH connection costs the VM: it is destroyed
+    /// through the client, the pool makes a fresh one, and the job is retried on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ssh_failure_in_copy_in_is_retried_on_a_fresh_tashi_vm() {
+        let mut rig = Rig::new();
+        rig.sshd.break_copy_in(1);
+        rig.start().await;
+        let options = job_options("hello", 30);
+        let done = run_job(rig.daemon(), "course-tashi-retry", "hello", &options).await;
+        assert_eq!(rig.sshd.copy_in_failures_left(), 0, "the failure happened");
+        assert!(
+            done.header
+                .contains("]: Success: Autodriver returned normally\n"),
+            "{}",
+            done.header
+        );
+        let label = format!("{}:{}", options.job_name, done.id);
+        let trace = trace_of(&done.dead);
+        assert!(
+            trace.iter().any(|l| l.contains(&format!(
+                "|Job {label} failed: Internal error: copyIn failed: "
+            ))),
+            "{trace:?}"
+        );
+        assert_eq!(done.dead["retries"], 1);
+        let created: Vec<String> = rig
+            .calls()
+            .iter()
+            .filter(|c| c.first().is_some_and(|f| f == "createVm"))
+            .map(|c| c[2].clone())
+            .collect();
+        assert_eq!(created.len(), 2, "a fresh VM for the retry: {created:?}");
+        assert_ne!(created[0], created[1]);
+        assert!(
+            rig.calls()
+                .iter()
+                .any(|c| *c == ["destroyVm", "--instance", created[0].as_str()]),
+            "the failed VM is destroyed: {:?}",
+            rig.calls()
+        );
+        assert_eq!(rig.instances(), vec![created[1].clone()]);
+    }
 }
 
 /// Per-job credentials need a backend with accounts: on any other the job is given up at once
