@@ -29,6 +29,11 @@
 //! `Internal error: Unable to complete job after N tries. Pleae resubmit` (sic; N is
 //! `jobs.retries`, as in Tango) and `Job status: waitVM=… copyIn=… runJob=… copyOut=…`.
 //!
+//! A job that brings its own cloud credentials (`accessKeyId`/`accessKey`) runs on a backend
+//! acting with them (`Vmms::with_credentials`): a one-off machine in the job's account, made
+//! and destroyed through that backend, never through the pools. A backend without accounts
+//! refuses, and the job is given up at once (docs/backends.md).
+//!
 //! The output file (PROTOCOL.md section 7) is Tango's header lines, stamped in local time
 //! like Tango's, then the autodriver's output, so the job's own last line stays last. It
 //! is written to a temporary file in the output directory and renamed onto the output
@@ -53,7 +58,7 @@ use chrono::Local;
 use crate::manager::Shared;
 use crate::model::{CallbackState, Counter, Job, Machine, ctime, unix_now};
 use crate::store::StoreError;
-use crate::vmms::{RunOutcome, RunSpec, VmmsError};
+use crate::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
 
 /// Time past the job's timeout and the backend's kill margin before we stop waiting for
 /// `run_job`: the backend's own guard should have ended it long before.
@@ -109,6 +114,10 @@ pub async fn recover_from_panic(shared: Arc<Shared>, id: u64) {
         _ => return,
     };
     let mut worker = Worker::new(shared.clone(), job);
+    // A machine made with the job's own credentials is destroyed through them.
+    if let Err(e) = worker.backend() {
+        tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
+    }
     if worker.job.vm.instance.is_some() {
         worker.vm = Some(worker.job.vm.clone());
     }
@@ -167,6 +176,10 @@ struct Worker {
     /// Header lines of the output file, `Autograder [<ctime>]: ...`.
     header: Vec<String>,
     statuses: Statuses,
+    /// The backend acting with the job's own credentials (`accessKeyId`/`accessKey`), once
+    /// made: its one-off machine lives in the job's account, so it is made and destroyed
+    /// through this, never through the pools.
+    own_backend: Option<Arc<dyn Vmms>>,
 }
 
 impl Worker {
@@ -177,6 +190,7 @@ impl Worker {
             vm: None,
             header: Vec::new(),
             statuses: Statuses::default(),
+            own_backend: None,
         };
         worker.header(&format!("Received job {}", worker.job.label()));
         worker
@@ -221,7 +235,16 @@ impl Worker {
     async fn steps(&mut self, assignment: Assignment) -> Ending {
         let app = self.shared.app.clone();
         let config = &app.config;
-        let vmms = &app.vmms;
+        let vmms = match self.backend() {
+            Ok(vmms) => vmms,
+            // A retry would be refused the same way.
+            Err(e) => {
+                return Ending::MachineFailed {
+                    error: format!("Internal error: initializeVM failed: {e}"),
+                    retry: false,
+                };
+            }
+        };
         let label = self.job.label();
 
         // ---- a machine ----
@@ -246,7 +269,11 @@ impl Worker {
                 if vm.vmms.is_empty() {
                     vm.vmms = vmms.name().to_string();
                 }
-                self.shared.prealloc.track_one_off(self.job.id);
+                // A machine in the job's own account is not in the listing the sweep
+                // reads (ours), so only our own one-offs need guarding from it.
+                if self.own_backend.is_none() {
+                    self.shared.prealloc.track_one_off(self.job.id);
+                }
                 let message = format!("Assigned job {label} new VM {}", vmms.instance_name(&vm));
                 self.job.vm = vm.clone();
                 self.vm = Some(vm.clone());
@@ -433,6 +460,36 @@ impl Worker {
         }
     }
 
+    /// The backend this job runs on: the configured one, or for a job that brings its own
+    /// cloud credentials (Tango's `accessKeyId`/`accessKey`) one acting with them, so its
+    /// machine (and, on EC2, a fresh key pair) is made in the job's account.
+    fn backend(&mut self) -> Result<Arc<dyn Vmms>, VmmsError> {
+        let app = &self.shared.app;
+        match (&self.job.access_key_id, &self.job.access_key) {
+            (Some(id), Some(key)) if !key.is_empty() => {
+                let backend = app.vmms.with_credentials(id, key)?;
+                self.own_backend = Some(backend.clone());
+                Ok(backend)
+            }
+            _ => Ok(app.vmms.clone()),
+        }
+    }
+
+    /// Gives the machine back after the job: to the pools, or for a machine made with the
+    /// job's own credentials, destroyed through that backend (with its key pair).
+    async fn release(&self, vm: Machine, reusable: bool) {
+        let Some(backend) = &self.own_backend else {
+            self.shared.prealloc.release(vm, reusable).await;
+            return;
+        };
+        let limit = Duration::from_secs_f64(self.shared.app.config.vmms.destroy_secs.max(1.0))
+            + secs(self.shared.app.config.timeouts.initialize_vm);
+        if let Err(e) = within(limit, "safeDestroyVM", backend.safe_destroy_vm(&vm)).await {
+            tracing::error!(job = self.job.id, vm = %backend.instance_name(&vm), error = %e,
+                "cannot destroy the machine made with the job's own credentials");
+        }
+    }
+
     /// A machine-level failure of `step`.
     fn machine_failed(&self, step: &str, error: VmmsError) -> Ending {
         let retry = !matches!(error, VmmsError::Unsupported(_));
@@ -459,7 +516,7 @@ impl Worker {
             Ending::Abandoned => {
                 if let Some(vm) = self.vm.take() {
                     // Its state is unknown (another manager may run the job elsewhere).
-                    self.shared.prealloc.release(vm, false).await;
+                    self.release(vm, false).await;
                 }
             }
             Ending::Finished {
@@ -468,7 +525,7 @@ impl Worker {
                 reusable,
             } => {
                 if let Some(vm) = self.vm.take() {
-                    self.shared.prealloc.release(vm, reusable).await;
+                    self.release(vm, reusable).await;
                 }
                 let cap = self.job.max_output_file_size.saturating_add(OUTPUT_SLACK);
                 let autodriver_output = match &output {
@@ -490,7 +547,7 @@ impl Worker {
                 let label = self.job.label();
                 self.trace(format!("Job {label} failed: {error}"));
                 if let Some(vm) = self.vm.take() {
-                    self.shared.prealloc.release(vm, false).await;
+                    self.release(vm, false).await;
                 }
                 let retries = self.shared.app.config.jobs.retries;
                 if retry && self.job.retries < retries {

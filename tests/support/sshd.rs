@@ -34,6 +34,9 @@ pub struct Sshd {
     pub client_key: PathBuf,
     /// The sudoers rule made by [`Sshd::install_autodriver`], removed on drop.
     sudoers: Option<PathBuf>,
+    /// The `authorized_keys` options every key gets (a forced command after
+    /// [`Sshd::break_copy_in`]), empty before.
+    key_options: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
     uid: u32,
@@ -108,6 +111,7 @@ impl Sshd {
             home,
             client_key,
             sudoers: None,
+            key_options: String::new(),
             dir,
             child: None,
             uid,
@@ -193,11 +197,102 @@ impl Sshd {
     /// Lets `public_key` (an OpenSSH public key line) log in too, as cloud-init does with
     /// an instance's key pair.
     pub fn authorize(&self, public_key: &str) {
+        append_key(&self.home, &self.key_options, public_key);
+    }
+
+    /// Authorizes every private key (`*.pem`) that appears in `dir` from now on, as
+    /// cloud-init gives an instance the public half of the key pair it was launched with:
+    /// for per-job key pairs made while a daemon runs. Stops when the watcher is dropped.
+    pub fn authorize_keys_appearing_in(&self, dir: &Path) -> KeyWatcher {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (home, options, dir) = (
+            self.home.clone(),
+            self.key_options.clone(),
+            dir.to_path_buf(),
+        );
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            while !stopped.load(Ordering::Relaxed) {
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "pem") && seen.insert(path.clone()) {
+                        // The key may be half written: read it again next round.
+                        match try_public_key_of(&path) {
+                            Some(public) => append_key(&home, &options, &public),
+                            None => {
+                                seen.remove(&path);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        KeyWatcher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Makes the next `times` copy-ins (Tango's `rm -rf autolab … && mkdir autolab`, the first
+    /// command of a copy-in) lose their SSH connection, as when a VM's network or sshd dies
+    /// under a job: every key gets a forced command that, for that command while failures
+    /// remain, kills the sshd process serving the connection. Other commands run as usual.
+    pub fn break_copy_in(&mut self, times: u32) {
+        let counter = self.dir.path().join("copy-in-failures");
+        fs::write(&counter, format!("{times}\n")).unwrap();
+        chown(&counter, Some(self.uid), None).unwrap();
+        let gate = self.dir.path().join("gate.sh");
+        fs::write(
+            &gate,
+            format!(
+                r#"#!/bin/sh
+# Forced command (authorized_keys command=): a copy-in loses its connection while the
+# counter is above zero; everything else runs as sshd would run it.
+counter={counter}
+case "$SSH_ORIGINAL_COMMAND" in
+  *"mkdir autolab"*)
+    n=$(cat "$counter" 2>/dev/null || echo 0)
+    if [ "$n" -gt 0 ]; then
+      echo $((n - 1)) > "$counter"
+      pid=$$
+      while [ "$pid" -gt 1 ]; do
+        case "$(cat /proc/$pid/comm)" in
+          sshd*) kill -9 "$pid"; exit 255;;
+        esac
+        pid=$(cut -d' ' -f4 /proc/$pid/stat)
+      done
+      exit 255
+    fi;;
+esac
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+"#,
+                counter = counter.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+        self.key_options = format!("command=\"{}\" ", gate.display());
+        // Every key logs in through the gate from now on.
         let path = self.home.join(".ssh/authorized_keys");
-        let mut keys = fs::read_to_string(&path).unwrap();
-        keys.push_str(public_key.trim());
-        keys.push('\n');
-        fs::write(&path, keys).unwrap();
+        let keys = fs::read_to_string(&path).unwrap();
+        let gated: String = keys
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{}{}\n", self.key_options, l))
+            .collect();
+        fs::write(&path, gated).unwrap();
+    }
+
+    /// Copy-in failures still to come (see [`Sshd::break_copy_in`]).
+    pub fn copy_in_failures_left(&self) -> u32 {
+        fs::read_to_string(self.dir.path().join("copy-in-failures"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Installs `binary` as the VM's autodriver (`<dir>/bin/autodriver`, owned by root) and
@@ -265,6 +360,31 @@ impl Drop for Sshd {
     }
 }
 
+/// Watches a directory for private keys (see [`Sshd::authorize_keys_appearing_in`]).
+pub struct KeyWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KeyWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Appends one key line, with `options`, to the login user's `authorized_keys`.
+fn append_key(home: &Path, options: &str, public_key: &str) {
+    let path = home.join(".ssh/authorized_keys");
+    let mut keys = fs::read_to_string(&path).unwrap();
+    keys.push_str(options);
+    keys.push_str(public_key.trim());
+    keys.push('\n');
+    fs::write(&path, keys).unwrap();
+}
+
 /// Every process below `root`, from /proc.
 fn descendants(root: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
@@ -302,7 +422,22 @@ fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// The path of a public key made from a private one (`ssh-keygen -y`).
+/// The public key of a private one, or `None` when ssh-keygen cannot read it (yet).
+fn try_public_key_of(private_key: &Path) -> Option<String> {
+    let out = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(private_key)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8(out.stdout).ok()
+}
+
+/// The public key made from a private one (`ssh-keygen -y`).
 pub fn public_key_of(private_key: &Path) -> String {
     let out = Command::new("ssh-keygen")
         .arg("-y")
