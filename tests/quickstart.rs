@@ -43,7 +43,11 @@ fn the_quick_start_grades_the_sample_lab_and_stops_the_daemon() {
         "{stdout}"
     );
     let last = stdout.trim_end_matches('\n').rsplit('\n').next();
-    assert_eq!(last, Some(r#"{"scores": {"Correctness": 100}}"#), "{stdout}");
+    assert_eq!(
+        last,
+        Some(r#"{"scores": {"Correctness": 100}}"#),
+        "{stdout}"
+    );
 
     // It said where the daemon listened, and stopped it: nothing answers there now, and
     // the process is gone.
