@@ -38,9 +38,36 @@ const COVERED: &[&str] = &[
     "nonzero", "partial", "score",
 ];
 
-/// A daemon on the Docker backend with machine-name prefix `prefix`; `extra` is more TOML
-/// for the `[limits]` table (the other tables are written here: a table may appear once).
-async fn start(prefix: &str, pool_size: u32, extra_limits: &str) -> Daemon {
+/// A daemon on the Docker backend, and the cleanup of its prefix. When dropped (the test
+/// passed or not) it stops the daemon with SIGTERM, so that it removes its containers
+/// itself, then gives the engine a moment to finish a creation that was under way before
+/// the cleanup removes whatever is left with the prefix.
+struct Docker {
+    daemon: Daemon,
+    _cleanup: Cleanup,
+}
+
+impl std::ops::Deref for Docker {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        // Unless a test already killed it (and reaped it: then its pid is gone).
+        if Path::new(&format!("/proc/{}", self.daemon.pid())).exists() {
+            self.daemon.terminate(Duration::from_secs(30));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A daemon on the Docker backend with machine-name prefix `prefix` (which `cleanup`
+/// covers); `extra_limits` is more TOML for the `[limits]` table (the other tables are
+/// written here: a table may appear once).
+async fn start(prefix: &str, cleanup: Cleanup, pool_size: u32, extra_limits: &str) -> Docker {
     test_image();
     let mut options = DaemonOptions::local();
     options.config = format!(
@@ -49,7 +76,12 @@ async fn start(prefix: &str, pool_size: u32, extra_limits: &str) -> Daemon {
          [limits]\nmemory_mb = {MEMORY_MB}\n{extra_limits}\n",
         autodriver().display()
     );
-    Daemon::start(options).await
+    // A test that fails mid-job should not wait long for it at the end.
+    options.server_extra = "shutdown_grace_secs = 3\n".into();
+    Docker {
+        daemon: Daemon::start(options).await,
+        _cleanup: cleanup,
+    }
 }
 
 /// Names of the containers labelled with `prefix`.
@@ -283,8 +315,7 @@ fn every_shared_job_is_tested() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_jobs_run_through_the_daemon_on_docker() {
     let prefix = unique_prefix("e2eall");
-    let _cleanup = Cleanup::new(&prefix);
-    let daemon = &start(&prefix, 4, "").await;
+    let daemon = &start(&prefix, Cleanup::new(&prefix), 4, "").await;
 
     // (job, timeout, disable_network); forkbomb has a test of its own (other limits).
     let plain = [
@@ -412,10 +443,15 @@ async fn the_shared_jobs_run_through_the_daemon_on_docker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forkbomb_is_contained_by_the_pids_limit_and_the_daemon_answers() {
     let prefix = unique_prefix("e2ebomb");
-    let _cleanup = Cleanup::new(&prefix);
     // RLIMIT_NPROC far above the pids limit, so only the container's pids limit can stop it
     // (but below the hard limit the container inherits: the autodriver cannot raise it).
-    let daemon = &start(&prefix, 2, "pids = 64\nulimit_user_proc = 10000").await;
+    let daemon = &start(
+        &prefix,
+        Cleanup::new(&prefix),
+        2,
+        "pids = 64\nulimit_user_proc = 10000",
+    )
+    .await;
     let bomb = async {
         let ran = run(
             daemon,
@@ -487,7 +523,7 @@ async fn build_makes_an_image_that_a_following_job_runs_in() {
     cleanup.image(&format!("{name}:latest"));
     assert!(!docker(&["image", "inspect", &name]).status.success());
 
-    let daemon = start(&prefix, 1, "").await;
+    let daemon = start(&prefix, cleanup, 1, "").await;
     // Not there yet: addJob refuses the image.
     daemon.open("e2e-built").await;
     let refused = daemon
@@ -562,7 +598,7 @@ async fn a_restarted_daemon_removes_its_leftovers_and_nothing_else() {
     }
 
     // A first daemon runs a job and fills its pool; then it dies without cleaning up.
-    let first = start(&prefix, 2, "").await;
+    let first = start(&prefix, Cleanup::new(&prefix), 2, "").await;
     let ran = run(&first, jobs::job("hello"), options_for("hello", 60, false)).await;
     ran.check().unwrap_or_else(|e| panic!("{e}"));
     let deadline = Instant::now() + WAIT;
@@ -595,7 +631,7 @@ async fn a_restarted_daemon_removes_its_leftovers_and_nothing_else() {
     }
 
     // The next daemon with the same prefix removes them at start, and nothing else.
-    let second = start(&prefix, 2, "").await;
+    let second = start(&prefix, cleanup, 2, "").await;
     for c in &leftovers {
         assert!(
             !exists(c),
