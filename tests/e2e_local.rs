@@ -1,14 +1,296 @@
 //! The whole daemon, as a separate process, on the embedded default (memory store) with the
 //! `local` backend: jobs go in over REST as Autolab sends them and come out as output files.
+//!
+//! Every example job in `tests/jobs/` (the shared jobs) runs here and is checked against its
+//! `expect` file, through `tango serve` and nothing else: the final trace line the daemon
+//! reports stands for the autodriver's exit code, `/jobs` shows whether it was retried, and
+//! `/poll` returns the output. Most jobs run at once on one daemon (a pool big enough for
+//! all of them), which is quick and shows that jobs do not disturb each other; the jobs that
+//! must leave nothing behind (`forever`, `forkbomb`) each get a daemon of their own, so the
+//! check that no process of theirs is left cannot be confused by a neighbour.
+//!
+//! Needs root (the local backend gives each machine its own uid, and `disable_network` a
+//! network namespace).
 
 mod support;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::daemon::{Daemon, DaemonOptions, JobOptions};
-use support::jobs;
+use support::jobs::{self, Job, Limits};
+use tango::autodriver::procs;
 
-const WAIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(180);
+/// The daemon's defaults, which these tests do not change.
+const OSIZE: u64 = 1_024_000;
+const FSIZE: u64 = 104_857_600;
+
+/// Every shared job, and where it is tested here: a new job must be added to a test.
+const COVERED: &[&str] = &[
+    "bigfile", "binary", "files", "flood", "forever", "forkbomb", "hello", "memhog", "network",
+    "nonzero", "partial", "score",
+];
+
+fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests need root: the local backend gives each machine its own uid"
+    );
+}
+
+/// A daemon on the local backend with its own machine directory, so a test can look at its
+/// machines (`machine.json` names each one's uid) and at the processes in them.
+struct Local {
+    daemon: Daemon,
+    /// Parent of the work directory; mode 0711 so the jobs' uids can reach their machines.
+    _root: tempfile::TempDir,
+    work_dir: PathBuf,
+}
+
+impl Local {
+    /// `pool_size` machines, made without a pause, so that many jobs run at once.
+    async fn start(pool_size: u32) -> Local {
+        require_root();
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the temp dir");
+        let work_dir = root.path().join("machines");
+        let mut options = DaemonOptions::local();
+        // Replaces the whole generated backend section (a TOML table may appear once).
+        options.config = format!(
+            "[vmms]\nname = \"local\"\npool_size = {pool_size}\ncreatevm_secs = 0\n\n\
+             [local]\nautodriver = \"{}\"\nwork_dir = \"{}\"\n",
+            jobs::autodriver_binary().display(),
+            work_dir.display()
+        );
+        let daemon = Daemon::start(options).await;
+        Local {
+            daemon,
+            _root: root,
+            work_dir,
+        }
+    }
+
+    /// The directory and uid of the machine with id `vm_id`, from its `machine.json`.
+    fn machine(&self, vm_id: u64) -> (PathBuf, u32) {
+        let entries = std::fs::read_dir(&self.work_dir).expect("the work directory");
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(text) = std::fs::read_to_string(entry.path().join("machine.json")) else {
+                continue;
+            };
+            let record: Value = serde_json::from_str(&text).expect("machine.json is JSON");
+            if record["machine"]["id"] == vm_id {
+                let uid = record["uid"]
+                    .as_u64()
+                    .and_then(|u| u32::try_from(u).ok())
+                    .unwrap_or_else(|| panic!("machine {vm_id} has no uid: {record}"));
+                return (entry.path(), uid);
+            }
+        }
+        panic!(
+            "no machine {vm_id} in {}:\n{}",
+            self.work_dir.display(),
+            self.daemon.log_text()
+        );
+    }
+}
+
+/// What one job came to, as the daemon reports it.
+struct Ran {
+    job: Job,
+    id: u64,
+    options: JobOptions,
+    output: Vec<u8>,
+    /// Its entry in `/jobs/KEY/1/`.
+    dead: Value,
+}
+
+impl Ran {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output).into_owned()
+    }
+
+    fn trace(&self) -> Vec<String> {
+        self.dead["trace"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|l| l.as_str())
+                    .map(|l| l.split_once('|').map_or(l, |(_, m)| m).to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The autodriver's exit code as the daemon reported it in the job's final trace line
+    /// (Tango's mapping: 0 returned normally, 2 timed out, 3 OS error).
+    fn reported_exit(&self) -> Result<i32, String> {
+        let trace = self.trace();
+        let last = trace.last().map(String::as_str).unwrap_or("");
+        if last == "Success: Autodriver returned normally" {
+            Ok(0)
+        } else if last
+            == format!(
+                "Error: Job timed out after {} seconds",
+                self.options.timeout
+            )
+        {
+            Ok(2)
+        } else if last == "Error: OS error while running job on VM" {
+            Ok(3)
+        } else {
+            Err(format!("unexpected final trace line {last:?}: {trace:?}"))
+        }
+    }
+
+    /// Everything the job's `expect` file asks, plus what holds for every job: the worker's
+    /// header, one dispatch, no retry.
+    fn check(&self, network_disabled: bool) -> Result<(), String> {
+        let name = &self.job.name;
+        let text = self.text();
+        let exit = self.reported_exit()?;
+        if !self.job.expect.allows_autodriver_exit(exit) {
+            return Err(format!(
+                "{name}: the daemon reported autodriver exit {exit}, not what expect says \
+                 ({:?}, {:?}); output:\n{}",
+                self.job.expect.status,
+                self.job.expect.autodriver_exit,
+                clip(&text)
+            ));
+        }
+        self.job
+            .expect
+            .check_output(
+                &self.output,
+                &Limits {
+                    osize: OSIZE,
+                    fsize: FSIZE,
+                    network_disabled,
+                },
+            )
+            .map_err(|e| format!("{name}: {e}"))?;
+        let header = format!("]: Received job {}:{}\n", self.options.job_name, self.id);
+        if !text.starts_with("Autograder [") || !text.contains(&header) {
+            return Err(format!(
+                "{name}: no worker header {header:?}:\n{}",
+                clip(&text)
+            ));
+        }
+        if self.dead["retries"] != 0 || self.dead["assigned"] != false {
+            return Err(format!("{name}: retried or still assigned: {}", self.dead));
+        }
+        let trace = self.trace();
+        let dispatched = trace
+            .iter()
+            .filter(|l| l.starts_with("Dispatched job "))
+            .count();
+        if dispatched != 1 || trace.iter().any(|l| l.contains(" failed: ")) {
+            return Err(format!("{name}: not run exactly once: {trace:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// The head and tail of a long output, for messages.
+fn clip(text: &str) -> String {
+    if text.len() <= 3000 {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(1500).collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(1500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{head}\n[... {} bytes ...]\n{tail}", text.len())
+}
+
+/// Job options for `name`: its own output file and job name; `timeout` seconds.
+fn options_for(name: &str, timeout: u64, disable_network: bool) -> JobOptions {
+    JobOptions {
+        output_file: format!("user@x.edu_1_{name}_autograde.txt"),
+        job_name: format!("course_{name}_1_user@x.edu"),
+        timeout,
+        disable_network,
+        ..JobOptions::default()
+    }
+}
+
+/// Submits `job` in a courselab of its own (every job has a `Makefile`) and waits for its
+/// output and its dead entry.
+async fn run(daemon: &Daemon, job: Job, options: JobOptions) -> Ran {
+    let courselab = format!("e2e-{}", job.name);
+    let id = daemon.submit_job(&courselab, &job, &options).await;
+    let output = daemon
+        .wait_output(&courselab, &options.output_file, WAIT)
+        .await;
+    let dead = daemon.wait_dead(id, WAIT).await;
+    Ran {
+        job,
+        id,
+        options,
+        output,
+        dead,
+    }
+}
+
+/// Processes of `uid`, or whose working directory or root is inside `dir`.
+fn processes_of(uid: u32, dir: &Path) -> Vec<String> {
+    let mut left: Vec<String> = procs::live_processes_of(uid)
+        .expect("read /proc")
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect();
+    for pid in procs::list_pids().expect("list /proc") {
+        for link in ["cwd", "root"] {
+            if let Ok(target) = std::fs::read_link(format!("/proc/{pid}/{link}"))
+                && target.starts_with(dir)
+                && procs::read_status(pid).is_some_and(|s| !s.is_zombie())
+            {
+                left.push(format!("pid {pid} has its {link} in {}", target.display()));
+            }
+        }
+    }
+    left
+}
+
+/// Asserts that `GET /` answers, within a generous bound.
+async fn assert_answers(daemon: &Daemon) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let body = client
+        .get(daemon.url("/"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET / while a job runs: {e}"))
+        .text()
+        .await
+        .expect("GET / body");
+    assert_eq!(body, "Hello, world! RESTful Tango here!\n");
+}
+
+#[test]
+fn every_shared_job_is_tested() {
+    let names: BTreeSet<String> = jobs::all_jobs().into_iter().map(|j| j.name).collect();
+    let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        names, covered,
+        "a shared job is not run through the daemon here"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_runs_end_to_end() {
@@ -58,4 +340,248 @@ async fn hello_runs_end_to_end() {
         last.ends_with("|Success: Autodriver returned normally"),
         "{dead}"
     );
+}
+
+/// Reads `getPartialOutput` while job `id` runs; returns what was read while the job was
+/// still live before and after the read (so it is truly partial output of a running job).
+async fn watch_partial(
+    daemon: &Daemon,
+    courselab: &str,
+    id: u64,
+    output_file: &str,
+) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut reads = Vec::new();
+    loop {
+        let live = daemon.jobs(false).await;
+        let Some(job) = live.iter().find(|j| j["id"] == id) else {
+            return reads; // finished
+        };
+        if job["assigned"] == true {
+            let v = daemon
+                .get_json(&format!("/getPartialOutput/{}/{id}/", daemon.key))
+                .await;
+            let still_running = daemon.poll(courselab, output_file).await.is_none()
+                && daemon.jobs(false).await.iter().any(|j| j["id"] == id);
+            if v["statusId"] == 0 && still_running {
+                assert_eq!(v["statusMsg"], "Partial output obtained", "{v}");
+                reads.push(v["output"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        assert!(Instant::now() < deadline, "partial did not end");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_jobs_run_at_once_through_one_daemon() {
+    // forever and forkbomb have tests of their own (below).
+    let names = [
+        "hello", "score", "nonzero", "flood", "bigfile", "binary", "files", "memhog",
+    ];
+    let local = Local::start(16).await;
+    let daemon = &local.daemon;
+
+    let plain = names.iter().map(|name| async move {
+        let ran = run(daemon, jobs::job(name), options_for(name, 60, false)).await;
+        ran.check(false).map(|()| ran)
+    });
+    // network both ways: only `lo` when disabled, the host's interfaces otherwise.
+    let network_off = async {
+        let ran = run(
+            daemon,
+            jobs::job("network"),
+            options_for("network", 60, true),
+        )
+        .await;
+        ran.check(true).map(|()| ran)
+    };
+    let network_on = async {
+        let mut options = options_for("network-on", 60, false);
+        options.output_file = "user@x.edu_1_network_on.txt".into();
+        let mut job = jobs::job("network");
+        job.name = "network-on".into();
+        let ran = run(daemon, job, options).await;
+        ran.check(false).map(|()| ran)
+    };
+    // partial: its output is read through getPartialOutput while it runs.
+    let partial = async {
+        let job = jobs::job("partial");
+        let options = options_for("partial", 90, false);
+        let courselab = "e2e-partial";
+        let id = daemon.submit_job(courselab, &job, &options).await;
+        let reads = watch_partial(daemon, courselab, id, &options.output_file).await;
+        let output = daemon
+            .wait_output(courselab, &options.output_file, WAIT)
+            .await;
+        let dead = daemon.wait_dead(id, WAIT).await;
+        let ran = Ran {
+            job,
+            id,
+            options,
+            output,
+            dead,
+        };
+        ran.check(false)?;
+        for want in &ran.job.expect.partial_output_contains_while_running {
+            if !reads.iter().any(|r| r.contains(want.as_str())) {
+                return Err(format!(
+                    "partial: no read while running contained {want:?}: {reads:?}"
+                ));
+            }
+        }
+        // Read before the end: some read lacks the last tick.
+        if !reads
+            .iter()
+            .any(|r| !r.is_empty() && !r.contains("tick 20"))
+        {
+            return Err(format!(
+                "partial: nothing read well before the end: {reads:?}"
+            ));
+        }
+        Ok(ran)
+    };
+
+    let (plain, network_off, network_on, partial) = tokio::join!(
+        futures::future::join_all(plain),
+        network_off,
+        network_on,
+        partial
+    );
+    let mut failures = Vec::new();
+    let mut ran = Vec::new();
+    for result in plain.into_iter().chain([network_off, network_on, partial]) {
+        match result {
+            Ok(r) => ran.push(r),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    let by_name = |n: &str| ran.iter().find(|r| r.job.name == n).expect("ran");
+    // nonzero: make's status 2 is reported in the output, as a normal end.
+    assert!(
+        by_name("nonzero")
+            .text()
+            .contains("Autodriver: Job exited with status 2\n")
+    );
+    // flood: the whole output file (header and all) stays near the limit.
+    let flood = by_name("flood");
+    assert!(
+        (flood.output.len() as u64) < OSIZE + 4096,
+        "flood output {} bytes",
+        flood.output.len()
+    );
+    // binary: the bytes come back as the job wrote them.
+    assert!(jobs::contains(&by_name("binary").output, b"\xff\xfe"));
+    // network with the network on: the host's interfaces (those that come and go with
+    // Docker's containers and networks, veth* and br-*, aside).
+    let stable = |names: &mut dyn Iterator<Item = String>| -> BTreeSet<String> {
+        names
+            .filter(|n| !n.starts_with("veth") && !n.starts_with("br-"))
+            .collect()
+    };
+    let host = stable(
+        &mut std::fs::read_dir("/sys/class/net")
+            .expect("/sys/class/net")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok()),
+    );
+    assert!(
+        host.len() > 1,
+        "the host has only {host:?}: network on and off would look the same"
+    );
+    let on = by_name("network-on").text();
+    let line = on
+        .lines()
+        .find(|l| l.starts_with("interfaces: "))
+        .unwrap_or_else(|| panic!("no interfaces line: {on}"));
+    let seen = stable(
+        &mut line["interfaces: ".len()..]
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    assert_eq!(
+        seen, host,
+        "with the network on, the job sees the host's interfaces"
+    );
+    assert_answers(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forever_is_killed_at_its_timeout_not_retried_and_leaves_nothing() {
+    let local = Local::start(1).await;
+    let ran = run(
+        &local.daemon,
+        jobs::job("forever"),
+        options_for("forever", 3, false),
+    )
+    .await;
+    ran.check(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ran.reported_exit(), Ok(2));
+    assert!(
+        ran.text()
+            .contains("Autodriver: Job timed out after 3 seconds\n"),
+        "{}",
+        ran.text()
+    );
+    let vm_id = ran.dead["vm"]["id"].as_u64().expect("the job's machine id");
+    let (dir, uid) = local.machine(vm_id);
+    let left = processes_of(uid, &dir);
+    assert!(left.is_empty(), "left after the timeout: {left:?}");
+    // The daemon gives the machine back for the next job, which runs normally on it.
+    let hello = run(
+        &local.daemon,
+        jobs::job("hello"),
+        options_for("hello", 30, false),
+    )
+    .await;
+    hello.check(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(hello.dead["vm"]["id"], vm_id, "the pool of one was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forkbomb_is_contained_and_the_daemon_answers_throughout() {
+    let local = Local::start(2).await;
+    let daemon = &local.daemon;
+    let bomb = async {
+        let ran = run(
+            daemon,
+            jobs::job("forkbomb"),
+            options_for("forkbomb", 10, false),
+        )
+        .await;
+        ran.check(false).map(|()| ran)
+    };
+    // While it runs: the daemon answers, and another job on the same daemon finishes.
+    let meanwhile = async {
+        let deadline = Instant::now() + WAIT;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let hello = run(daemon, jobs::job("hello"), options_for("hello", 30, false)).await;
+        hello.check(false)?;
+        loop {
+            assert_answers(daemon).await;
+            let info = daemon.get_json(&format!("/info/{}/", daemon.key)).await;
+            assert_eq!(info["statusId"], 0, "{info}");
+            if daemon.jobs(false).await.is_empty() || Instant::now() > deadline {
+                return Ok::<_, String>(hello);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (bomb, hello) = tokio::join!(bomb, meanwhile);
+    let bomb = bomb.unwrap_or_else(|e| panic!("{e}"));
+    hello.unwrap_or_else(|e| panic!("{e}"));
+    // Forks failed (RLIMIT_NPROC), and the job still ended with its output.
+    assert!(
+        bomb.text().contains("Cannot fork"),
+        "{}",
+        clip(&bomb.text())
+    );
+    let vm_id = bomb.dead["vm"]["id"]
+        .as_u64()
+        .expect("the job's machine id");
+    let (dir, uid) = local.machine(vm_id);
+    let left = processes_of(uid, &dir);
+    assert!(left.is_empty(), "left after the forkbomb: {left:?}");
+    assert_answers(daemon).await;
 }
