@@ -686,6 +686,39 @@ fn unprivileged_it_runs_make_as_its_caller_and_still_kills_the_job() {
 }
 
 #[test]
+fn a_limit_above_the_hard_limit_in_force_keeps_the_lower_one() {
+    require_root();
+    // Unprivileged under a hard RLIMIT_NPROC of 400, asked for 100000: it cannot raise the
+    // hard limit, so the job runs under 400 instead of failing with EPERM.
+    let ws = Workspace::new()
+        .with_makefile("all:\n\t@awk '/Max processes/ { print $$3, $$4 }' /proc/self/limits\n");
+    for p in [ws.root.clone(), ws.job_dir(), ws.job_dir().join("Makefile")] {
+        std::os::unix::fs::chown(&p, Some(ws.uid), Some(ws.uid)).unwrap();
+    }
+    let opts = Opts {
+        timeout: 20,
+        nproc: 100_000,
+        ..Opts::default()
+    };
+    let mut plain = ws.command_without_ids(&opts);
+    plain.arg(ws.job_dir());
+    let user = as_user(ws.uid, &plain);
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg("--nproc=400:400")
+        .arg(user.get_program())
+        .args(user.get_args());
+    let started = Instant::now();
+    let out = limited.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let run = ws.finish(out, started.elapsed());
+    assert_eq!(
+        run.text(),
+        "Autodriver: Job exited with status 0\n400 400\n"
+    );
+}
+
+#[test]
 fn it_refuses_to_run_as_the_grading_user() {
     require_root();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();

@@ -565,11 +565,24 @@ impl ChildSetup {
             ))?;
             check(libc::setsid())?;
             for &(resource, soft, hard) in &self.limits {
-                let limit = libc::rlimit {
+                let mut limit = libc::rlimit {
                     rlim_cur: soft,
                     rlim_max: hard,
                 };
-                check(libc::setrlimit(resource, &limit))?;
+                if libc::setrlimit(resource, &limit) < 0 {
+                    // Raising a hard limit needs privilege (a container without
+                    // CAP_SYS_RESOURCE). A limit means "at most N", and the one in force is
+                    // already lower, so keep it rather than fail every job.
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() != Some(libc::EPERM) {
+                        return Err(err);
+                    }
+                    let mut current: libc::rlimit = std::mem::zeroed();
+                    check(libc::getrlimit(resource, &mut current))?;
+                    limit.rlim_max = hard.min(current.rlim_max);
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    check(libc::setrlimit(resource, &limit))?;
+                }
             }
             if let Some((uid, gid, groups)) = &self.switch_to {
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;
