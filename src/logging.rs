@@ -49,3 +49,9 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     let _ = result;
     Ok(())
 }
+
+/// The span every log line about a job is emitted in: it carries the job's id and name,
+/// so `grep 'id=42'` (or a JSON `span.id`) finds the job's whole story, in every process.
+pub fn job_span(job: &crate::model::Job) -> tracing::Span {
+    tracing::info_span!("job", id = job.id, name = %job.name)
+}
