@@ -156,9 +156,9 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
                 .unwrap_or("");
             println!(
                 "{:>6}  {:<8}  {:>7}  {:<32}  {last}",
-                job["id"],
+                job["id"].to_string(),
                 state,
-                job["retries"],
+                job["retries"].to_string(),
                 job["name"].as_str().unwrap_or("")
             );
         }

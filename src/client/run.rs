@@ -201,11 +201,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         for r in &report {
             println!(
                 "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  {}",
-                r["id"],
+                r["id"].to_string(),
                 r["status"].as_str().unwrap_or(""),
-                r["seconds"],
-                r["queued_seconds"],
-                r["run_seconds"],
+                r["seconds"].to_string(),
+                r["queued_seconds"].to_string(),
+                r["run_seconds"].to_string(),
                 r["output_file"].as_str().unwrap_or("")
             );
         }
