@@ -176,7 +176,12 @@ async fn systemd_hears_ready_then_stopping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
-    let daemon = Daemon::start(local("shutdown_grace_secs = 120", "")).await;
+    // One job at a time, so a second one waits in the queue.
+    let mut options = local("shutdown_grace_secs = 120", "");
+    options
+        .env
+        .push(("TANGO_VMMS_MAX_CONCURRENT_JOBS".into(), "1".into()));
+    let daemon = Daemon::start(options).await;
     let machines = daemon.dir.path().join("machines");
     let dir = job_dir(
         daemon.dir.path(),
@@ -186,6 +191,8 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
     let options = job_options("slow.txt", 60);
     let id = submit(&daemon, "ops-slow", &dir, &options).await;
     wait_running(&daemon, id, &machines).await;
+    let queued_options = job_options("queued.txt", 60);
+    let queued = submit(&daemon, "ops-slow", &dir, &queued_options).await;
 
     daemon.signal(libc::SIGTERM);
     // No new requests once the signal is in: the listener is closed.
@@ -212,7 +219,20 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
         Vec::<String>::new(),
         "machines left"
     );
-    assert!(!daemon.log_text().contains("job lost at exit"));
+    // The queued job was not started after the signal; the memory store reports it lost,
+    // and only it.
+    assert!(find_output(&daemon.courselabs, &queued_options.output_file).is_none());
+    let log = daemon.log_text();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("job lost at exit"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{log}");
+    assert!(lost[0].contains(&format!("job={queued}")), "{}", lost[0]);
+    assert!(
+        !log.contains(&format!("Assigned job course_lab_1_user@x.edu:{queued} ")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
