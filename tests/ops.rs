@@ -172,6 +172,55 @@ async fn systemd_hears_ready_then_stopping() {
     );
 }
 
+#[test]
+fn systemd_hears_no_ready_when_the_store_does_not_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    // A Redis port nothing listens on.
+    let config = dir.path().join("tango.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1\"\nport = {}\ncourselabs = \"{}\"\n\
+             [store]\nbackend = \"redis\"\nredis_host = \"127.0.0.1\"\nredis_port = {}\n\
+             [vmms]\nname = \"local\"\n[local]\nwork_dir = \"{}\"\n",
+            support::free_port(),
+            dir.path().join("courselabs").display(),
+            support::free_port(),
+            dir.path().join("machines").display(),
+        ),
+    )
+    .expect("config");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANGO_") {
+            command.env_remove(&name);
+        }
+    }
+    let out = command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &path)
+        .output()
+        .expect("run tango serve");
+    assert!(!out.status.success(), "started without its store");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buffer = [0u8; 4096];
+    match socket.recv(&mut buffer) {
+        Ok(n) => panic!(
+            "notified without a store: {:?}",
+            String::from_utf8_lossy(&buffer[..n])
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}
+
 // ---- graceful shutdown ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
