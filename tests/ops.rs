@@ -585,7 +585,15 @@ async fn metrics_follow_their_configuration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_about_a_job_carries_its_id_and_name() {
-    let daemon = Daemon::start(local("", "[log]\njson = true\n")).await;
+    // JSON lines into log.file (LOGFILE); standard error stays empty.
+    let daemon = Daemon::start(local(
+        "",
+        &format!(
+            "[log]\njson = true\nfile = \"{}/tango.jsonl\"\n",
+            support::daemon::DAEMON_DIR
+        ),
+    ))
+    .await;
     let hello = support::jobs::job("hello");
     let options = JobOptions {
         job_name: "logged_job".into(),
@@ -596,7 +604,8 @@ async fn every_log_line_about_a_job_carries_its_id_and_name() {
     let status = daemon.terminate(Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()));
 
-    let log = daemon.log_text();
+    assert_eq!(daemon.log_text(), "", "nothing on standard error");
+    let log = std::fs::read_to_string(daemon.dir.path().join("tango.jsonl")).expect("log file");
     let mut about_job = 0;
     let mut in_span = 0;
     for line in log.lines() {
