@@ -538,38 +538,36 @@ impl Shared {
         self.callbacks_in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = InFlight(self.clone());
         let span = crate::logging::job_span(&job);
-        self.callbacks.spawn(
-            async move {
-                let _in_flight = in_flight;
-                let name = std::path::Path::new(&job.output_file)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                tokio::select! {
-                    _ = kill.cancelled() => {}
-                    _ = async {
-                        let state = shared.notifier.deliver(&url, &name, &content).await;
-                        let delivered = state.delivered;
-                        job.callback = Some(state);
-                        job.timings.called_back = Some(unix_now());
-                        shared.app.metrics.callback_done(&job, delivered);
-                        let store = shared.app.store.clone();
-                        shared.persist("record callback", || {
-                            let store = store.clone();
-                            let job = job.clone();
-                            async move {
-                                if !store.update_dead(&job).await? {
-                                    tracing::debug!(job = job.id, "dead job already dropped");
-                                }
-                                Ok(())
+        let task = async move {
+            let _in_flight = in_flight;
+            let name = std::path::Path::new(&job.output_file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = async {
+                    let state = shared.notifier.deliver(&url, &name, &content).await;
+                    let delivered = state.delivered;
+                    job.callback = Some(state);
+                    job.timings.called_back = Some(unix_now());
+                    shared.app.metrics.callback_done(&job, delivered);
+                    let store = shared.app.store.clone();
+                    shared.persist("record callback", || {
+                        let store = store.clone();
+                        let job = job.clone();
+                        async move {
+                            if !store.update_dead(&job).await? {
+                                tracing::debug!(job = job.id, "dead job already dropped");
                             }
-                        })
-                        .await;
-                    } => {}
-                }
+                            Ok(())
+                        }
+                    })
+                    .await;
+                } => {}
             }
-            .instrument(span),
-        );
+        };
+        self.callbacks.spawn(task.instrument(span));
     }
 
     /// Runs a store write until it succeeds, retrying while the store is unavailable.
