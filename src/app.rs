@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::JobStore;
 use crate::vmms::Vmms;
 
@@ -22,6 +23,8 @@ pub struct App {
     /// Rung when `/prealloc` changes a pool's target, so a manager in this process acts at
     /// once (managers in other processes see it at their next heartbeat).
     pub pools_changed: Arc<Notify>,
+    /// What this process's workers count and time (see [`crate::metrics`]).
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -32,6 +35,7 @@ impl App {
             vmms,
             started: Instant::now(),
             pools_changed: Arc::new(Notify::new()),
+            metrics: Metrics::new(),
         })
     }
 }

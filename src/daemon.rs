@@ -40,12 +40,17 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
+    // Listening, and open_app has had the store answer a ping.
+    notify_systemd(sd_notify::NotifyState::Ready);
+    // Graceful: on the signal the listener closes (no new requests), requests in flight
+    // finish, then the manager stops dispatching and gives running jobs the grace period.
     let served = axum::serve(listener, crate::api::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stopping())
         .await
         .map_err(|e| format!("tango: server: {e}"));
     if let Some(manager) = manager {
         manager.shutdown(grace(&app)).await;
+        report_lost_jobs(&app).await;
     }
     served
 }
@@ -64,7 +69,8 @@ pub async fn manager(config: Config) -> Result<(), String> {
     crate::logging::init(&config.log)?;
     let app = open_app(config).await?;
     let manager = start_manager(&app).await?;
-    shutdown_signal().await;
+    notify_systemd(sd_notify::NotifyState::Ready);
+    stopping().await;
     manager.shutdown(grace(&app)).await;
     Ok(())
 }
@@ -92,6 +98,43 @@ async fn start_manager(app: &Arc<App>) -> Result<Manager, String> {
 
 fn grace(app: &App) -> Duration {
     Duration::from_secs(app.config.server.shutdown_grace_secs)
+}
+
+/// Tells systemd (`Type=notify`) how we are. Without `NOTIFY_SOCKET` it does nothing; a
+/// failure to send is logged, never fatal (systemd then times the start out itself).
+fn notify_systemd(state: sd_notify::NotifyState) {
+    let name = state.to_string();
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, state = name, "cannot notify systemd");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, having told systemd that we are stopping.
+async fn stopping() {
+    shutdown_signal().await;
+    tracing::info!("signal received: no new requests or jobs; shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
+}
+
+/// With the memory store, whatever is still live when the process ends is lost: say
+/// which jobs, so an operator can resubmit them. (With Redis they stay queued and run
+/// after a restart or on another manager.)
+async fn report_lost_jobs(app: &App) {
+    if app.config.store.backend != StoreBackend::Memory {
+        return;
+    }
+    match app.store.live_jobs().await {
+        Ok(jobs) => {
+            for job in &jobs {
+                tracing::warn!(
+                    job = job.id,
+                    name = %job.name,
+                    "job lost at exit: the memory store keeps nothing; resubmit it"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list the jobs lost at exit"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -28,6 +28,8 @@ pub mod logging;
 #[cfg(feature = "daemon")]
 pub mod manager;
 #[cfg(feature = "daemon")]
+pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod model;
 #[cfg(feature = "daemon")]
 pub mod preallocator;

@@ -2,6 +2,7 @@
 //! LOGLEVEL unless `RUST_LOG` says otherwise, as text or JSON lines.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
@@ -23,10 +24,19 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = if config.file.is_empty() {
+        // Colours only for a person at a terminal: journald and files get plain text.
+        let ansi = std::io::stderr().is_terminal();
         if config.json {
-            builder.json().with_writer(std::io::stderr).try_init()
+            builder
+                .json()
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .try_init()
         } else {
-            builder.with_writer(std::io::stderr).try_init()
+            builder
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init()
         }
     } else {
         let file = OpenOptions::new()
@@ -48,4 +58,11 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     // A second init (tests starting several servers in one process) keeps the first.
     let _ = result;
     Ok(())
+}
+
+/// The span every log line about a job is emitted in: it carries the job's id and name,
+/// so `grep 'job_id=42'` (or a JSON line's `span.job_id`) finds the job's whole story, in
+/// every process. (Not `id`/`name`: JSON lines give the span's own name as `name`.)
+pub fn job_span(job: &crate::model::Job) -> tracing::Span {
+    tracing::info_span!("job", job_id = job.id, job_name = %job.name)
 }

@@ -1,4 +1,7 @@
-//! The `tango` command: the daemon (`serve`, `manager`) and, later, the client.
+//! The `tango` command: the daemon (`serve`, `manager`) and the client (every other
+//! subcommand, see [`client`]).
+
+mod client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +36,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// Where the configuration comes from, and the few options worth a flag.
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             Ok(config) => runtime.block_on(tango::daemon::manager(config)),
             Err(e) => Err(e),
         },
+        Command::Client(command) => return runtime.block_on(client::main(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

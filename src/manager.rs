@@ -42,6 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::callback::{Notifier, NotifierError};
@@ -376,7 +377,10 @@ impl Shared {
                 claimed = self.app.store.claim_next(&self.owner, CLAIM_WAIT) => claimed,
             };
             match claimed {
-                Ok(Some(job)) => self.dispatch(job, permit, &stop).await,
+                Ok(Some(job)) => {
+                    let span = crate::logging::job_span(&job);
+                    self.dispatch(job, permit, &stop).instrument(span).await
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take jobs from the queue");
@@ -533,7 +537,8 @@ impl Shared {
         let kill = self.kill.clone();
         self.callbacks_in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = InFlight(self.clone());
-        self.callbacks.spawn(async move {
+        let span = crate::logging::job_span(&job);
+        let task = async move {
             let _in_flight = in_flight;
             let name = std::path::Path::new(&job.output_file)
                 .file_name()
@@ -543,8 +548,10 @@ impl Shared {
                 _ = kill.cancelled() => {}
                 _ = async {
                     let state = shared.notifier.deliver(&url, &name, &content).await;
+                    let delivered = state.delivered;
                     job.callback = Some(state);
                     job.timings.called_back = Some(unix_now());
+                    shared.app.metrics.callback_done(&job, delivered);
                     let store = shared.app.store.clone();
                     shared.persist("record callback", || {
                         let store = store.clone();
@@ -559,7 +566,8 @@ impl Shared {
                     .await;
                 } => {}
             }
-        });
+        };
+        self.callbacks.spawn(task.instrument(span));
     }
 
     /// Runs a store write until it succeeds, retrying while the store is unavailable.

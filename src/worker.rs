@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
+use tracing::Instrument;
 
 use crate::manager::Shared;
 use crate::model::{CallbackState, Counter, Job, Machine, ctime, unix_now};
@@ -89,20 +90,27 @@ pub async fn within<T>(
 
 /// Runs a dispatched job to its end (see the module doc).
 pub async fn run(shared: Arc<Shared>, job: Job, assignment: Assignment) {
-    let mut worker = Worker::new(shared, job);
-    let ending = worker.steps(assignment).await;
-    worker.end(ending).await;
+    let span = crate::logging::job_span(&job);
+    async move {
+        let mut worker = Worker::new(shared, job);
+        let ending = worker.steps(assignment).await;
+        worker.end(ending).await;
+    }
+    .instrument(span)
+    .await
 }
 
 /// Charges a job that never got a machine (making one for its pool failed) with the
 /// failure: retried or given up exactly like a machine failure in a step.
 pub async fn run_failed(shared: Arc<Shared>, job: Job, error: String) {
+    let span = crate::logging::job_span(&job);
     let mut worker = Worker::new(shared, job);
     worker
         .end(Ending::MachineFailed {
             error: format!("Internal error: {error}"),
             retry: true,
         })
+        .instrument(span)
         .await;
 }
 
@@ -113,6 +121,7 @@ pub async fn recover_from_panic(shared: Arc<Shared>, id: u64) {
         Ok(Some(job)) if job.owner.as_deref() == Some(&shared.owner) => job,
         _ => return,
     };
+    let span = crate::logging::job_span(&job);
     let mut worker = Worker::new(shared.clone(), job);
     // A machine made with the job's own credentials is destroyed through them.
     if let Err(e) = worker.backend() {
@@ -126,6 +135,7 @@ pub async fn recover_from_panic(shared: Arc<Shared>, id: u64) {
             error: "Internal error: the worker failed unexpectedly".into(),
             retry: false,
         })
+        .instrument(span)
         .await;
 }
 
@@ -609,6 +619,7 @@ impl Worker {
                 "cannot write the output file");
         }
 
+        let status_message = final_message.clone();
         self.trace(final_message);
         self.job.assigned = false;
         self.job.timings.finished = Some(unix_now());
@@ -637,6 +648,10 @@ impl Worker {
         if !finished {
             return;
         }
+        self.shared
+            .app
+            .metrics
+            .job_finished(&self.job, &status_message);
         if self.shared.app.config.log.timing {
             log_timings(&self.job);
         }

@@ -136,6 +136,11 @@ pub fn router(app: Arc<App>) -> Router {
     for endpoint in Endpoint::ALL {
         router = router.route(endpoint.path(), endpoint.handler());
     }
+    // Not Tango's: Prometheus's, at a configurable path outside the table above.
+    let metrics = &state.app.config.metrics;
+    if metrics.enabled && metrics.path != "/" {
+        router = router.route(&metrics.path, get(metrics_text));
+    }
     router
         .fallback(|| async { status::not_found() })
         .method_not_allowed_fallback(|| async { status::method_not_allowed() })
@@ -151,6 +156,20 @@ async fn hello() -> Response {
         HeaderValue::from_static(status::HTML_TYPE),
     );
     response
+}
+
+/// `GET metrics.path`: Prometheus metrics (no key: scrapers do not carry one, and the
+/// body holds counts only, never a key, a path or a job's name).
+async fn metrics_text(axum::extract::State(api): axum::extract::State<Arc<ApiState>>) -> Response {
+    use axum::response::IntoResponse;
+    match crate::metrics::render(&api.app).await {
+        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Logs each request by its route pattern (never the raw path: it holds the key).

@@ -35,6 +35,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
 }
 
+/// In [`DaemonOptions::config`], replaced by the daemon's own temporary directory.
+pub const DAEMON_DIR: &str = "{DAEMON_DIR}";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Serve,
@@ -47,8 +50,10 @@ impl DaemonOptions {
     pub fn local() -> DaemonOptions {
         DaemonOptions {
             mode: Mode::Serve,
+            // Machines in the daemon's own directory: in the shared default, daemons
+            // running side by side would number machines alike and destroy each other's.
             config: format!(
-                "[vmms]\nname = \"local\"\n\n[local]\nautodriver = \"{}\"\n",
+                "[vmms]\nname = \"local\"\n\n[local]\nautodriver = \"{}\"\nwork_dir = \"{{DAEMON_DIR}}/machines\"\n",
                 super::jobs::autodriver_binary().display()
             ),
             server_extra: String::new(),
@@ -113,6 +118,12 @@ impl Daemon {
     /// logs that it runs). Panics with the log when it does not start.
     pub async fn start(options: DaemonOptions) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Traversable, so the local backend's jobs (other uids) reach machines under it.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod temp dir");
         let courselabs = options
             .courselabs
             .clone()
@@ -125,7 +136,9 @@ impl Daemon {
             key = options.key,
             cl = courselabs.display(),
             extra = options.server_extra,
-            rest = options.config,
+            rest = options
+                .config
+                .replace(DAEMON_DIR, &dir.path().display().to_string()),
         );
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("tango.log");

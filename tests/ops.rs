@@ -1,0 +1,639 @@
+//! Operating the daemon as a process: systemd notification, graceful shutdown on SIGTERM,
+//! Prometheus metrics, and job-tagged logs. Real `tango serve` processes, `local` backend.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::daemon::{Daemon, DaemonOptions, JobOptions};
+use support::pipeline::{Receiver, Reply};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// The options for a local daemon with `server_extra` in `[server]` and more TOML after.
+fn local(server_extra: &str, more: &str) -> DaemonOptions {
+    let mut options = DaemonOptions::local().with(more);
+    options.server_extra = server_extra.into();
+    options
+}
+
+/// A job directory holding a Makefile whose `autograde` target runs `recipe` lines.
+fn job_dir(parent: &Path, name: &str, recipe: &[&str]) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).expect("job dir");
+    let mut makefile = String::from("autograde:\n");
+    for line in recipe {
+        makefile.push_str(&format!("\t@{line}\n"));
+    }
+    std::fs::write(dir.join("Makefile"), makefile).expect("Makefile");
+    dir
+}
+
+/// Opens `lab`, uploads the Makefile of `dir`, adds the job; returns its id.
+async fn submit(daemon: &Daemon, lab: &str, dir: &Path, options: &JobOptions) -> u64 {
+    daemon.open(lab).await;
+    let bytes = std::fs::read(dir.join("Makefile")).expect("read Makefile");
+    daemon.upload(lab, "Makefile", bytes).await;
+    daemon
+        .add_job(
+            lab,
+            vec![json!({"localFile": "Makefile", "destFile": "Makefile"})],
+            options,
+        )
+        .await
+}
+
+fn job_options(output_file: &str, timeout: u64) -> JobOptions {
+    JobOptions {
+        output_file: output_file.into(),
+        timeout,
+        ..JobOptions::default()
+    }
+}
+
+/// Processes whose working directory or command line is under `dir`: a job's autodriver,
+/// make and whatever the job started.
+fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cwd = std::fs::read_link(entry.path().join("cwd"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cwd.starts_with(&dir) || cmdline.contains(&dir) {
+            found.push((pid, format!("cwd={cwd} cmd={cmdline}")));
+        }
+    }
+    found
+}
+
+/// Waits until job `id` is live, dispatched, and has processes running under `machines`.
+async fn wait_running(daemon: &Daemon, id: u64, machines: &Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let live = daemon.jobs(false).await;
+        let running = live.iter().any(|j| {
+            j["id"] == id
+                && j["assigned"] == true
+                && j["trace"].as_array().is_some_and(|t| {
+                    t.iter()
+                        .any(|l| l.as_str().is_some_and(|l| l.contains("Input copied")))
+                })
+        });
+        if running && !processes_under(machines).is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never ran: {live:?}\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The machine directories left under `machines`.
+fn machine_dirs(machines: &Path) -> Vec<String> {
+    std::fs::read_dir(machines)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The output file `name` somewhere under `courselabs`.
+fn find_output(courselabs: &Path, name: &str) -> Option<String> {
+    let mut stack = vec![courselabs.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy() == name {
+                return std::fs::read_to_string(path).ok();
+            }
+        }
+    }
+    None
+}
+
+// ---- systemd ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_then_stopping() {
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let path = sockets.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut options = DaemonOptions::local();
+    options
+        .env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    let daemon = Daemon::start(options).await;
+
+    let mut buffer = [0u8; 4096];
+    let n = socket.recv(&mut buffer).expect("READY=1 within 60 s");
+    let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(
+        message.lines().any(|l| l == "READY=1"),
+        "first notification: {message:?}"
+    );
+    // Ready means serving: the API answers now.
+    let hello = reqwest::get(daemon.url("/")).await.expect("GET /");
+    assert!(hello.status().is_success());
+
+    let status = daemon
+        .terminate(Duration::from_secs(60))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    let n = socket.recv(&mut buffer).expect("STOPPING=1 at shutdown");
+    let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(
+        message.lines().any(|l| l == "STOPPING=1"),
+        "notification at shutdown: {message:?}"
+    );
+}
+
+#[test]
+fn systemd_hears_no_ready_when_the_store_does_not_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    // A Redis port nothing listens on.
+    let config = dir.path().join("tango.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1\"\nport = {}\ncourselabs = \"{}\"\n\
+             [store]\nbackend = \"redis\"\nredis_host = \"127.0.0.1\"\nredis_port = {}\n\
+             [vmms]\nname = \"local\"\n[local]\nwork_dir = \"{}\"\n",
+            support::free_port(),
+            dir.path().join("courselabs").display(),
+            support::free_port(),
+            dir.path().join("machines").display(),
+        ),
+    )
+    .expect("config");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANGO_") {
+            command.env_remove(&name);
+        }
+    }
+    let out = command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &path)
+        .output()
+        .expect("run tango serve");
+    assert!(!out.status.success(), "started without its store");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buffer = [0u8; 4096];
+    match socket.recv(&mut buffer) {
+        Ok(n) => panic!(
+            "notified without a store: {:?}",
+            String::from_utf8_lossy(&buffer[..n])
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}
+
+// ---- graceful shutdown ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
+    // One job at a time, so a second one waits in the queue.
+    let mut options = local("shutdown_grace_secs = 120", "");
+    options
+        .env
+        .push(("TANGO_VMMS_MAX_CONCURRENT_JOBS".into(), "1".into()));
+    let daemon = Daemon::start(options).await;
+    let machines = daemon.dir.path().join("machines");
+    let dir = job_dir(
+        daemon.dir.path(),
+        "slow",
+        &["echo started", "sleep 3", "echo finished after the signal"],
+    );
+    let options = job_options("slow.txt", 60);
+    let id = submit(&daemon, "ops-slow", &dir, &options).await;
+    wait_running(&daemon, id, &machines).await;
+    let queued_options = job_options("queued.txt", 60);
+    let queued = submit(&daemon, "ops-slow", &dir, &queued_options).await;
+
+    daemon.signal(libc::SIGTERM);
+    // No new requests once the signal is in: the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(daemon.url("/")).await.is_ok() {
+        assert!(Instant::now() < deadline, "still serving after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = daemon
+        .terminate(Duration::from_secs(120))
+        .expect("exits after the job");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+
+    let output = find_output(&daemon.courselabs, &options.output_file)
+        .unwrap_or_else(|| panic!("no output file\n{}", daemon.log_text()));
+    assert!(
+        output.contains("Success: Autodriver returned normally")
+            && output.contains("finished after the signal"),
+        "{output}"
+    );
+    assert_eq!(processes_under(&machines), vec![], "left running");
+    assert_eq!(
+        machine_dirs(&machines),
+        Vec::<String>::new(),
+        "machines left"
+    );
+    // The queued job was not started after the signal; the memory store reports it lost,
+    // and only it.
+    assert!(find_output(&daemon.courselabs, &queued_options.output_file).is_none());
+    let log = daemon.log_text();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("job lost at exit"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{log}");
+    assert!(lost[0].contains(&format!("job={queued}")), "{}", lost[0]);
+    assert!(
+        !log.contains(&format!("Assigned job course_lab_1_user@x.edu:{queued} ")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_memory_store_reports_an_unfinished_job_as_lost() {
+    let daemon = Daemon::start(local("shutdown_grace_secs = 1", "")).await;
+    let machines = daemon.dir.path().join("machines");
+    let dir = job_dir(
+        daemon.dir.path(),
+        "endless",
+        &["while true; do sleep 1; done"],
+    );
+    let id = submit(
+        &daemon,
+        "ops-endless",
+        &dir,
+        &job_options("endless.txt", 120),
+    )
+    .await;
+    wait_running(&daemon, id, &machines).await;
+
+    let status = daemon
+        .terminate(Duration::from_secs(60))
+        .expect("exits after the grace period");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    let log = daemon.log_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("job lost at exit"))
+        .unwrap_or_else(|| panic!("no lost job reported\n{log}"));
+    assert!(lost.contains(&format!("job={id}")), "{lost}");
+    assert_eq!(processes_under(&machines), vec![], "left running");
+    assert_eq!(
+        machine_dirs(&machines),
+        Vec::<String>::new(),
+        "machines left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_redis_hands_the_job_back_and_it_resumes_after_a_restart() {
+    let redis = support::redis_server();
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"ops-{}\"\n",
+        redis.host,
+        redis.port,
+        support::unique()
+    );
+    let first = Daemon::start(local("shutdown_grace_secs = 1", &store)).await;
+    let machines = first.dir.path().join("machines");
+    let dir = job_dir(
+        first.dir.path(),
+        "resumable",
+        &["echo run on $$(hostname)", "sleep 6", "echo done"],
+    );
+    let options = job_options("resumable.txt", 60);
+    let id = submit(&first, "ops-resume", &dir, &options).await;
+    wait_running(&first, id, &machines).await;
+
+    let status = first
+        .terminate(Duration::from_secs(60))
+        .expect("exits after the grace period");
+    assert!(status.success(), "{status}\n{}", first.log_text());
+    assert!(
+        first.log_text().contains("handed back"),
+        "{}",
+        first.log_text()
+    );
+    assert_eq!(processes_under(&machines), vec![], "left running");
+    assert_eq!(
+        machine_dirs(&machines),
+        Vec::<String>::new(),
+        "machines left"
+    );
+    assert!(find_output(&first.courselabs, &options.output_file).is_none());
+
+    // A new process on the same store and courselabs runs it to the end, under its id.
+    let mut again = local("", &store);
+    again.courselabs = Some(first.courselabs.clone());
+    let second = Daemon::start(again).await;
+    let output = second
+        .wait_output("ops-resume", &options.output_file, WAIT)
+        .await;
+    let output = String::from_utf8_lossy(&output);
+    assert!(
+        output.contains(&format!(":{id}\n")) && output.contains("done"),
+        "{output}"
+    );
+    let dead = second.wait_dead(id, WAIT).await;
+    assert_eq!(dead["retries"], 0, "handing back is not a retry: {dead}");
+    let status = second.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()));
+}
+
+// ---- metrics ----
+
+/// `name{labels}` → value, from an OpenMetrics text body.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(all: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *all.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {all:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let daemon = Daemon::start(local("", "[callback]\nattempts = 1\nbackoff_secs = 0.1\n")).await;
+    let hello = support::jobs::job("hello");
+    let timing_out = job_dir(daemon.dir.path(), "timeout", &["sleep 30"]);
+    // First callback answered 200 (delivered), every later one 503 (failed).
+    let receiver = Receiver::start(|n| {
+        if n == 1 {
+            Reply::Status(200)
+        } else {
+            Reply::Status(503)
+        }
+    })
+    .await;
+
+    let mut ids = Vec::new();
+    for (i, callback) in [true, true, false].into_iter().enumerate() {
+        let options = JobOptions {
+            output_file: format!("m{i}.txt"),
+            callback_url: if callback {
+                receiver.url.clone()
+            } else {
+                String::new()
+            },
+            ..JobOptions::default()
+        };
+        let id = daemon.submit_job("ops-metrics", &hello, &options).await;
+        // One at a time, so the receiver's first request is the first job's.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let dead = daemon.wait_dead(id, WAIT).await;
+            if !callback || dead["callback"]["attempts"].as_u64().is_some_and(|a| a > 0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no callback: {dead}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ids.push(id);
+    }
+    let id = submit(
+        &daemon,
+        "ops-metrics-2",
+        &timing_out,
+        &job_options("t.txt", 2),
+    )
+    .await;
+    daemon.wait_dead(id, WAIT).await;
+
+    let response = reqwest::get(daemon.url("/metrics")).await.expect("scrape");
+    assert!(response.status().is_success());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let m = samples(&text);
+
+    // The /info counters, equal to /info's.
+    let info = daemon.get_json(&format!("/info/{}/", daemon.key)).await;
+    for name in [
+        "job_requests",
+        "job_retries",
+        "waitvm_timeouts",
+        "runjob_timeouts",
+        "copyin_errors",
+        "runjob_errors",
+        "copyout_errors",
+    ] {
+        let value = info["info"][name].as_f64().expect("counter");
+        assert_eq!(sample(&m, &format!("tango_{name}_total")), value, "{name}");
+    }
+    assert_eq!(sample(&m, "tango_job_requests_total"), 4.0);
+    assert_eq!(
+        sample(&m, "tango_runjob_errors_total"),
+        1.0,
+        "the timed-out job"
+    );
+    assert!(sample(&m, "tango_elapsed_seconds") > 0.0);
+    // Queue and job lists.
+    assert_eq!(sample(&m, "tango_queue_depth"), 0.0);
+    assert_eq!(sample(&m, "tango_live_jobs"), 0.0);
+    assert_eq!(sample(&m, "tango_running_jobs"), 0.0);
+    assert_eq!(sample(&m, "tango_dead_jobs"), 4.0);
+    // Pools, as /pool reports them.
+    let pools = daemon.get_json(&format!("/pool/{}/", daemon.key)).await;
+    let pools = pools["pools"].as_object().expect("pools").clone();
+    assert!(pools.contains_key("autograding_image"), "{pools:?}");
+    for (name, pool) in pools {
+        for state in ["total", "free"] {
+            let want = pool[state].as_array().map_or(0, Vec::len) as f64;
+            let key = format!("tango_pool_machines{{pool=\"{name}\",state=\"{state}\"}}");
+            assert_eq!(sample(&m, &key), want, "{key}");
+        }
+    }
+    // Jobs by final status.
+    assert_eq!(
+        sample(&m, "tango_jobs_finished_total{status=\"success\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&m, "tango_jobs_finished_total{status=\"timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "tango_jobs_finished_total{status=\"error\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(&m, "tango_jobs_finished_total{status=\"internal_error\"}"),
+        0.0
+    );
+    // Callbacks.
+    assert_eq!(
+        sample(&m, "tango_callbacks_total{outcome=\"delivered\"}"),
+        1.0
+    );
+    assert_eq!(sample(&m, "tango_callbacks_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(receiver.requests().len(), 2);
+    // Phase histograms: every job went through each phase; the callbacks of two.
+    for phase in ["queued", "machine_acquired", "copy_in", "run", "copy_out"] {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("tango_job_phase_seconds_count{{phase=\"{phase}\"}}")
+            ),
+            4.0,
+            "{phase}"
+        );
+        assert_eq!(
+            sample(
+                &m,
+                &format!("tango_job_phase_seconds_bucket{{le=\"+Inf\",phase=\"{phase}\"}}")
+            ),
+            4.0,
+            "{phase}"
+        );
+    }
+    assert_eq!(
+        sample(&m, "tango_job_phase_seconds_count{phase=\"callback\"}"),
+        2.0
+    );
+    // The timed-out job ran for its 2 seconds at least.
+    assert!(sample(&m, "tango_job_phase_seconds_sum{phase=\"run\"}") >= 2.0);
+    // The /jobs timings are what the histograms were fed from.
+    let dead = daemon.jobs(true).await;
+    let run_total: f64 = dead
+        .iter()
+        .map(|j| {
+            j["timings"]["ran"].as_f64().unwrap_or(0.0)
+                - j["timings"]["copied_in"].as_f64().unwrap_or(0.0)
+        })
+        .sum();
+    let run_sum = sample(&m, "tango_job_phase_seconds_sum{phase=\"run\"}");
+    assert!(
+        (run_total - run_sum).abs() < 1e-3,
+        "{run_total} vs {run_sum}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_their_configuration() {
+    let moved = Daemon::start(local("", "[metrics]\npath = \"/prometheus\"\n")).await;
+    let response = reqwest::get(moved.url("/prometheus"))
+        .await
+        .expect("scrape");
+    assert!(response.status().is_success());
+    assert!(
+        response
+            .text()
+            .await
+            .expect("body")
+            .contains("tango_queue_depth")
+    );
+    let response = reqwest::get(moved.url("/metrics")).await.expect("GET");
+    assert_eq!(response.status(), 404);
+
+    let off = Daemon::start(local("", "[metrics]\nenabled = false\n")).await;
+    let response = reqwest::get(off.url("/metrics")).await.expect("GET");
+    assert_eq!(response.status(), 404);
+}
+
+// ---- logs ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_about_a_job_carries_its_id_and_name() {
+    // JSON lines into log.file (LOGFILE); standard error stays empty.
+    let daemon = Daemon::start(local(
+        "",
+        &format!(
+            "[log]\njson = true\nfile = \"{}/tango.jsonl\"\n",
+            support::daemon::DAEMON_DIR
+        ),
+    ))
+    .await;
+    let hello = support::jobs::job("hello");
+    let options = JobOptions {
+        job_name: "logged_job".into(),
+        ..JobOptions::default()
+    };
+    let id = daemon.submit_job("ops-logs", &hello, &options).await;
+    daemon.wait_dead(id, WAIT).await;
+    let status = daemon.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()));
+
+    assert_eq!(daemon.log_text(), "", "nothing on standard error");
+    let log = std::fs::read_to_string(daemon.dir.path().join("tango.jsonl")).expect("log file");
+    let mut about_job = 0;
+    let mut in_span = 0;
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let span = &v["span"];
+        let fields = &v["fields"];
+        let mentions = fields["job"] == id
+            || span["job_id"] == id
+            || fields["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("logged_job:{id}")));
+        if !mentions {
+            continue;
+        }
+        about_job += 1;
+        let by_span =
+            span["name"] == "job" && span["job_id"] == id && span["job_name"] == "logged_job";
+        let by_fields = fields["job"] == id && fields["name"] == "logged_job";
+        assert!(
+            by_span || by_fields,
+            "line about job {id} without its id and name: {line}"
+        );
+        if by_span {
+            in_span += 1;
+        }
+    }
+    // Added, dispatched, the worker's steps, the end.
+    assert!(about_job >= 6, "{about_job} lines about the job:\n{log}");
+    assert!(in_span >= 5, "{in_span} lines in the job's span:\n{log}");
+}
