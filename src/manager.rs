@@ -25,6 +25,12 @@
 //! - **Recovery at start** (Tango's `resetTango`, made safe for several managers): reap
 //!   dead managers, then destroy machines with our prefix that no live manager owns.
 //!   Jobs this process's predecessor held are requeued when its lease runs out.
+//! - **Lost answers.** A claim whose answer was lost (Redis killed or paused right after
+//!   running it) leaves a job leased to us that no task of ours handles; since we keep
+//!   renewing our lease, no reaper would free it. After a failed claim, housekeeping looks
+//!   for such jobs and puts back those seen twice in a row. A machine destroyed while its
+//!   pool could not be updated is taken out of the pool once the store answers again (see
+//!   `preallocator.rs`), or it would count toward the pool's size for ever.
 //! - **Shutdown** ([`Manager::shutdown`]): stop claiming, give running jobs and callbacks
 //!   up to a grace period, then stop them, destroy our machines and hand our jobs back.
 //!
@@ -32,9 +38,10 @@
 //! sent again by the reaper (Autolab ignores the second); a job that was running when its
 //! manager died runs again from the start (its retry count is kept, not increased).
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -45,7 +52,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::callback::{Notifier, NotifierError};
-use crate::model::{CallbackState, Job, unix_now};
+use crate::model::{CallbackState, Job, JobId, unix_now};
 use crate::preallocator::{AcquireError, Preallocator};
 use crate::store::{Reaped, StoreError};
 use crate::worker::{self, Assignment};
@@ -91,6 +98,13 @@ pub struct Shared {
     callbacks_in_flight: AtomicUsize,
     /// A sweep for leftover machines is due (at start, after a reap, after a failed one).
     sweep_due: AtomicBool,
+    /// Jobs this process is handling now (claimed, until put back, given up or finished).
+    held: Mutex<HashSet<JobId>>,
+    /// Jobs the store says we hold but we are not handling, seen at the last housekeeping.
+    orphan_suspects: Mutex<HashSet<JobId>>,
+    /// Looks for such jobs still due: set when a claim failed (its answer may have been
+    /// lost after it took a job), counted down by each look that could read the store.
+    orphan_checks: AtomicU32,
 }
 
 impl Manager {
@@ -114,6 +128,9 @@ impl Manager {
             kill,
             callbacks_in_flight: AtomicUsize::new(0),
             sweep_due: AtomicBool::new(true),
+            held: Mutex::new(HashSet::new()),
+            orphan_suspects: Mutex::new(HashSet::new()),
+            orphan_checks: AtomicU32::new(0),
         });
         // Alive before claiming anything: a claim by an owner without a lease would be
         // reaped at once by another manager.
@@ -288,6 +305,9 @@ impl Shared {
             Ok(reaped) => self.take_over(reaped).await,
             Err(e) => tracing::warn!(error = %e, "cannot reap expired managers"),
         }
+        if self.orphan_checks.load(Ordering::Acquire) > 0 {
+            self.requeue_orphans().await;
+        }
         if self.sweep_due.swap(false, Ordering::AcqRel) || self.prealloc.strays_suspected() {
             match self.prealloc.sweep().await {
                 Ok(0) => {}
@@ -355,6 +375,58 @@ impl Shared {
         }
     }
 
+    /// Puts back jobs the store says we hold but no task of ours handles. A claim whose
+    /// answer was lost (Redis killed or paused just after running it) leaves such a job:
+    /// its lease is ours and we renew it, so no reaper would ever free it. A job is put
+    /// back only when seen so at two housekeepings in a row, so that a claim whose answer
+    /// is merely on its way is not taken for one (and a late answer is harmless anyway:
+    /// every write of the job is fenced by its lease, and [`Shared::hold`] refuses a job
+    /// already handled).
+    async fn requeue_orphans(&self) {
+        let jobs = match self.app.store.live_jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for orphaned jobs");
+                return;
+            }
+        };
+        let _ = self
+            .orphan_checks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let candidates: Vec<Job> = {
+            let held = lock(&self.held);
+            jobs.into_iter()
+                .filter(|j| j.owner.as_deref() == Some(&self.owner) && !held.contains(&j.id))
+                .collect()
+        };
+        let previous = std::mem::replace(
+            &mut *lock(&self.orphan_suspects),
+            candidates.iter().map(|j| j.id).collect(),
+        );
+        for mut job in candidates {
+            if !previous.contains(&job.id) || lock(&self.held).contains(&job.id) {
+                continue;
+            }
+            tracing::warn!(
+                job = job.id,
+                "job held in the store by no task of ours (a claim whose answer was lost): put back"
+            );
+            job.assigned = false;
+            match self.app.store.requeue(&job).await {
+                Ok(()) => {
+                    lock(&self.orphan_suspects).remove(&job.id);
+                }
+                Err(e) => tracing::warn!(job = job.id, error = %e, "cannot put back orphaned job"),
+            }
+        }
+    }
+
+    /// Marks `id` as handled by this process; false when it already is (a claim answered
+    /// late for a job put back and claimed again).
+    fn hold(self: &Arc<Self>, id: JobId) -> Option<Held> {
+        lock(&self.held).insert(id).then(|| Held(self.clone(), id))
+    }
+
     async fn dispatch_loop(self: Arc<Self>, stop: CancellationToken) {
         let slots = match self.app.config.vmms.max_concurrent_jobs {
             0 => None,
@@ -376,10 +448,16 @@ impl Shared {
                 claimed = self.app.store.claim_next(&self.owner, CLAIM_WAIT) => claimed,
             };
             match claimed {
-                Ok(Some(job)) => self.dispatch(job, permit, &stop).await,
+                Ok(Some(job)) => match self.hold(job.id) {
+                    Some(held) => self.dispatch(job, permit, held, &stop).await,
+                    None => tracing::warn!(job = job.id, "claimed a job already handled here"),
+                },
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take jobs from the queue");
+                    // Look twice (a job is put back when seen at two looks in a row),
+                    // and once more for good measure.
+                    self.orphan_checks.store(3, Ordering::Release);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -394,6 +472,7 @@ impl Shared {
         self: &Arc<Self>,
         mut job: Job,
         permit: Option<OwnedSemaphorePermit>,
+        held: Held,
         stop: &CancellationToken,
     ) {
         let config = &self.app.config;
@@ -416,7 +495,7 @@ impl Shared {
                         job.retries
                     ));
                     let shared = self.clone();
-                    self.spawn_worker(job.id, permit, async move {
+                    self.spawn_worker(job.id, permit, held, async move {
                         worker::run_failed(shared, job, error).await
                     });
                     return;
@@ -463,7 +542,7 @@ impl Shared {
         }
         let shared = self.clone();
         let id = job.id;
-        self.spawn_worker(id, permit, async move {
+        self.spawn_worker(id, permit, held, async move {
             worker::run(shared, job, assignment).await
         });
     }
@@ -473,12 +552,14 @@ impl Shared {
         self: &Arc<Self>,
         id: u64,
         permit: Option<OwnedSemaphorePermit>,
+        held: Held,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let shared = self.clone();
         let kill = self.kill.clone();
         self.workers.spawn(async move {
             let _slot = permit;
+            let _held = held;
             tokio::select! {
                 _ = kill.cancelled() => {}
                 result = AssertUnwindSafe(work).catch_unwind() => {
@@ -589,6 +670,19 @@ impl Shared {
             }
         }
     }
+}
+
+/// A job marked as handled by this process, unmarked when dropped.
+struct Held(Arc<Shared>, JobId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.0.held).remove(&self.1);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counts a callback task while it lives.

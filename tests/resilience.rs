@@ -252,13 +252,42 @@ async fn dead_count(daemon: &Daemon, jobs: &[Sleeper]) -> usize {
 async fn wait_dead_count(daemon: &Daemon, jobs: &[Sleeper], at_least: usize) {
     let deadline = Instant::now() + HANG;
     while dead_count(daemon, jobs).await < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {at_least} jobs dead within {HANG:?}\nlog:\n{}",
-            tail(&daemon.log_text(), 60)
-        );
+        if Instant::now() > deadline {
+            let live: Vec<String> = daemon
+                .jobs(false)
+                .await
+                .iter()
+                .map(|j| {
+                    format!(
+                        "{} assigned={} retries={} last={}",
+                        j["id"],
+                        j["assigned"],
+                        j["retries"],
+                        j["trace"]
+                            .as_array()
+                            .and_then(|t| t.last())
+                            .unwrap_or(&Value::Null)
+                    )
+                })
+                .collect();
+            panic!(
+                "fewer than {at_least} jobs dead within {HANG:?}; live:\n{}\nlog:\n{}",
+                live.join("\n"),
+                log_without_requests(daemon)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The daemon's log without the line each API request writes: what the manager did.
+fn log_without_requests(daemon: &Daemon) -> String {
+    let text = daemon.log_text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !(l.contains("tango::api") && l.contains("request")))
+        .collect();
+    tail(&lines.join("\n"), 120)
 }
 
 /// Every job of `jobs` ended exactly once: in the dead list once with Tango's success
@@ -747,6 +776,18 @@ async fn an_unreachable_redis_is_reported_at_once_and_service_resumes() {
     let receiver = Receiver::start(|_| Reply::Status(204)).await;
     let daemon = world.start(Mode::Serve).await;
     let mut jobs = submit_sleepers(&daemon, 0..4, Some(&receiver)).await;
+    // Redis goes away while jobs run, so that they end (and hand their machines back)
+    // while it is away.
+    let deadline = Instant::now() + HANG;
+    while !daemon
+        .jobs(false)
+        .await
+        .iter()
+        .any(|j| j["assigned"] == true)
+    {
+        assert!(Instant::now() < deadline, "no job started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let redis = world.redis.as_mut().expect("redis");
 
     redis.kill();
@@ -954,6 +995,24 @@ async fn hostile_jobs_leave_normal_jobs_and_the_daemon_alone() {
     for (i, name) in normal.iter().enumerate() {
         submitted.push(submit_example(&daemon, name, hostile.len() + i, 20).await);
     }
+    // The point is that they run together: the fork bomb (which sleeps 5 s beside its
+    // processes) is still at it when the normal jobs are in.
+    let live: Vec<u64> = daemon
+        .jobs(false)
+        .await
+        .iter()
+        .filter_map(|j| j["id"].as_u64())
+        .collect();
+    let hostile_live: Vec<&str> = submitted[..hostile.len()]
+        .iter()
+        .filter(|(_, _, _, id)| live.contains(id))
+        .map(|(name, ..)| name.as_str())
+        .collect();
+    eprintln!("hostile jobs still live when the normal ones were in: {hostile_live:?}");
+    assert!(
+        hostile_live.contains(&"forkbomb"),
+        "the fork bomb ended before the normal jobs came: nothing ran side by side"
+    );
 
     let limits = jobs::Limits {
         osize: 1000 * 1024,
