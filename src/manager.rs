@@ -38,7 +38,7 @@
 //! sent again by the reaper (Autolab ignores the second); a job that was running when its
 //! manager died runs again from the start (its retry count is kept, not increased).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,8 +98,10 @@ pub struct Shared {
     callbacks_in_flight: AtomicUsize,
     /// A sweep for leftover machines is due (at start, after a reap, after a failed one).
     sweep_due: AtomicBool,
-    /// Jobs this process is handling now (claimed, until put back, given up or finished).
-    held: Mutex<HashSet<JobId>>,
+    /// Jobs this process is handling now (claimed, until put back, given up or finished),
+    /// with how many tasks handle each: a worker that puts its job back for a retry still
+    /// runs for a moment after the dispatcher has taken the job again.
+    held: Mutex<HashMap<JobId, u32>>,
     /// Jobs the store says we hold but we are not handling, seen at the last housekeeping.
     orphan_suspects: Mutex<HashSet<JobId>>,
     /// Looks for such jobs still due: set when a claim failed (its answer may have been
@@ -128,7 +130,7 @@ impl Manager {
             kill,
             callbacks_in_flight: AtomicUsize::new(0),
             sweep_due: AtomicBool::new(true),
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             orphan_suspects: Mutex::new(HashSet::new()),
             orphan_checks: AtomicU32::new(0),
         });
@@ -380,8 +382,8 @@ impl Shared {
     /// its lease is ours and we renew it, so no reaper would ever free it. A job is put
     /// back only when seen so at two housekeepings in a row, so that a claim whose answer
     /// is merely on its way is not taken for one (and a late answer is harmless anyway:
-    /// every write of the job is fenced by its lease, and [`Shared::hold`] refuses a job
-    /// already handled).
+    /// every write of the job is fenced by its lease, so a dispatch of a job put back
+    /// meanwhile stops at its first write).
     async fn requeue_orphans(&self) {
         let jobs = match self.app.store.live_jobs().await {
             Ok(jobs) => jobs,
@@ -396,7 +398,7 @@ impl Shared {
         let candidates: Vec<Job> = {
             let held = lock(&self.held);
             jobs.into_iter()
-                .filter(|j| j.owner.as_deref() == Some(&self.owner) && !held.contains(&j.id))
+                .filter(|j| j.owner.as_deref() == Some(&self.owner) && !held.contains_key(&j.id))
                 .collect()
         };
         let previous = std::mem::replace(
@@ -404,7 +406,7 @@ impl Shared {
             candidates.iter().map(|j| j.id).collect(),
         );
         for mut job in candidates {
-            if !previous.contains(&job.id) || lock(&self.held).contains(&job.id) {
+            if !previous.contains(&job.id) || lock(&self.held).contains_key(&job.id) {
                 continue;
             }
             tracing::warn!(
@@ -421,10 +423,10 @@ impl Shared {
         }
     }
 
-    /// Marks `id` as handled by this process; false when it already is (a claim answered
-    /// late for a job put back and claimed again).
-    fn hold(self: &Arc<Self>, id: JobId) -> Option<Held> {
-        lock(&self.held).insert(id).then(|| Held(self.clone(), id))
+    /// Marks `id` as handled by this process until the guard is dropped.
+    fn hold(self: &Arc<Self>, id: JobId) -> Held {
+        *lock(&self.held).entry(id).or_insert(0) += 1;
+        Held(self.clone(), id)
     }
 
     async fn dispatch_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -448,10 +450,10 @@ impl Shared {
                 claimed = self.app.store.claim_next(&self.owner, CLAIM_WAIT) => claimed,
             };
             match claimed {
-                Ok(Some(job)) => match self.hold(job.id) {
-                    Some(held) => self.dispatch(job, permit, held, &stop).await,
-                    None => tracing::warn!(job = job.id, "claimed a job already handled here"),
-                },
+                Ok(Some(job)) => {
+                    let held = self.hold(job.id);
+                    self.dispatch(job, permit, held, &stop).await
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take jobs from the queue");
@@ -677,7 +679,13 @@ struct Held(Arc<Shared>, JobId);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        lock(&self.0.held).remove(&self.1);
+        let mut held = lock(&self.0.held);
+        if let Some(count) = held.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.1);
+            }
+        }
     }
 }
 
