@@ -25,6 +25,12 @@
 //! - **Recovery at start** (Tango's `resetTango`, made safe for several managers): reap
 //!   dead managers, then destroy machines with our prefix that no live manager owns.
 //!   Jobs this process's predecessor held are requeued when its lease runs out.
+//! - **Lost answers.** A claim whose answer was lost (Redis killed or paused right after
+//!   running it) leaves a job leased to us that no task of ours handles; since we keep
+//!   renewing our lease, no reaper would free it. After a failed claim, housekeeping looks
+//!   for such jobs and puts back those seen twice in a row. A machine destroyed while its
+//!   pool could not be updated is taken out of the pool once the store answers again (see
+//!   `preallocator.rs`), or it would count toward the pool's size for ever.
 //! - **Shutdown** ([`Manager::shutdown`]): stop claiming, give running jobs and callbacks
 //!   up to a grace period, then stop them, destroy our machines and hand our jobs back.
 //!
@@ -32,9 +38,10 @@
 //! sent again by the reaper (Autolab ignores the second); a job that was running when its
 //! manager died runs again from the start (its retry count is kept, not increased).
 
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -46,7 +53,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::callback::{Notifier, NotifierError};
-use crate::model::{CallbackState, Job, unix_now};
+use crate::model::{CallbackState, Job, JobId, unix_now};
 use crate::preallocator::{AcquireError, Preallocator};
 use crate::store::{Reaped, StoreError};
 use crate::worker::{self, Assignment};
@@ -92,6 +99,15 @@ pub struct Shared {
     callbacks_in_flight: AtomicUsize,
     /// A sweep for leftover machines is due (at start, after a reap, after a failed one).
     sweep_due: AtomicBool,
+    /// Jobs this process is handling now (claimed, until put back, given up or finished),
+    /// with how many tasks handle each: a worker that puts its job back for a retry still
+    /// runs for a moment after the dispatcher has taken the job again.
+    held: Mutex<HashMap<JobId, u32>>,
+    /// Jobs the store says we hold but we are not handling, seen at the last housekeeping.
+    orphan_suspects: Mutex<HashSet<JobId>>,
+    /// Looks for such jobs still due: set when a claim failed (its answer may have been
+    /// lost after it took a job), counted down by each look that could read the store.
+    orphan_checks: AtomicU32,
 }
 
 impl Manager {
@@ -115,6 +131,9 @@ impl Manager {
             kill,
             callbacks_in_flight: AtomicUsize::new(0),
             sweep_due: AtomicBool::new(true),
+            held: Mutex::new(HashMap::new()),
+            orphan_suspects: Mutex::new(HashSet::new()),
+            orphan_checks: AtomicU32::new(0),
         });
         // Alive before claiming anything: a claim by an owner without a lease would be
         // reaped at once by another manager.
@@ -289,6 +308,9 @@ impl Shared {
             Ok(reaped) => self.take_over(reaped).await,
             Err(e) => tracing::warn!(error = %e, "cannot reap expired managers"),
         }
+        if self.orphan_checks.load(Ordering::Acquire) > 0 {
+            self.requeue_orphans().await;
+        }
         if self.sweep_due.swap(false, Ordering::AcqRel) || self.prealloc.strays_suspected() {
             match self.prealloc.sweep().await {
                 Ok(0) => {}
@@ -356,6 +378,58 @@ impl Shared {
         }
     }
 
+    /// Puts back jobs the store says we hold but no task of ours handles. A claim whose
+    /// answer was lost (Redis killed or paused just after running it) leaves such a job:
+    /// its lease is ours and we renew it, so no reaper would ever free it. A job is put
+    /// back only when seen so at two housekeepings in a row, so that a claim whose answer
+    /// is merely on its way is not taken for one (and a late answer is harmless anyway:
+    /// every write of the job is fenced by its lease, so a dispatch of a job put back
+    /// meanwhile stops at its first write).
+    async fn requeue_orphans(&self) {
+        let jobs = match self.app.store.live_jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for orphaned jobs");
+                return;
+            }
+        };
+        let _ = self
+            .orphan_checks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let candidates: Vec<Job> = {
+            let held = lock(&self.held);
+            jobs.into_iter()
+                .filter(|j| j.owner.as_deref() == Some(&self.owner) && !held.contains_key(&j.id))
+                .collect()
+        };
+        let previous = std::mem::replace(
+            &mut *lock(&self.orphan_suspects),
+            candidates.iter().map(|j| j.id).collect(),
+        );
+        for mut job in candidates {
+            if !previous.contains(&job.id) || lock(&self.held).contains_key(&job.id) {
+                continue;
+            }
+            tracing::warn!(
+                job = job.id,
+                "job held in the store by no task of ours (a claim whose answer was lost): put back"
+            );
+            job.assigned = false;
+            match self.app.store.requeue(&job).await {
+                Ok(()) => {
+                    lock(&self.orphan_suspects).remove(&job.id);
+                }
+                Err(e) => tracing::warn!(job = job.id, error = %e, "cannot put back orphaned job"),
+            }
+        }
+    }
+
+    /// Marks `id` as handled by this process until the guard is dropped.
+    fn hold(self: &Arc<Self>, id: JobId) -> Held {
+        *lock(&self.held).entry(id).or_insert(0) += 1;
+        Held(self.clone(), id)
+    }
+
     async fn dispatch_loop(self: Arc<Self>, stop: CancellationToken) {
         let slots = match self.app.config.vmms.max_concurrent_jobs {
             0 => None,
@@ -379,11 +453,17 @@ impl Shared {
             match claimed {
                 Ok(Some(job)) => {
                     let span = crate::logging::job_span(&job);
-                    self.dispatch(job, permit, &stop).instrument(span).await
+                    let held = self.hold(job.id);
+                    self.dispatch(job, permit, held, &stop)
+                        .instrument(span)
+                        .await
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take jobs from the queue");
+                    // Look twice (a job is put back when seen at two looks in a row),
+                    // and once more for good measure.
+                    self.orphan_checks.store(3, Ordering::Release);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -398,6 +478,7 @@ impl Shared {
         self: &Arc<Self>,
         mut job: Job,
         permit: Option<OwnedSemaphorePermit>,
+        held: Held,
         stop: &CancellationToken,
     ) {
         let config = &self.app.config;
@@ -420,7 +501,7 @@ impl Shared {
                         job.retries
                     ));
                     let shared = self.clone();
-                    self.spawn_worker(job.id, permit, async move {
+                    self.spawn_worker(job.id, permit, held, async move {
                         worker::run_failed(shared, job, error).await
                     });
                     return;
@@ -467,7 +548,7 @@ impl Shared {
         }
         let shared = self.clone();
         let id = job.id;
-        self.spawn_worker(id, permit, async move {
+        self.spawn_worker(id, permit, held, async move {
             worker::run(shared, job, assignment).await
         });
     }
@@ -477,12 +558,14 @@ impl Shared {
         self: &Arc<Self>,
         id: u64,
         permit: Option<OwnedSemaphorePermit>,
+        held: Held,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let shared = self.clone();
         let kill = self.kill.clone();
         self.workers.spawn(async move {
             let _slot = permit;
+            let _held = held;
             tokio::select! {
                 _ = kill.cancelled() => {}
                 result = AssertUnwindSafe(work).catch_unwind() => {
@@ -597,6 +680,25 @@ impl Shared {
             }
         }
     }
+}
+
+/// A job marked as handled by this process, unmarked when dropped.
+struct Held(Arc<Shared>, JobId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = lock(&self.0.held);
+        if let Some(count) = held.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counts a callback task while it lives.

@@ -211,9 +211,7 @@ impl Preallocator {
             }
         }
         self.destroy(&vm).await;
-        if let Err(e) = store.pool_remove(&self.owner, &pool, id).await {
-            tracing::warn!(vm = id, error = %e, "cannot remove machine from its pool");
-        }
+        self.forget(&pool, id).await;
         // A replacement, if the pool is now short.
         self.kick(&pool);
         self.machine_event.notify_waiters();
@@ -481,7 +479,7 @@ impl Preallocator {
         .await;
         if let Err(message) = made {
             self.destroy(&vm).await;
-            let _ = store.pool_remove(&self.owner, pool, id).await;
+            self.forget(pool, id).await;
             return Err(message);
         }
         match store.pool_free(&self.owner, pool, &vm).await {
@@ -496,9 +494,34 @@ impl Preallocator {
             }
             Err(e) => {
                 self.destroy(&vm).await;
-                let _ = store.pool_remove(&self.owner, pool, id).await;
+                self.forget(pool, id).await;
                 Err(e.to_string())
             }
+        }
+    }
+
+    /// Takes destroyed machine `id` out of our pool `pool`, retrying while the store is
+    /// unavailable (until the manager is killed). A machine left listed after it was
+    /// destroyed would count toward the pool's size for ever: no replacement would be made,
+    /// and a job waiting for a machine of that pool would wait for ever.
+    async fn forget(&self, pool: &str, id: u64) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.app.store.pool_remove(&self.owner, pool, id).await {
+                Ok(_) => return,
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(vm = id, error = %e, "cannot remove machine from its pool; retrying");
+                }
+                Err(e) => {
+                    tracing::warn!(vm = id, error = %e, "cannot remove machine from its pool");
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = self.kill.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -509,7 +532,7 @@ impl Preallocator {
             match store.pool_take(&self.owner, pool).await {
                 Ok(Some(vm)) => {
                     if let Some(id) = vm.id {
-                        let _ = store.pool_remove(&self.owner, pool, id).await;
+                        self.forget(pool, id).await;
                     }
                     tracing::info!(pool, vm = ?vm.id, "shrinking pool");
                     self.destroy(&vm).await;

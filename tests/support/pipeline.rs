@@ -361,6 +361,8 @@ pub struct Received {
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When its head arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -531,6 +533,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
         }
         buffer.extend_from_slice(&chunk[..n]);
     };
+    let at = std::time::Instant::now();
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next()?.split(' ');
@@ -594,5 +597,6 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
         target,
         headers,
         body,
+        at,
     })
 }

@@ -93,6 +93,11 @@ impl PrivateRedis {
         self.launch();
     }
 
+    /// The server's process id while it runs (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
