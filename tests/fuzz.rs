@@ -1362,3 +1362,122 @@ fn add_job_refuses_a_timeout_over_a_week() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].timeout, MAX_TIMEOUT_SECS);
 }
+
+// ---------------------------------------------------------------------------------------
+// 3. schemathesis against the real `tango serve`
+
+/// schemathesis (PyPI; `scripts/test.sh` installs it) generates requests from
+/// `docs/openapi.yaml` (its examples, boundary values, fuzzed values and request sequences)
+/// and sends them to a real `tango serve` process; no answer may be a 5xx. The key is
+/// fixed to the daemon's, so the requests get past the key check; everything else is
+/// generated. Examples per operation: 20, or `PROPTEST_CASES / 20` when that is larger.
+/// Afterwards the daemon still answers, and nothing was written outside its courselabs,
+/// its log and its machines' work directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_in_the_real_daemon() {
+    use support::daemon::{Daemon, DaemonOptions, Mode};
+
+    let st = ["st", "schemathesis"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect(
+            "schemathesis is needed for this test: run scripts/test.sh (it installs it) or \
+             `python3 -m pip install schemathesis`",
+        );
+    // Machines (jobs schemathesis gets accepted run `/bin/true` as their autodriver) live
+    // in a directory of this test's, under a prefix of its own.
+    let work = tempfile::tempdir().expect("work dir");
+    let prefix = format!("fuzz{}", std::process::id());
+    let daemon = Daemon::start(DaemonOptions {
+        mode: Mode::Serve,
+        config: format!(
+            "[vmms]\nname = \"local\"\nprefix = \"{prefix}\"\n\n[local]\nautodriver = \"/bin/true\"\nwork_dir = \"{}\"\n",
+            work.path().display()
+        ),
+        server_extra: String::new(),
+        key: "st-key".into(),
+        courselabs: None,
+        env: Vec::new(),
+    })
+    .await;
+    let sandbox = daemon.dir.path().to_path_buf();
+    let courselabs = daemon
+        .courselabs
+        .strip_prefix(&sandbox)
+        .unwrap()
+        .to_path_buf();
+    let outside = |tree: BTreeMap<PathBuf, u64>| -> Vec<PathBuf> {
+        tree.into_keys()
+            .filter(|p| !p.starts_with(&courselabs) && p != Path::new("tango.log"))
+            .collect()
+    };
+    let before = outside(walk(&sandbox));
+
+    // schemathesis keeps caches in its working directory: one of its own.
+    let st_dir = tempfile::tempdir().expect("schemathesis dir");
+    let st_config = st_dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &st_config,
+        format!("[parameters]\n\"path.key\" = \"{}\"\n", daemon.key),
+    )
+    .expect("schemathesis config");
+    let examples = (cases(400) / 20).max(20);
+    let run = tokio::process::Command::new(st)
+        .arg("--config-file")
+        .arg(&st_config)
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"),
+        ])
+        .args(["--url", &daemon.url("")])
+        .args(["--checks", "not_a_server_error"])
+        .args(["--max-examples", &examples.to_string()])
+        .args(["--generation-database", "none"])
+        // Health checks judge schemathesis's generator (e.g. "too many examples filtered
+        // out" for the courselab pattern), not the server; they made runs fail at random.
+        .args(["--suppress-health-check", "all"])
+        .args(["--request-timeout", "30", "--no-color"])
+        .current_dir(st_dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("schemathesis finished within 10 minutes")
+        .expect("schemathesis runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{}\n--- daemon log (tail) ---\n{}",
+        support::daemon::tail(&said, 150),
+        support::daemon::tail(&daemon.log_text(), 40)
+    );
+    // It did test every operation (a schema it could not read would test none).
+    assert!(
+        said.contains("Selected: 12/12") && said.contains("Tested: 12"),
+        "{said}"
+    );
+
+    assert!(daemon.exited().is_none(), "the daemon exited");
+    let hello = daemon.get_json(&format!("/info/{}/", daemon.key)).await;
+    assert_eq!(hello["statusId"], 0, "{hello}");
+    assert_eq!(
+        outside(walk(&sandbox)),
+        before,
+        "files appeared outside the courselabs"
+    );
+    let panicked = daemon.log_text().contains("panicked");
+    assert!(
+        !panicked,
+        "{}",
+        support::daemon::tail(&daemon.log_text(), 40)
+    );
+}
