@@ -2,7 +2,7 @@
 //! client sends, the daemon answers a Tango status body (or Tornado's 404/405 page), never
 //! panics, never answers 500, keeps serving, and writes nothing outside the courselab named.
 //!
-//! Two layers:
+//! Three layers:
 //! - the pure parsers, fed arbitrary JSON, arbitrary bytes, and mutations of Autolab's addJob
 //!   body (wrong types, missing fields, huge and negative numbers, odd unicode, NUL bytes,
 //!   long strings), and the name checks, fed every kind of name: no panic, a rejection is a
@@ -12,8 +12,11 @@
 //!   from the route table with garbage segments (percent-encoded bytes, dot segments, encoded
 //!   slashes, over-long segments), random methods, `Filename`/`imageName` variants and
 //!   bodies. Every answer is checked, the server must answer a health request after each,
-//!   an accepted upload must be stored byte for byte, and a scan of the whole sandbox (the
-//!   courselabs directory sits three levels below it) must find nothing outside a courselab.
+//!   an accepted upload must be stored byte for byte, links planted in the courselab
+//!   (pointing outside) must be neither read nor written through, and a scan of the whole
+//!   sandbox (the courselabs directory sits three levels below it) must find nothing
+//!   outside a courselab;
+//! - schemathesis against the real `tango serve` process and `docs/openapi.yaml`: no 5xx.
 //!
 //! Case counts are small so the file runs in seconds on a loaded two-core machine. Set
 //! `PROPTEST_CASES` to run more (e.g. `PROPTEST_CASES=5000`); every property here uses it.
@@ -44,6 +47,9 @@ const KEY2: &str = "second-key";
 const LAB: &str = "fuzz-lab";
 /// A courselab no fuzzed request names: its files must come through untouched.
 const CANARY_LAB: &str = "canary-lab";
+/// An output file in `LAB`, for poll to find.
+const POLLED: &str = "out.txt";
+const POLLED_CONTENT: &[u8] = b"Autodriver: Job exited with status 0\n\xff\x00{\"scores\": {}}\n";
 
 /// `PROPTEST_CASES` when set, else `default`.
 fn cases(default: u32) -> u32 {
@@ -994,6 +1000,20 @@ impl Sandbox {
             .iter()
             .map(|(name, content)| (canary_dir.join(name), md5_hex(content)))
             .collect();
+        let keep = sandbox.root.join("a/b/keep.txt");
+        sandbox
+            .canary
+            .push((keep.clone(), md5_hex(b"do not touch")));
+        // Something for poll to find, and links to the file outside under names the
+        // requests use: poll must not read through them, upload must not write through them.
+        let lab = sandbox.lab_dir(KEY, LAB);
+        std::fs::write(lab.join("output").join(POLLED), POLLED_CONTENT).expect("output file");
+        for link in [
+            lab.join("output/user@x.edu_1_hello_autograde.txt"),
+            lab.join("hello.c"),
+        ] {
+            std::os::unix::fs::symlink(&keep, link).expect("symlink");
+        }
         sandbox.before = sandbox.outside_courselabs();
         sandbox
     }
@@ -1074,8 +1094,10 @@ impl Sandbox {
             return self.still_serving();
         }
         if content_type == "application/octet-stream" {
-            // Only poll sends a file, and only a regular file of the output directory.
+            // Only poll sends a file, and only a regular file of the output directory (the
+            // one there; never what a link points to).
             prop_assert!(request.path.starts_with("/poll/"), "{}", shown());
+            prop_assert!(head_only || answer.body == POLLED_CONTENT, "{}", shown());
             return self.still_serving();
         }
         prop_assert_eq!(
