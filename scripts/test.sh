@@ -38,6 +38,11 @@ if ! command -v moto_server >/dev/null; then
   log "installing moto[server] (PyPI)"
   python3 -m pip install -q 'moto[server]'
 fi
+# PyPI: schemathesis, which fuzzes the real daemon from docs/openapi.yaml (tests/fuzz.rs).
+if ! command -v st >/dev/null; then
+  log "installing schemathesis (PyPI)"
+  python3 -m pip install -q schemathesis
+fi
 
 # ---- services, private to this run, stopped on exit ----
 run_dir=$(mktemp -d /tmp/tango-test.XXXXXX)

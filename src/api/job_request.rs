@@ -136,18 +136,30 @@ fn nullable_text(value: &Value, field: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// The longest `timeout` a job may ask for: a week. Python took any number; a huge one
+/// (`1e30`, `18446744073709551615`) was accepted here and then overflowed the worker's and
+/// the local backend's deadline arithmetic (`Duration` + margin): the worker panicked and
+/// the job ended in an internal error instead of being refused. Autolab allows at most 900.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
 /// Python: `timeout` null, 0 or negative means the default.
 fn timeout(value: &Value) -> Result<Option<u64>, String> {
+    let too_long =
+        || format!("timeout must be at most {MAX_TIMEOUT_SECS} seconds (a week), not {value}");
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => {
             if let Some(secs) = n.as_u64() {
+                if secs > MAX_TIMEOUT_SECS {
+                    return Err(too_long());
+                }
                 Ok((secs > 0).then_some(secs))
             } else if n.as_i64().is_some() {
                 Ok(None)
             } else {
                 match n.as_f64() {
-                    Some(secs) if secs > 0.0 => Ok(Some(secs.ceil().min(u64::MAX as f64) as u64)),
+                    Some(secs) if secs > MAX_TIMEOUT_SECS as f64 => Err(too_long()),
+                    Some(secs) if secs > 0.0 => Ok(Some(secs.ceil() as u64)),
                     _ => Ok(None),
                 }
             }
@@ -270,6 +282,28 @@ mod tests {
             JobRequest::parse(&with("timeout", "\"180\"")).unwrap_err(),
             "timeout must be a number of seconds, not a string"
         );
+    }
+
+    #[test]
+    fn a_huge_timeout_is_refused_not_overflowed_later() {
+        assert_eq!(
+            JobRequest::parse(&with("timeout", "604800"))
+                .unwrap()
+                .timeout,
+            Some(MAX_TIMEOUT_SECS)
+        );
+        for (value, shown) in [
+            ("604801", "604801"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("1e30", "1e+30"),
+            ("604800.5", "604800.5"),
+        ] {
+            assert_eq!(
+                JobRequest::parse(&with("timeout", value)).unwrap_err(),
+                format!("timeout must be at most 604800 seconds (a week), not {shown}"),
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@
 mod courselab;
 mod images;
 mod info;
-mod job_request;
+/// Public so the property tests (`tests/fuzz.rs`) can feed it arbitrary bodies.
+pub mod job_request;
 mod jobs;
 mod keys;
 mod pools;
