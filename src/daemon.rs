@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -40,6 +41,13 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
+    // TCP_NODELAY: an answer written in pieces (poll streams the file: headers, chunks, the
+    // last chunk) must not wait for the client's delayed ACK, 40 ms a request (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, crate::api::router(app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,10 @@ const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
 
 /// The disk writer's buffer.
 const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Output files up to this size are read into memory whole for `poll` (jobs' outputs are
+/// capped near `limits.max_output_file_size`, 1 MB by default); larger ones are streamed.
+const READ_WHOLE_MAX: u64 = 4 * 1024 * 1024;
 
 /// Entries the MD5 cache keeps before it starts over.
 const DIGEST_CACHE_ENTRIES: usize = 100_000;
@@ -178,6 +182,14 @@ impl LabsError {
         let context = context.into();
         move |source| LabsError::Io { context, source }
     }
+}
+
+/// An output file as `poll` sends it.
+pub enum OutputFile {
+    /// Its whole content.
+    Whole(Vec<u8>),
+    /// Open, to be streamed.
+    Stream(tokio::fs::File),
 }
 
 /// One client's courselab: its checked name and its directory.
@@ -413,22 +425,46 @@ impl Labs {
         .await
     }
 
-    /// Opens the output file `name` of `lab` for reading, if it is there (a regular file).
+    /// The output file `name` of `lab`, if it is there (a regular file): read whole when it
+    /// is small (one trip to the blocking pool, and an answer with its length), otherwise
+    /// opened to be streamed. Either way the content is that of one version of the file:
+    /// jobs rename a complete new file into place, and we read through one open handle.
     pub async fn open_output(
         &self,
         lab: &Courselab,
         name: &SafeName,
-    ) -> Result<Option<tokio::fs::File>, LabsError> {
+    ) -> Result<Option<OutputFile>, LabsError> {
         let path = self.output_path(lab, name);
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) if meta.is_file() => {}
-            _ => return Ok(None),
-        }
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LabsError::io(format!("Cannot read output file {name}"))(e)),
-        }
+        let context = format!("Cannot read output file {name}");
+        run_blocking(move || {
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {}
+                _ => return Ok(None),
+            }
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(LabsError::io(context)(e)),
+            };
+            let small = file
+                .metadata()
+                .is_ok_and(|meta| meta.len() <= READ_WHOLE_MAX);
+            if small {
+                let mut data = Vec::new();
+                (&mut file)
+                    .take(READ_WHOLE_MAX + 1)
+                    .read_to_end(&mut data)
+                    .map_err(LabsError::io(context.clone()))?;
+                if data.len() as u64 <= READ_WHOLE_MAX {
+                    return Ok(Some(OutputFile::Whole(data)));
+                }
+                // It grew while we read (written in place by someone else): stream it.
+                file.seek(io::SeekFrom::Start(0))
+                    .map_err(LabsError::io(context))?;
+            }
+            Ok(Some(OutputFile::Stream(tokio::fs::File::from_std(file))))
+        })
+        .await
     }
 
     /// `COURSELABS/tmp`, made (private) if missing.
