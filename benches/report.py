@@ -67,7 +67,8 @@ METHOD = """\
   there, under 64 names); `addJob` with Autolab's seven fields (store only: no job runs). The
   **ceiling** is a bare axum handler returning a constant JSON body (`bench ceiling`, the same
   tokio multi-threaded runtime as `tango serve`), loaded the same way just before each store's
-  runs; *ratio* is requests/s over the ceiling's at the same concurrency. Latencies are wrk's
+  runs at each concurrency (the daemon's routes are loaded right after it, one after the other);
+  *ratio* is requests/s over that ceiling's. Latencies are wrk's
   (p50, p99). The daemon runs with the default configuration (log level `debug`, to a file).
 - **Store only, manager off.** With Redis: `tango serve --no-manager`. `--no-manager` refuses
   the memory store by design (nothing else could run its jobs), so with the memory store the
@@ -107,9 +108,10 @@ def api_section(rows, out):
         out.append(f"### {store.capitalize()} store\n")
         out.append("| route | conns | requests/s | p50 ms | p99 ms | ratio to ceiling | errors |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
-        for r in section:
-            if r["name"] == "addJob-check":
-                continue
+        order = ["ceiling", "info", "open", "poll", "upload", "addJob"]
+        loads = sorted((r for r in section if r["name"] in order),
+                       key=lambda r: (order.index(r["name"]), r["conns"]))
+        for r in loads:
             c = r["conns"]
             ceil = ceiling.get(c)
             ratio = r["rps"] / ceil["rps"] if ceil and ceil["rps"] else None
@@ -168,12 +170,14 @@ def scale_section(rows, out):
         checks.append((r["name"], "RSS idle < 30 MiB", r["rss_idle_mib"] < 30, f"{r['rss_idle_mib']:.1f} MiB"))
         checks.append((r["name"], f"RSS with {n:,} queued < 100 MiB", r["rss_full_mib"] < 100,
                        f"{r['rss_full_mib']:.1f} MiB"))
-        start, after = r["addjob_start"]["p99_ms"], r["addjob_after"]["p99_ms"]
-        checks.append((r["name"], f"addJob p99 flat (after {n:,} within 1.5x of start)",
-                       after <= 1.5 * start, f"{start:.2f} → {after:.2f} ms"))
+        for q in ("p50", "p99"):
+            start, after = r["addjob_start"][f"{q}_ms"], r["addjob_after"][f"{q}_ms"]
+            checks.append((r["name"], f"addJob {q} flat (with {n:,} queued, within 1.5x of the start)",
+                           after <= 1.5 * start, f"{start:.2f} → {after:.2f} ms"))
     out.append("")
     out.append("Targets (issue 9): under 30 MiB idle, under 100 MiB with 10,000 queued jobs; "
-               "`addJob` p99 flat.\n")
+               "`addJob` latency flat. A p99 of a thousand calls on a shared machine is set by "
+               "a handful of scheduling delays; the p50 shows the work per call.\n")
     out.append("| store | target | figure | |")
     out.append("|---|---|---|---|")
     for store, what, ok, figure in checks:
