@@ -161,7 +161,10 @@ async fn ceiling(port: u16) -> Result<(), Error> {
     use axum::http::header;
     const BODY: &str = "{\"statusId\": 0, \"statusMsg\": \"constant\"}";
     let app = axum::Router::new().fallback(|| async {
-        ([(header::CONTENT_TYPE, "application/json; charset=UTF-8")], BODY)
+        (
+            [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+            BODY,
+        )
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
@@ -196,7 +199,12 @@ impl Client {
         Ok(serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}: {text}"))?)
     }
 
-    async fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Value, Error> {
+    async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Value, Error> {
         let mut request = self
             .http
             .post(self.url(path))
@@ -399,7 +407,7 @@ async fn scale(target: &Target, jobs: usize, sample: usize, pid: u32) -> Result<
     let fill_start = Instant::now();
     while n < jobs {
         add_one(&client, lab, &files, &mut n).await?;
-        if n % 2000 == 0 {
+        if n.is_multiple_of(2000) {
             eprintln!("bench scale: {n} jobs queued");
         }
     }
@@ -428,7 +436,12 @@ async fn scale(target: &Target, jobs: usize, sample: usize, pid: u32) -> Result<
 }
 
 /// One more job (the `n`th) through addJob; returns how long the call took.
-async fn add_one(client: &Client, lab: &str, files: &[Value], n: &mut usize) -> Result<Duration, Error> {
+async fn add_one(
+    client: &Client,
+    lab: &str,
+    files: &[Value],
+    n: &mut usize,
+) -> Result<Duration, Error> {
     *n += 1;
     let body = job_body(
         "autograding_image",
@@ -540,7 +553,7 @@ async fn run_jobs(
                 wait_for_pool(&client, &pool, job.patience).await?;
             }
             samples.push(one_job(&client, &lab, &files, job, "seq").await?);
-            if (i + 1) % 10 == 0 {
+            if (i + 1).is_multiple_of(10) {
                 eprintln!("bench jobs: {}/{count}", i + 1);
             }
         }
