@@ -38,10 +38,11 @@ pub async fn info(
 ) -> Result<Response, ApiError> {
     api.keys.check(&key)?;
     let app = &api.app;
-    let counters = app.store.counters().await?;
-    // Jobs out of the queue (running, or given a machine now), from the store's counts:
-    // reading every live job here made `info` slower with each queued job.
-    let stats = app.store.stats().await?;
+    // Both at once: with Redis each is a round trip. Jobs out of the queue (running, or
+    // given a machine now) come from the store's counts: reading every live job here made
+    // `info` slower with each queued job.
+    let (counters, stats) = tokio::join!(app.store.counters(), app.store.stats());
+    let (counters, stats) = (counters?, stats?);
     let running = stats.live.saturating_sub(stats.queued);
     Ok(status::ok(
         status::OBTAINED_INFO,
