@@ -414,6 +414,8 @@ machine=$(jq -nc --arg cpu "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | hea
   --arg redis "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')" \
   --arg wrk "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f2)" \
   '{cpu: $cpu, nproc: $nproc, mem_mib: $mem, kernel: $kernel, docker: $docker, redis: $redis, wrk: $wrk}')
+# Kept after the run, so that the report can be written again by hand if need be.
+cp "$results" "${TMPDIR:-/tmp}/tango-bench-results.jsonl"
 python3 benches/report.py --results "$results" --out "$out" --commit "$commit" \
   --date "$(date -u '+%Y-%m-%d %H:%M UTC')" --command "$command_line" --machine "$machine" \
   --quick "$quick" --wrk-secs "$wrk_secs"
