@@ -123,6 +123,8 @@ courselabs = "$dir/courselabs"
 
 [log]
 file = "$dir/tango.log"
+# One line per job with the time of each phase (read by \`phases\`).
+timing = true
 
 [store]
 backend = "$store"
@@ -314,6 +316,21 @@ jobs_bench() {
   record "$section" "$name" "$line"
   printf '  %-12s %s\n' "$name" "$line" >&2
 }
+# phases SECTION NAME: the median of each phase of the jobs the daemon now running ran, from
+# its log (`log.timing = true`: "job timing (seconds) ... machine=0.470 copy_in=0.078 ...").
+phases() {
+  local line
+  line=$(python3 - "$run/$3/tango.log" <<'PY'
+import json, re, statistics, sys
+rows = [dict(re.findall(r"(\w+)=([0-9.]+)", l)) for l in open(sys.argv[1]) if "job timing" in l]
+keys = ["queued", "machine", "copy_in", "run", "copy_out", "total"]
+print(json.dumps({"n": len(rows), **{k + "_ms": statistics.median(float(r[k]) * 1000 for r in rows)
+      for k in keys if rows and all(k in r for r in rows)}}))
+PY
+)
+  record "$1" "$2" "$line"
+  printf '  %-12s %s\n' "$2" "$line" >&2
+}
 wait_pool() { # wait_pool N: until the autograding_image pool has N free machines
   for _ in $(seq 600); do
     if curl -sf "$tango_url/pool/$key/autograding_image/" |
@@ -348,6 +365,7 @@ $docker_common"
     curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/1/" | jq -e '.statusId == 0' >/dev/null
     wait_pool 1
     jobs_bench jobs docker-warm --job "$run/trivial" --count "$e2e_count" --expect trivial-ok --wait-pool
+    phases phases docker-warm jobs-docker-warm
     stop_tango
 
     log "jobs: Docker, no pool (reuse_vms = false: a container made for each job)"
@@ -357,6 +375,7 @@ prefix = \"bench\"
 reuse_vms = false
 $docker_common"
     jobs_bench jobs docker-nopool --job "$run/trivial" --count "$e2e_count" --expect trivial-ok
+    phases phases docker-nopool jobs-docker-cold
     stop_tango
 
     log "jobs: bare docker run --rm autograding_image true (hyperfine)"
