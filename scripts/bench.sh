@@ -394,7 +394,7 @@ createvm_secs = 0.0
 $docker_common"
       curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/$p/" | jq -e '.statusId == 0' >/dev/null
       wait_pool "$p"
-      jobs_bench jobs "docker-batch-pool$p" --job "$run/trivial" --count "$batch" --all-at-once \
+      jobs_bench jobs "docker-batch-pool$p" --job "$run/trivial" --count "$batch" --all-at-once --patience 1200 \
         --warmup 0 --expect trivial-ok
       stop_tango
     done
