@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -42,6 +43,13 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
     tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
     // Listening, and open_app has had the store answer a ping.
     notify_systemd(sd_notify::NotifyState::Ready);
+    // TCP_NODELAY: an answer written in pieces (poll streams the file: headers, chunks, the
+    // last chunk) must not wait for the client's delayed ACK, 40 ms a request (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     // Graceful: on the signal the listener closes (no new requests), requests in flight
     // finish, then the manager stops dispatching and gives running jobs the grace period.
     let served = axum::serve(listener, crate::api::router(app.clone()))

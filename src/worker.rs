@@ -534,9 +534,6 @@ impl Worker {
                 output,
                 reusable,
             } => {
-                if let Some(vm) = self.vm.take() {
-                    self.release(vm, reusable).await;
-                }
                 let cap = self.job.max_output_file_size.saturating_add(OUTPUT_SLACK);
                 let autodriver_output = match &output {
                     Some(path) => match read_capped(path, cap).await {
@@ -552,6 +549,12 @@ impl Worker {
                 self.header(&message);
                 self.header("Here is the output from the autograder:\n---");
                 self.complete(message, autodriver_output).await;
+                // The machine is handed back once the output is out: destroying a
+                // single-use container takes longer than the rest of a short job, and the
+                // output need not wait for it.
+                if let Some(vm) = self.vm.take() {
+                    self.release(vm, reusable).await;
+                }
             }
             Ending::MachineFailed { error, retry } => {
                 let label = self.job.label();

@@ -14,7 +14,7 @@ use tokio_util::io::ReaderStream;
 use super::ApiState;
 use super::request::{Params, content_length, drain, header_text};
 use super::status::{self, ApiError, Nothing};
-use crate::labs::{LabsError, SafeName, Stored};
+use crate::labs::{LabsError, OutputFile, SafeName, Stored};
 
 #[derive(Serialize)]
 struct Files {
@@ -105,7 +105,7 @@ pub async fn poll(
     // encoded); the result is checked like any other name.
     let decoded = percent_decode_str(&output_file).decode_utf8_lossy();
     let name = SafeName::new("output file", &decoded)?;
-    let Some(file) = api.labs.open_output(&lab, &name).await? else {
+    let Some(output) = api.labs.open_output(&lab, &name).await? else {
         let answer = if api.app.config.server.poll_not_ready_ok {
             status::ok(status::OUTPUT_NOT_FOUND, Nothing {})
         } else {
@@ -113,9 +113,14 @@ pub async fn poll(
         };
         return Ok(answer);
     };
-    // Streamed (chunked): a file being replaced meanwhile cannot make us promise a length
-    // we do not deliver.
-    let mut response = Response::new(Body::from_stream(ReaderStream::new(file)));
+    let body = match output {
+        // Read whole: sent with its length.
+        OutputFile::Whole(data) => Body::from(data),
+        // Streamed (chunked): a file being replaced meanwhile cannot make us promise a
+        // length we do not deliver.
+        OutputFile::Stream(file) => Body::from_stream(ReaderStream::new(file)),
+    };
+    let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
