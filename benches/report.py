@@ -133,7 +133,8 @@ METHOD = """\
   'docker run --rm autograding_image true'` on the same engine. *Throughput*: {batch} trivial
   jobs sent at once to a pool of 1, 4 or 8 warm containers; wall time from the first `addJob`
   to the last output. Pools refill with `vmms.createvm_secs = 0` (Tango's default pause of 1 s
-  between two creations would cap a single-use pool at one job a second).
+  between two creations would cap a single-use pool at one job a second) and
+  `vmms.create_parallel` equal to the pool size (as many containers made at once).
 - **Hostile beside normal** (`bench hostile`, `local` backend, pool of 8, `limits.memory_mb =
   256`): the `hello` job {hcount} times alone, then {hcount} times while `forkbomb`, `flood`,
   `memhog` and `forever` (timeout 10 s) are kept running (each resubmitted as soon as it ends);

@@ -391,6 +391,7 @@ name = \"localDocker\"
 prefix = \"bench\"
 pool_size = $p
 createvm_secs = 0.0
+create_parallel = $p
 $docker_common"
       curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/$p/" | jq -e '.statusId == 0' >/dev/null
       wait_pool "$p"

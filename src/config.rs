@@ -113,8 +113,12 @@ pub struct VmmsConfig {
     pub pool_size: u32,
     /// Most jobs one manager runs at once; 0 means no limit beyond the pools.
     pub max_concurrent_jobs: u32,
-    /// `CREATEVM_SECS`: pause between creating machines of one pool.
+    /// `CREATEVM_SECS`: pause between creating machines of one pool (between batches when
+    /// `create_parallel` is above 1).
     pub createvm_secs: f64,
+    /// How many machines of one pool are made at once. 1 is Tango's one-at-a-time, kind to
+    /// a cloud API's rate limits; a Docker engine makes containers faster several at once.
+    pub create_parallel: u32,
     /// `DESTROY_SECS`: how long destroying a machine may take before we give up on it.
     pub destroy_secs: f64,
 }
@@ -378,6 +382,7 @@ impl Default for VmmsConfig {
             pool_size: 2,
             max_concurrent_jobs: 0,
             createvm_secs: 1.0,
+            create_parallel: 1,
             destroy_secs: 5.0,
         }
     }
@@ -837,6 +842,9 @@ impl Config {
         }
         if self.callback.attempts == 0 {
             return invalid("callback.attempts", "must be at least 1".into());
+        }
+        if self.vmms.create_parallel == 0 {
+            return invalid("vmms.create_parallel", "must be at least 1".into());
         }
         if !self.metrics.path.starts_with('/') {
             return invalid(

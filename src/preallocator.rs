@@ -9,7 +9,10 @@
 //! How pools move:
 //! - **Grow**: [`Preallocator::reconcile`] compares each target with our pool and starts one
 //!   *creator* task per pool that is short. A creator makes machines one at a time, pausing
-//!   `vmms.createvm_secs` between them (as Tango did), until the pool is full. A machine is
+//!   `vmms.createvm_secs` between them (as Tango did), until the pool is full; with
+//!   `vmms.create_parallel` above 1 it makes up to that many at once, pausing between batches
+//!   (a Docker engine makes several containers in the time of one; a cloud API may not like
+//!   it, hence Tango's one at a time by default). A machine is
 //!   entered in the pool (busy) *before* it is initialized, so that a manager that dies
 //!   half-way through leaves a machine the store knows about and the reaper destroys; it is
 //!   put on the free list once `initialize_vm` and `wait_vm` have succeeded.
@@ -399,7 +402,7 @@ impl Preallocator {
                     continue;
                 }
             };
-            let Some(target) = short else {
+            let Some((target, missing)) = short else {
                 let mut creators = lock(&self.creators);
                 if creators.get(pool).copied().unwrap_or(false) {
                     continue;
@@ -407,37 +410,44 @@ impl Preallocator {
                 creators.remove(pool);
                 return;
             };
-            match self.create_one(pool, &target).await {
-                Ok(id) => {
-                    tracing::info!(pool, vm = id, "added machine to pool");
-                    backoff = pause.max(Duration::from_secs(1));
-                    tokio::time::sleep(pause).await;
-                }
-                Err(message) => {
-                    tracing::error!(pool, error = %message, "cannot create machine");
-                    {
+            let batch = missing.min(u64::from(self.app.config.vmms.create_parallel.max(1)));
+            let made =
+                futures::future::join_all((0..batch).map(|_| self.create_one(pool, &target))).await;
+            let mut failed = false;
+            for result in made {
+                match result {
+                    Ok(id) => tracing::info!(pool, vm = id, "added machine to pool"),
+                    Err(message) => {
+                        tracing::error!(pool, error = %message, "cannot create machine");
                         let mut failures = lock(&self.failures);
                         let entry = failures.entry(pool.to_string()).or_default();
                         entry.0 += 1;
                         entry.1 = message;
+                        failed = true;
                     }
-                    self.machine_event.notify_waiters();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_CREATE_BACKOFF);
                 }
+            }
+            if failed {
+                self.machine_event.notify_waiters();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_CREATE_BACKOFF);
+            } else {
+                backoff = pause.max(Duration::from_secs(1));
+                tokio::time::sleep(pause).await;
             }
         }
     }
 
-    /// The pool's target if we have fewer machines than it asks for.
-    async fn shortfall(&self, pool: &str) -> Result<Option<PoolTarget>, StoreError> {
+    /// The pool's target and how many machines it lacks, if we have fewer than it asks for.
+    async fn shortfall(&self, pool: &str) -> Result<Option<(PoolTarget, u64)>, StoreError> {
         let targets = self.app.store.pool_targets().await?;
         let Some(target) = targets.get(pool) else {
             return Ok(None);
         };
         let mine = self.app.store.owner_pools(&self.owner).await?;
         let have = mine.get(pool).map_or(0, |p| p.total.len() as u64);
-        Ok((have < u64::from(target.size)).then(|| target.clone()))
+        let want = u64::from(target.size);
+        Ok((have < want).then(|| (target.clone(), want - have)))
     }
 
     /// Makes one machine and puts it on the pool's free list. Returns its id.

@@ -888,6 +888,53 @@ async fn prealloc_grows_and_shrinks_pools(store: Arc<dyn JobStore>) {
     assert!(rig.fake.live_instances().is_empty());
 }
 
+/// `vmms.create_parallel` machines of a pool are made at once; the default is Tango's one at
+/// a time.
+async fn pools_are_made_as_many_at_once_as_configured(store: Arc<dyn JobStore>) {
+    for (parallel, expected) in [(1, 1), (4, 4)] {
+        let rig = Rig::new(store.clone());
+        // Slow enough that machines made at once are seen initializing together.
+        rig.fake.on(
+            Step::Initialize,
+            When::Always,
+            Action::Delay(Duration::from_millis(300)),
+        );
+        let mut c = config();
+        c.vmms.createvm_secs = 0.0;
+        c.vmms.create_parallel = parallel;
+        let (app, manager) = rig.start(c).await;
+        let pool = format!("par{parallel}");
+        let target = PoolTarget {
+            image: format!("{pool}.img"),
+            vmms: "fake".into(),
+            size: 4,
+            cores: None,
+            memory: None,
+        };
+        store.set_pool_target(&pool, &target).await.unwrap();
+        app.pools_changed.notify_waiters();
+        eventually("pool of 4, all free", || async {
+            store
+                .pools()
+                .await
+                .unwrap()
+                .get(&pool)
+                .is_some_and(|p| p.total.len() == 4 && p.free.len() == 4)
+        })
+        .await;
+        assert_eq!(
+            rig.fake.state().max_initializing,
+            expected,
+            "create_parallel = {parallel}"
+        );
+        store
+            .set_pool_target(&pool, &PoolTarget { size: 0, ..target })
+            .await
+            .unwrap();
+        manager.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
 async fn first_job_creates_a_pool_of_pool_size(store: Arc<dyn JobStore>) {
     let rig = Rig::new(store.clone());
     let mut c = config();
@@ -1238,6 +1285,7 @@ every_store!(
     the_callback_is_retried_until_the_server_answers,
     a_dead_callback_server_delays_no_other_job,
     prealloc_grows_and_shrinks_pools,
+    pools_are_made_as_many_at_once_as_configured,
     first_job_creates_a_pool_of_pool_size,
     leftover_machines_are_destroyed_at_start,
     a_dead_managers_pending_callback_is_sent_once,

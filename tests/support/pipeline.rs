@@ -98,6 +98,9 @@ pub struct FakeState {
     /// Runs going on now, and the most at once.
     pub running: u32,
     pub max_running: u32,
+    /// `initialize_vm` calls going on now, and the most at once.
+    pub initializing: u32,
+    pub max_initializing: u32,
     calls: HashMap<Step, u32>,
     rules: Vec<Rule>,
     scripts: HashMap<String, JobScript>,
@@ -204,6 +207,15 @@ impl FakeVmms {
     }
 }
 
+/// Decrements the initializing count when an `initialize_vm` ends, however it ends.
+struct Initializing<'a>(&'a FakeVmms);
+
+impl Drop for Initializing<'_> {
+    fn drop(&mut self) {
+        self.0.state().initializing -= 1;
+    }
+}
+
 /// Decrements the running count when a run ends, however it ends.
 struct Running<'a>(&'a FakeVmms);
 
@@ -233,7 +245,10 @@ impl Vmms for FakeVmms {
             let mut s = self.state();
             s.created.push(instance.clone());
             s.live.insert(instance, vm.clone());
+            s.initializing += 1;
+            s.max_initializing = s.max_initializing.max(s.initializing);
         }
+        let _ending = Initializing(self);
         self.act(Step::Initialize, None).await
     }
 
