@@ -620,6 +620,14 @@ impl Worker {
         if let Err(e) = write_atomically(&self.job.output_file, &content).await {
             tracing::error!(job = self.job.id, path = %self.job.output_file, error = %e,
                 "cannot write the output file");
+            // Say so in the trace (it used to be only in the log): the job still ends, once,
+            // but no output file is in place (the temporary file is gone, nothing truncated
+            // was renamed), and `poll` answers "Output file not found". A full disk is the
+            // usual cause (docs/resilience.md).
+            self.trace(format!(
+                "Error: Cannot write the output file {}: {e}",
+                self.job.output_file
+            ));
         }
 
         let status_message = final_message.clone();
