@@ -157,7 +157,10 @@ async fn an_upload_that_fills_the_disk_is_refused_cleanly() {
     let opened = server.open(LAB).await;
     assert_eq!(opened["statusId"], 0, "{opened}");
     let files = opened["files"].to_string();
-    assert!(files.contains(&md5_hex(small)), "open lists small.c: {opened}");
+    assert!(
+        files.contains(&md5_hex(small)),
+        "open lists small.c: {opened}"
+    );
     assert!(!files.contains("big.bin"), "{opened}");
 
     // And the server keeps answering.
@@ -252,7 +255,10 @@ impl Rig {
             if let Some(job) = self.store.dead_job(id).await.expect("dead job") {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} not dead after {HANG:?}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not dead after {HANG:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -270,7 +276,11 @@ impl Rig {
 fn trace_messages(job: &Job) -> Vec<String> {
     job.trace
         .iter()
-        .map(|line| line.split_once('|').map_or(line.as_str(), |(_, m)| m).to_string())
+        .map(|line| {
+            line.split_once('|')
+                .map_or(line.as_str(), |(_, m)| m)
+                .to_string()
+        })
         .collect()
 }
 
@@ -314,7 +324,10 @@ async fn an_output_that_cannot_be_written_ends_the_job_and_leaves_nothing() {
         "{:#?}",
         job.trace
     );
-    assert!(entries(&rig.output_dir).is_empty(), "no temporary file left");
+    assert!(
+        entries(&rig.output_dir).is_empty(),
+        "no temporary file left"
+    );
 
     // 2. The copy-out fits (64 KiB free, a 64 KiB output), the output file (Tango's header
     //    on top of it) does not.
@@ -347,7 +360,10 @@ async fn an_output_that_cannot_be_written_ends_the_job_and_leaves_nothing() {
         trace_messages(&job).last().map(String::as_str),
         Some("Success: Autodriver returned normally")
     );
-    assert!(entries(&rig.output_dir).is_empty(), "no temporary file left");
+    assert!(
+        entries(&rig.output_dir).is_empty(),
+        "no temporary file left"
+    );
 
     // 3. Space freed: the daemon goes on, and the next job's output is whole.
     std::fs::remove_file(&ballast).expect("remove ballast");
