@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api::{KEY, TestServer, md5_hex};
-use support::pipeline::{FakeVmms, JobScript, input_file};
+use support::pipeline::{FakeVmms, JobScript, Receiver, Reply, input_file};
 use tango::app::App;
 use tango::config::Config;
 use tango::labs::Labs;
@@ -223,6 +223,10 @@ impl Rig {
     }
 
     async fn submit(&self, name: &str) -> JobId {
+        self.submit_with(name, None).await
+    }
+
+    async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
         let id = self.store.allocate_job_id().await.expect("job id");
         let input = input_file(self.inputs.path(), name);
         let mut job = Job {
@@ -239,6 +243,7 @@ impl Rig {
                 dest_file: "Makefile".into(),
             }],
             output_file: self.output_path(name).to_string_lossy().into_owned(),
+            notify_url: notify_url.map(str::to_string),
             timeout: 10,
             max_output_file_size: 4 << 20,
             ..Job::default()
@@ -346,9 +351,26 @@ async fn an_output_that_cannot_be_written_ends_the_job_and_leaves_nothing() {
             ..JobScript::default()
         },
     );
-    let id = rig.submit("exact").await;
+    let receiver = Receiver::start(|_| Reply::Status(204)).await;
+    let id = rig.submit_with("exact", Some(&receiver.url)).await;
     let job = rig.wait_dead(id).await;
     assert_output_not_written(&rig, &job, "exact");
+    // Autolab still gets the output it would have read, through the callback.
+    let deadline = Instant::now() + HANG;
+    while receiver.requests().is_empty() {
+        assert!(Instant::now() < deadline, "no callback after {HANG:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "one callback");
+    let parts = requests[0].multipart();
+    assert_eq!(parts.len(), 1, "one part");
+    let content = &parts[0].1;
+    assert!(content.starts_with(b"Autograder ["), "header first");
+    assert!(
+        content.ends_with(&vec![b'y'; free as usize]),
+        "the whole autodriver output, last"
+    );
     assert!(
         trace_messages(&job)
             .iter()
