@@ -352,8 +352,11 @@ return -1
     // ARGV: ns, counter name, max_queued, id ('' to take the next one), then the job JSON
     // in parts, to be joined with the id (see `new_job_parts`). Counts the request first.
     // Returns {1, id} when added, or {0, the queue's length} when it is full.
-    add_job: script(
+    // Without the prelude: on addJob's path, and defining its functions costs each call.
+    add_job: Script::new(
         r#"
+local ns = ARGV[1]
+local function key(name) return ns .. ':' .. name end
 redis.call('HINCRBY', key('counters'), ARGV[2], 1)
 local max = tonumber(ARGV[3])
 if max > 0 then
