@@ -472,6 +472,93 @@ async fn concurrent_adds_get_distinct_ids(f: Fixture) {
     assert_eq!(unique, distinct);
 }
 
+/// A job as addJob hands it to `add_job`: no id, no trace yet.
+fn unnumbered(name: &str) -> Job {
+    Job {
+        name: name.to_string(),
+        timeout: 10,
+        max_output_file_size: 1024,
+        vm: Machine {
+            name: "img".into(),
+            image: "img".into(),
+            vmms: "local".into(),
+            ..Machine::default()
+        },
+        ..Job::default()
+    }
+}
+
+async fn add_job_counts_numbers_stamps_and_queues(f: Fixture) {
+    let before = f.a.allocate_job_id().await.unwrap();
+    let queued = add(&*f.a, "first").await;
+    let mut job = unnumbered("lab_hello_1_user@x.edu");
+    f.b.add_job(&mut job, 0).await.unwrap();
+    assert!(
+        job.id > queued.id && queued.id > before,
+        "ids keep increasing"
+    );
+    let last = job.trace.last().expect("a trace line");
+    assert!(
+        last.ends_with(&format!(
+            "|Added job lab_hello_1_user@x.edu:{} to queue",
+            job.id
+        )),
+        "{last}"
+    );
+    assert!(job.timings.added.is_some());
+    assert_eq!(job.owner, None);
+    assert!(!job.assigned);
+    // Stored as returned, at the tail of the queue, and counted as a request.
+    assert_eq!(f.a.live_job(job.id).await.unwrap(), Some(job.clone()));
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![queued.id, job.id]);
+    assert_eq!(f.a.counters().await.unwrap().job_requests, 1);
+    let claimed = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(claimed.id, queued.id);
+    let claimed = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(claimed.id, job.id);
+    assert_eq!(claimed.trace, job.trace);
+}
+
+async fn add_job_cap_holds_under_concurrent_adds(f: Fixture) {
+    const CAP: u64 = 5;
+    const ADDS: usize = 40;
+    let mut tasks = Vec::new();
+    for i in 0..ADDS {
+        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut job = unnumbered(&format!("c{i}"));
+            let result = store.add_job(&mut job, CAP).await;
+            (result, job)
+        }));
+    }
+    let mut added = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(()), job) => added.push(job.id),
+            (Err(StoreError::QueueFull(n)), job) => {
+                assert_eq!(n, CAP, "refused with the queue's length");
+                assert_eq!(job.id, 0, "a refused job is left as it was");
+                assert!(job.trace.is_empty());
+                refused += 1;
+            }
+            (Err(e), _) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(added.len() as u64, CAP, "exactly the cap gets in");
+    assert_eq!(refused, ADDS - CAP as usize);
+    added.sort_unstable();
+    let mut queued = f.a.queued_ids().await.unwrap();
+    queued.sort_unstable();
+    assert_eq!(queued, added);
+    assert_eq!(f.b.stats().await.unwrap().live, CAP);
+    // Every request counted; a refused one used no id.
+    assert_eq!(f.a.counters().await.unwrap().job_requests, ADDS as u64);
+    let last = *added.last().unwrap();
+    assert_eq!(added, (last - CAP + 1..=last).collect::<Vec<_>>());
+    assert_eq!(f.b.allocate_job_id().await.unwrap(), last + 1);
+}
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -508,4 +595,6 @@ every_backend!(
     dead_manager_jobs_and_machines_come_back,
     leaving_manager_hands_jobs_back,
     concurrent_adds_get_distinct_ids,
+    add_job_counts_numbers_stamps_and_queues,
+    add_job_cap_holds_under_concurrent_adds,
 );

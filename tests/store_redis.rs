@@ -109,6 +109,10 @@ fn every_call(store: &dyn JobStore) -> Vec<Call<'_>> {
         call!("allocate_job_id", store.allocate_job_id()),
         call!("allocate_vm_id", store.allocate_vm_id()),
         call!("enqueue", store.enqueue(&held_by_m1(), 0)),
+        call!("add_job", async {
+            let mut fresh = job(0, "fresh");
+            store.add_job(&mut fresh, 0).await
+        }),
         call!("claim_next(0)", store.claim_next("m1", NO_WAIT)),
         call!(
             "claim_next(1s)",
@@ -370,6 +374,28 @@ async fn keys_stay_in_the_namespace_and_values_are_json() {
     assert!(other.pool_targets().await.unwrap().is_empty());
     assert_eq!(other.counters().await.unwrap().job_retries, 0);
     assert_eq!(other.allocate_vm_id().await.unwrap(), 1000);
+}
+
+/// `add_job` has Redis write the id into the job's JSON, where a marker stands for it; a
+/// job whose own text holds that marker must still be stored as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_holding_the_id_marker_is_added_as_given() {
+    let store = support::redis_store(&support::redis_config()).await;
+    let name = "evil\u{0}tango-new-job-id\u{0}";
+    let mut new = job(0, name);
+    new.trace.clear();
+    new.notify_url = Some(name.to_string());
+    store.add_job(&mut new, 0).await.expect("add_job");
+    assert!(new.id > 0);
+    let last = new.trace.last().expect("trace line");
+    assert!(
+        last.ends_with(&format!("|Added job {name}:{} to queue", new.id)),
+        "{last:?}"
+    );
+    assert_eq!(new.name, name);
+    assert_eq!(store.live_job(new.id).await.unwrap(), Some(new.clone()));
+    assert_eq!(store.queued_ids().await.unwrap(), vec![new.id]);
+    assert_eq!(store.counters().await.unwrap().job_requests, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

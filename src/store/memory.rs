@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{JobStore, Reaped, StoreError, StoreStats};
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
+use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// The in-memory store.
 pub struct MemoryStore {
@@ -189,6 +189,28 @@ impl JobStore for MemoryStore {
             job.assigned = false;
             s.queue.push_back(job.id);
             s.live.insert(job.id, job);
+        }
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
+        {
+            let mut s = self.lock();
+            s.counters.job_requests += 1;
+            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
+                return Err(StoreError::QueueFull(s.queue.len() as u64));
+            }
+            let id = s.next_job_id;
+            s.next_job_id += 1;
+            job.id = id;
+            job.owner = None;
+            job.assigned = false;
+            job.timings.added = Some(unix_now());
+            job.trace(added_line(&job.name, id));
+            s.queue.push_back(id);
+            s.live.insert(id, job.clone());
         }
         self.queued.notify_waiters();
         self.queued.notify_one();

@@ -91,6 +91,15 @@ pub trait JobStore: Send + Sync + 'static {
     /// that many jobs already wait.
     async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError>;
 
+    /// `addJob`'s whole write, as one atomic change (one Redis round trip): counts the
+    /// request ([`Counter::JobRequests`]); then, unless `max_queued > 0` jobs already wait
+    /// ([`StoreError::QueueFull`]: the request is still counted, no id is used and `job` is
+    /// left as it was), gives `job` the next id (the counter of
+    /// [`JobStore::allocate_job_id`]), stamps `timings.added` and appends the trace line
+    /// [`added_line`], and adds it to the live jobs and the tail of the queue. On success
+    /// `job` is as stored.
+    async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError>;
+
     /// Takes the head of the queue for `owner`, waiting up to `wait` for one to arrive. The
     /// job comes back with `owner` set; it stays live (and `assigned` stays as it was) until
     /// the caller writes it with [`JobStore::update_live`].
@@ -167,6 +176,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn incr(&self, counter: Counter, by: u64) -> Result<(), StoreError>;
     async fn counters(&self) -> Result<Counters, StoreError>;
+}
+
+/// The trace line of a job entering the queue, as Python's `JobQueue.add` wrote it.
+pub fn added_line(name: &str, id: impl std::fmt::Display) -> String {
+    format!("Added job {name}:{id} to queue")
 }
 
 /// Opens the store the configuration names.

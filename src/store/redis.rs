@@ -70,6 +70,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo,
@@ -80,9 +81,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::{JobStore, Reaped, StoreError, StoreStats};
+use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -309,6 +310,7 @@ end
 
 struct Scripts {
     enqueue: Script,
+    add_job: Script,
     claim: Script,
     update_live: Script,
     requeue: Script,
@@ -345,6 +347,31 @@ redis.call('HDEL', key('lease'), ARGV[2])
 redis.call('SREM', key('assigned'), ARGV[2])
 redis.call('RPUSH', key('queue'), ARGV[2])
 return -1
+"#,
+    ),
+    // ARGV: ns, counter name, max_queued, id ('' to take the next one), then the job JSON
+    // in parts, to be joined with the id (see `new_job_parts`). Counts the request first.
+    // Returns {1, id} when added, or {0, the queue's length} when it is full.
+    // Without the prelude: on addJob's path, and defining its functions costs each call.
+    add_job: Script::new(
+        r#"
+local ns = ARGV[1]
+local function key(name) return ns .. ':' .. name end
+redis.call('HINCRBY', key('counters'), ARGV[2], 1)
+local max = tonumber(ARGV[3])
+if max > 0 then
+  local n = redis.call('LLEN', key('queue'))
+  if n >= max then return { 0, n } end
+end
+local id = ARGV[4]
+if id == '' then id = string.format('%d', redis.call('INCR', key('next-job-id'))) end
+local parts = {}
+for i = 5, #ARGV do parts[#parts + 1] = ARGV[i] end
+redis.call('HSET', key('live'), id, table.concat(parts, id))
+redis.call('HDEL', key('lease'), id)
+redis.call('SREM', key('assigned'), id)
+redis.call('RPUSH', key('queue'), id)
+return { 1, tonumber(id) }
 "#,
     ),
     // ARGV: ns, owner. Returns nil, or {job JSON, assigned (0/1)}. Queue entries whose job
@@ -868,6 +895,33 @@ impl RedisStore {
     }
 }
 
+/// Stands for a new job's id in its trace while Redis has yet to choose the id. A NUL can
+/// reach JSON only escaped (`\u0000`), so the marker's JSON form is as unlikely in a job's
+/// own text as any string can be; [`new_job_parts`] checks that it is absent all the same.
+const NEW_ID_MARK: &str = "\u{0}tango-new-job-id\u{0}";
+
+/// The JSON of a new job encoded with id 0 and [`NEW_ID_MARK`] in its last trace line, cut
+/// where the id goes, so that joining the parts with the id gives the job's JSON with that
+/// id: `{"id":` / everything up to the marker / the rest. `None` when the JSON does not
+/// start with the id, or the marker's JSON form appears other than once.
+fn new_job_parts(json: &str) -> Option<[&str; 3]> {
+    static MARK_JSON: LazyLock<String> = LazyLock::new(|| {
+        let quoted = serde_json::to_string(NEW_ID_MARK).unwrap_or_default();
+        quoted.trim_matches('"').to_string()
+    });
+    const HEAD: &str = r#"{"id":"#;
+    let rest = json.strip_prefix(HEAD)?.strip_prefix('0')?;
+    let mark = MARK_JSON.as_str();
+    if mark.is_empty() || !rest.starts_with(',') {
+        return None;
+    }
+    let mut pieces = rest.split(mark);
+    let (Some(before), Some(after), None) = (pieces.next(), pieces.next(), pieces.next()) else {
+        return None;
+    };
+    Some([HEAD, before, after])
+}
+
 /// A failure to reach Redis, as opposed to an answer we did not like.
 fn is_unavailable(error: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
@@ -919,6 +973,53 @@ impl JobStore for RedisStore {
         if full >= 0 {
             return Err(StoreError::QueueFull(full as u64));
         }
+        Ok(())
+    }
+
+    async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
+        let mut stored = Self::released(job);
+        stored.id = 0;
+        stored.timings.added = Some(unix_now());
+        let at = Utc::now();
+        stored.trace_at(at, added_line(&stored.name, NEW_ID_MARK));
+        let json = self.encode(&stored)?;
+        let mut invocation = self.invocation(&SCRIPTS.add_job);
+        invocation.arg(Counter::JobRequests.name()).arg(max_queued);
+        let given = match new_job_parts(&json) {
+            // The usual case: Redis takes the id and writes it into the JSON.
+            Some(parts) => {
+                invocation.arg("");
+                for part in parts {
+                    invocation.arg(part);
+                }
+                None
+            }
+            // The job's own text holds the marker: take the id first (a second round
+            // trip, and an id used even if the queue turns out full) and send whole JSON.
+            None => {
+                let id = self.allocate_job_id().await?;
+                let mut whole = Self::released(job);
+                whole.id = id;
+                whole.timings = stored.timings.clone();
+                whole.trace_at(at, added_line(&whole.name, id));
+                invocation.arg(id).arg(self.encode(&whole)?);
+                Some(whole)
+            }
+        };
+        let (added, value): (bool, u64) = self.run(Retry::IfUnsent, &invocation).await?;
+        if !added {
+            return Err(StoreError::QueueFull(value));
+        }
+        *job = match given {
+            Some(whole) => whole,
+            None => {
+                stored.id = value;
+                if let Some(line) = stored.trace.last_mut() {
+                    *line = line.replace(NEW_ID_MARK, &value.to_string());
+                }
+                stored
+            }
+        };
         Ok(())
     }
 
@@ -1236,5 +1337,49 @@ impl JobStore for RedisStore {
             *counters.slot(counter) = value.unwrap_or(0);
         }
         Ok(counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(name: &str) -> Job {
+        let mut job = Job {
+            name: name.to_string(),
+            timeout: 10,
+            ..Job::default()
+        };
+        job.timings.added = Some(1_700_000_000.123_456);
+        job.trace(added_line(name, NEW_ID_MARK));
+        job
+    }
+
+    #[test]
+    fn joining_the_parts_with_the_id_gives_the_job_with_that_id() {
+        let job = new_job("lab_hello_1_user@x.edu");
+        let json = serde_json::to_string(&job).expect("encode");
+        let parts = new_job_parts(&json).expect("the marker is found once");
+        let joined: Job = serde_json::from_str(&parts.join("4242")).expect("decode");
+        let mut expected = job.clone();
+        expected.id = 4242;
+        let last = expected.trace.last_mut().expect("trace line");
+        *last = last.replace(NEW_ID_MARK, "4242");
+        assert!(last.ends_with("|Added job lab_hello_1_user@x.edu:4242 to queue"));
+        assert_eq!(joined, expected);
+    }
+
+    #[test]
+    fn a_job_whose_text_holds_the_marker_is_not_cut() {
+        let job = new_job(&format!("evil{NEW_ID_MARK}"));
+        let json = serde_json::to_string(&job).expect("encode");
+        assert!(new_job_parts(&json).is_none());
+        let mut elsewhere = new_job("fine");
+        elsewhere.notify_url = Some(NEW_ID_MARK.to_string());
+        let json = serde_json::to_string(&elsewhere).expect("encode");
+        assert!(new_job_parts(&json).is_none());
+        // Without the marker there is nothing to cut either.
+        let plain = Job::default();
+        assert!(new_job_parts(&serde_json::to_string(&plain).expect("encode")).is_none());
     }
 }

@@ -549,6 +549,13 @@ impl JobStore for DownStore {
     async fn enqueue(&self, _: &tango::model::Job, _: u64) -> Result<(), tango::store::StoreError> {
         down()
     }
+    async fn add_job(
+        &self,
+        _: &mut tango::model::Job,
+        _: u64,
+    ) -> Result<(), tango::store::StoreError> {
+        down()
+    }
     async fn claim_next(
         &self,
         _: &str,
