@@ -57,11 +57,17 @@ Changed because of what this harness showed (each in `src/`, with the tests pass
 - **A job's machine is handed back after its output is written** (`worker.rs`): removing
   a single-use Docker container (hundreds of ms) no longer delays the output. A warm-pool
   Docker job went from about 490 ms to about 230 ms here.
+- **`addJob` is one store call** (`store::JobStore::add_job`; on Redis one script counts
+  the request, takes the id, stores the job and queues it under the cap): it made three
+  round trips. With Redis it about doubled addJob's requests/s at 1 and 16 connections.
+- **Pools make several machines at once** (`vmms.create_parallel`; the throughput runs set
+  it to the pool size): a single-use pool runs at the rate its containers are made, and
+  one creator making them one at a time capped 200 jobs at about 1.1 to 1.8 jobs/s at
+  every pool size.
 
 Causes of what still falls short, found but not changed:
-- **`addJob` with Redis** makes three Redis calls (the request counter, the job id, the
-  enqueue script), on the same CPUs as Redis and wrk; one script doing all three is the
-  fix left to do. `info` with Redis makes two.
+- **`addJob` with Redis** is one script now, but each call still waits for a Redis round
+  trip on the same two CPUs as Redis and wrk. `info` with Redis makes two calls.
 - **One connection** is latency-bound: the ceiling answers in about 13 µs, so a single
   file-system call or Redis round trip shows in the ratio.
 - **Docker without a pool** makes the container for the job (create, copy in the `/tango`
@@ -69,9 +75,8 @@ Causes of what still falls short, found but not changed:
   three more engine calls (copy in, exec, copy out) of about 60 ms each on this engine
   (fuse-overlayfs); `docker run --rm` is create, start, wait, remove. Copying the inputs
   in with the skeleton, for a container made for one job, would save one call.
-- **Throughput** barely grows with the pool size: each pool has one creator, which makes
-  containers one at a time, and a single-use pool runs at the rate containers are made.
-  Making several at once when `createvm_secs` is 0 would raise it.
+- **Throughput** is bounded by how fast the engine makes containers (a single-use pool
+  runs at that rate); on two CPUs the engine itself competes with the jobs.
 - **Hostile beside normal** on `local`: that backend sets no CPU limit. Each job is its own
   session (its own autogroup for the scheduler), so on two CPUs with three CPU-bound hostile
   jobs (forkbomb, flood, memhog) the normal job gets its fair share, about half a CPU,
