@@ -20,13 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::daemon::{Daemon, DaemonOptions, JobOptions};
-use support::jobs::{self, Job, Limits};
+use support::e2e::{OSIZE, Ran, WAIT, assert_answers, clip, options_for, run, watch_partial};
+use support::jobs;
 use tango::autodriver::procs;
-
-const WAIT: Duration = Duration::from_secs(180);
-/// The daemon's defaults, which these tests do not change.
-const OSIZE: u64 = 1_024_000;
-const FSIZE: u64 = 104_857_600;
 
 /// Every shared job, and where it is tested here: a new job must be added to a test.
 const COVERED: &[&str] = &[
@@ -103,148 +99,6 @@ impl Local {
     }
 }
 
-/// What one job came to, as the daemon reports it.
-struct Ran {
-    job: Job,
-    id: u64,
-    options: JobOptions,
-    output: Vec<u8>,
-    /// Its entry in `/jobs/KEY/1/`.
-    dead: Value,
-}
-
-impl Ran {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output).into_owned()
-    }
-
-    fn trace(&self) -> Vec<String> {
-        self.dead["trace"]
-            .as_array()
-            .map(|t| {
-                t.iter()
-                    .filter_map(|l| l.as_str())
-                    .map(|l| l.split_once('|').map_or(l, |(_, m)| m).to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The autodriver's exit code as the daemon reported it in the job's final trace line
-    /// (Tango's mapping: 0 returned normally, 2 timed out, 3 OS error).
-    fn reported_exit(&self) -> Result<i32, String> {
-        let trace = self.trace();
-        let last = trace.last().map(String::as_str).unwrap_or("");
-        if last == "Success: Autodriver returned normally" {
-            Ok(0)
-        } else if last
-            == format!(
-                "Error: Job timed out after {} seconds",
-                self.options.timeout
-            )
-        {
-            Ok(2)
-        } else if last == "Error: OS error while running job on VM" {
-            Ok(3)
-        } else {
-            Err(format!("unexpected final trace line {last:?}: {trace:?}"))
-        }
-    }
-
-    /// Everything the job's `expect` file asks, plus what holds for every job: the worker's
-    /// header, one dispatch, no retry.
-    fn check(&self, network_disabled: bool) -> Result<(), String> {
-        let name = &self.job.name;
-        let text = self.text();
-        let exit = self.reported_exit()?;
-        if !self.job.expect.allows_autodriver_exit(exit) {
-            return Err(format!(
-                "{name}: the daemon reported autodriver exit {exit}, not what expect says \
-                 ({:?}, {:?}); output:\n{}",
-                self.job.expect.status,
-                self.job.expect.autodriver_exit,
-                clip(&text)
-            ));
-        }
-        self.job
-            .expect
-            .check_output(
-                &self.output,
-                &Limits {
-                    osize: OSIZE,
-                    fsize: FSIZE,
-                    network_disabled,
-                },
-            )
-            .map_err(|e| format!("{name}: {e}"))?;
-        let header = format!("]: Received job {}:{}\n", self.options.job_name, self.id);
-        if !text.starts_with("Autograder [") || !text.contains(&header) {
-            return Err(format!(
-                "{name}: no worker header {header:?}:\n{}",
-                clip(&text)
-            ));
-        }
-        if self.dead["retries"] != 0 || self.dead["assigned"] != false {
-            return Err(format!("{name}: retried or still assigned: {}", self.dead));
-        }
-        let trace = self.trace();
-        let dispatched = trace
-            .iter()
-            .filter(|l| l.starts_with("Dispatched job "))
-            .count();
-        if dispatched != 1 || trace.iter().any(|l| l.contains(" failed: ")) {
-            return Err(format!("{name}: not run exactly once: {trace:?}"));
-        }
-        Ok(())
-    }
-}
-
-/// The head and tail of a long output, for messages.
-fn clip(text: &str) -> String {
-    if text.len() <= 3000 {
-        return text.to_string();
-    }
-    let head: String = text.chars().take(1500).collect();
-    let tail: String = text
-        .chars()
-        .rev()
-        .take(1500)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("{head}\n[... {} bytes ...]\n{tail}", text.len())
-}
-
-/// Job options for `name`: its own output file and job name; `timeout` seconds.
-fn options_for(name: &str, timeout: u64, disable_network: bool) -> JobOptions {
-    JobOptions {
-        output_file: format!("user@x.edu_1_{name}_autograde.txt"),
-        job_name: format!("course_{name}_1_user@x.edu"),
-        timeout,
-        disable_network,
-        ..JobOptions::default()
-    }
-}
-
-/// Submits `job` in a courselab of its own (every job has a `Makefile`) and waits for its
-/// output and its dead entry.
-async fn run(daemon: &Daemon, job: Job, options: JobOptions) -> Ran {
-    let courselab = format!("e2e-{}", job.name);
-    let id = daemon.submit_job(&courselab, &job, &options).await;
-    let output = daemon
-        .wait_output(&courselab, &options.output_file, WAIT)
-        .await;
-    let dead = daemon.wait_dead(id, WAIT).await;
-    Ran {
-        job,
-        id,
-        options,
-        output,
-        dead,
-    }
-}
-
 /// Processes of `uid`, or whose working directory or root is inside `dir`.
 fn processes_of(uid: u32, dir: &Path) -> Vec<String> {
     let mut left: Vec<String> = procs::live_processes_of(uid)
@@ -263,23 +117,6 @@ fn processes_of(uid: u32, dir: &Path) -> Vec<String> {
         }
     }
     left
-}
-
-/// Asserts that `GET /` answers, within a generous bound.
-async fn assert_answers(daemon: &Daemon) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let body = client
-        .get(daemon.url("/"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET / while a job runs: {e}"))
-        .text()
-        .await
-        .expect("GET / body");
-    assert_eq!(body, "Hello, world! RESTful Tango here!\n");
 }
 
 #[test]
@@ -342,37 +179,6 @@ async fn hello_runs_end_to_end() {
     );
 }
 
-/// Reads `getPartialOutput` while job `id` runs; returns what was read while the job was
-/// still live before and after the read (so it is truly partial output of a running job).
-async fn watch_partial(
-    daemon: &Daemon,
-    courselab: &str,
-    id: u64,
-    output_file: &str,
-) -> Vec<String> {
-    let deadline = Instant::now() + WAIT;
-    let mut reads = Vec::new();
-    loop {
-        let live = daemon.jobs(false).await;
-        let Some(job) = live.iter().find(|j| j["id"] == id) else {
-            return reads; // finished
-        };
-        if job["assigned"] == true {
-            let v = daemon
-                .get_json(&format!("/getPartialOutput/{}/{id}/", daemon.key))
-                .await;
-            let still_running = daemon.poll(courselab, output_file).await.is_none()
-                && daemon.jobs(false).await.iter().any(|j| j["id"] == id);
-            if v["statusId"] == 0 && still_running {
-                assert_eq!(v["statusMsg"], "Partial output obtained", "{v}");
-                reads.push(v["output"].as_str().unwrap_or_default().to_string());
-            }
-        }
-        assert!(Instant::now() < deadline, "partial did not end");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_jobs_run_at_once_through_one_daemon() {
     // forever and forkbomb have tests of their own (below).
@@ -384,7 +190,7 @@ async fn the_shared_jobs_run_at_once_through_one_daemon() {
 
     let plain = names.iter().map(|name| async move {
         let ran = run(daemon, jobs::job(name), options_for(name, 60, false)).await;
-        ran.check(false).map(|()| ran)
+        ran.check().map(|()| ran)
     });
     // network both ways: only `lo` when disabled, the host's interfaces otherwise.
     let network_off = async {
@@ -394,7 +200,7 @@ async fn the_shared_jobs_run_at_once_through_one_daemon() {
             options_for("network", 60, true),
         )
         .await;
-        ran.check(true).map(|()| ran)
+        ran.check().map(|()| ran)
     };
     let network_on = async {
         let mut options = options_for("network-on", 60, false);
@@ -402,7 +208,7 @@ async fn the_shared_jobs_run_at_once_through_one_daemon() {
         let mut job = jobs::job("network");
         job.name = "network-on".into();
         let ran = run(daemon, job, options).await;
-        ran.check(false).map(|()| ran)
+        ran.check().map(|()| ran)
     };
     // partial: its output is read through getPartialOutput while it runs.
     let partial = async {
@@ -422,7 +228,7 @@ async fn the_shared_jobs_run_at_once_through_one_daemon() {
             output,
             dead,
         };
-        ran.check(false)?;
+        ran.check()?;
         for want in &ran.job.expect.partial_output_contains_while_running {
             if !reads.iter().any(|r| r.contains(want.as_str())) {
                 return Err(format!(
@@ -516,7 +322,7 @@ async fn forever_is_killed_at_its_timeout_not_retried_and_leaves_nothing() {
         options_for("forever", 3, false),
     )
     .await;
-    ran.check(false).unwrap_or_else(|e| panic!("{e}"));
+    ran.check().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ran.reported_exit(), Ok(2));
     assert!(
         ran.text()
@@ -535,7 +341,7 @@ async fn forever_is_killed_at_its_timeout_not_retried_and_leaves_nothing() {
         options_for("hello", 30, false),
     )
     .await;
-    hello.check(false).unwrap_or_else(|e| panic!("{e}"));
+    hello.check().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(hello.dead["vm"]["id"], vm_id, "the pool of one was reused");
 }
 
@@ -550,14 +356,14 @@ async fn forkbomb_is_contained_and_the_daemon_answers_throughout() {
             options_for("forkbomb", 10, false),
         )
         .await;
-        ran.check(false).map(|()| ran)
+        ran.check().map(|()| ran)
     };
     // While it runs: the daemon answers, and another job on the same daemon finishes.
     let meanwhile = async {
         let deadline = Instant::now() + WAIT;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let hello = run(daemon, jobs::job("hello"), options_for("hello", 30, false)).await;
-        hello.check(false)?;
+        hello.check()?;
         loop {
             assert_answers(daemon).await;
             let info = daemon.get_json(&format!("/info/{}/", daemon.key)).await;

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod daemon;
 pub mod docker;
+pub mod e2e;
 pub mod jobs;
 #[cfg(feature = "ec2")]
 pub mod moto;
