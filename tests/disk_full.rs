@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api::{KEY, TestServer, md5_hex};
-use support::pipeline::{FakeVmms, JobScript, Receiver, Reply, input_file};
+use support::pipeline::{FakeVmms, JobScript, Receiver, Reply, fast_config, input_file};
 use tango::app::App;
 use tango::config::Config;
 use tango::labs::Labs;
@@ -173,21 +173,10 @@ async fn an_upload_that_fills_the_disk_is_refused_cleanly() {
 // Output write
 // ---------------------------------------------------------------------------------------
 
+/// The pipeline tests' fast settings, with one machine.
 fn config() -> Config {
-    let mut c = Config::default();
-    c.vmms.prefix = "t".into();
-    c.vmms.reuse_vms = true;
+    let mut c = fast_config();
     c.vmms.pool_size = 1;
-    c.vmms.createvm_secs = 0.0;
-    c.vmms.destroy_secs = 1.0;
-    c.timeouts.initialize_vm = 5;
-    c.timeouts.wait_vm = 5;
-    c.timeouts.copy_in = 5;
-    c.timeouts.run_job = 5;
-    c.timeouts.copy_out = 5;
-    c.jobs.lease_secs = 2;
-    c.jobs.retries = 2;
-    c.jobs.max_dead = 0;
     c
 }
 

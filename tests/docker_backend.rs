@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::docker::{
-    Cleanup, config, docker, docker_ok, exec_root, machine, test_image, unique_prefix,
+    Cleanup, config, docker, docker_ok, exec_root, machine, plant_foreign_containers, test_image,
+    unique_prefix,
 };
 use tango::config::{Config, DockerEngineConfig};
 use tango::model::{InputFile, Machine};
@@ -756,31 +757,8 @@ async fn leftovers_are_listed_with_their_owner_and_foreign_containers_never() {
     let fake = Fake::new();
 
     // Containers that are not ours: no label; our label but another name; another prefix.
-    let no_label = format!("{prefix}-900-foreign");
-    let wrong_name = format!("x{prefix}-901-foreign");
-    let other_prefix = format!("{prefix}x-902-foreign");
-    docker_ok(&["create", "--name", &no_label, image, "true"]);
-    docker_ok(&[
-        "create",
-        "--name",
-        &wrong_name,
-        "--label",
-        &format!("tango.prefix={prefix}"),
-        image,
-        "true",
-    ]);
-    docker_ok(&[
-        "create",
-        "--name",
-        &other_prefix,
-        "--label",
-        &format!("tango.prefix={prefix}x"),
-        image,
-        "true",
-    ]);
-    for c in [&no_label, &wrong_name, &other_prefix] {
-        cleanup.container(c);
-    }
+    let [no_label, wrong_name, other_prefix] =
+        plant_foreign_containers(&prefix, image, &mut cleanup);
 
     // A previous run's manager left two machines.
     let previous = fake_backend(&prefix, &fake).await;

@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::daemon::{Daemon, DaemonOptions};
-use support::docker::{Cleanup, autodriver, docker, docker_ok, test_image, unique_prefix};
+use support::docker::{
+    Cleanup, autodriver, docker, docker_ok, plant_foreign_containers, test_image, unique_prefix,
+};
 use support::e2e::{
-    OSIZE, WAIT, assert_answers, clip, finish, made_job, options_for, run, watch_partial,
+    OSIZE, WAIT, all_passed, assert_answers, clip, finish, made_job, options_for, run,
+    watch_partial,
 };
 use support::jobs;
 
@@ -189,15 +192,7 @@ async fn the_shared_jobs_run_through_the_daemon_on_docker() {
         partial,
         realhog
     );
-    let mut failures = Vec::new();
-    let mut ran = Vec::new();
-    for result in runs.into_iter().chain([network_on, partial, realhog]) {
-        match result {
-            Ok(r) => ran.push(r),
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let ran = all_passed(runs.into_iter().chain([network_on, partial, realhog]));
 
     let by_name = |n: &str| ran.iter().find(|r| r.job.name == n).expect("ran");
     assert!(
@@ -374,31 +369,8 @@ async fn a_restarted_daemon_removes_its_leftovers_and_nothing_else() {
 
     // Containers that are not ours: no label but our name's shape; our label but a name
     // outside our prefix; another prefix's label and name.
-    let no_label = format!("{prefix}-900-foreign");
-    let wrong_name = format!("x{prefix}-901-foreign");
-    let other_prefix = format!("{prefix}x-902-foreign");
-    docker_ok(&["create", "--name", &no_label, image, "true"]);
-    docker_ok(&[
-        "create",
-        "--name",
-        &wrong_name,
-        "--label",
-        &format!("tango.prefix={prefix}"),
-        image,
-        "true",
-    ]);
-    docker_ok(&[
-        "create",
-        "--name",
-        &other_prefix,
-        "--label",
-        &format!("tango.prefix={prefix}x"),
-        image,
-        "true",
-    ]);
-    for c in [&no_label, &wrong_name, &other_prefix] {
-        cleanup.container(c);
-    }
+    let [no_label, wrong_name, other_prefix] =
+        plant_foreign_containers(&prefix, image, &mut cleanup);
 
     // A first daemon runs a job and fills its pool; then it dies without cleaning up.
     let first = start(&prefix, Cleanup::new(&prefix), 2, "").await;

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::daemon::{Daemon, DaemonOptions, JobOptions};
-use support::e2e::{OSIZE, Ran, WAIT, assert_answers, clip, options_for, run, watch_partial};
+use support::e2e::{
+    OSIZE, Ran, WAIT, all_passed, assert_answers, clip, options_for, run, watch_partial,
+};
 use support::jobs;
 use tango::autodriver::procs;
 
@@ -254,15 +256,7 @@ async fn the_shared_jobs_run_at_once_through_one_daemon() {
         network_on,
         partial
     );
-    let mut failures = Vec::new();
-    let mut ran = Vec::new();
-    for result in plain.into_iter().chain([network_off, network_on, partial]) {
-        match result {
-            Ok(r) => ran.push(r),
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let ran = all_passed(plain.into_iter().chain([network_off, network_on, partial]));
 
     let by_name = |n: &str| ran.iter().find(|r| r.job.name == n).expect("ran");
     // nonzero: make's status 2 is reported in the output, as a normal end.

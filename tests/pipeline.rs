@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::pipeline::{Action, FakeVmms, JobScript, Receiver, Reply, Step, When, input_file};
+use support::pipeline::{
+    Action, FakeVmms, JobScript, Receiver, Reply, Step, When, fast_config as config, input_file,
+};
 use tango::app::App;
 use tango::config::Config;
 use tango::manager::Manager;
@@ -22,30 +24,6 @@ use tango::vmms::{RunOutcome, Vmms};
 
 /// Generous bound for a test's jobs to end: only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(90);
-
-/// Small timeouts and back-offs, so that every path runs in seconds.
-fn config() -> Config {
-    let mut c = Config::default();
-    c.vmms.prefix = "t".into();
-    c.vmms.reuse_vms = true;
-    c.vmms.pool_size = 2;
-    c.vmms.createvm_secs = 0.0;
-    c.vmms.destroy_secs = 1.0;
-    c.timeouts.initialize_vm = 5;
-    c.timeouts.wait_vm = 5;
-    c.timeouts.copy_in = 5;
-    c.timeouts.run_job = 5;
-    c.timeouts.copy_out = 5;
-    c.jobs.lease_secs = 2;
-    c.jobs.retries = 2;
-    c.jobs.max_dead = 0;
-    c.docker.kill_margin_secs = 0;
-    c.callback.timeout_secs = 2;
-    c.callback.attempts = 3;
-    c.callback.backoff_secs = 0.05;
-    c.callback.max_backoff_secs = 0.2;
-    c
-}
 
 /// A store, a fake backend, a directory for inputs and outputs.
 struct Rig {

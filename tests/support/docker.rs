@@ -161,3 +161,32 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Creates three containers that a daemon with `prefix` must never touch, all with names
+/// that look like ours at a glance: one with our name's shape but no label, one with our
+/// label but a name outside our prefix, one of prefix `{prefix}x`. `cleanup` removes them.
+/// Returns their names in that order.
+pub fn plant_foreign_containers(prefix: &str, image: &str, cleanup: &mut Cleanup) -> [String; 3] {
+    let no_label = format!("{prefix}-900-foreign");
+    let wrong_name = format!("x{prefix}-901-foreign");
+    let other_prefix = format!("{prefix}x-902-foreign");
+    docker_ok(&["create", "--name", &no_label, image, "true"]);
+    for (name, label) in [
+        (&wrong_name, prefix.to_string()),
+        (&other_prefix, format!("{prefix}x")),
+    ] {
+        docker_ok(&[
+            "create",
+            "--name",
+            name,
+            "--label",
+            &format!("tango.prefix={label}"),
+            image,
+            "true",
+        ]);
+    }
+    for c in [&no_label, &wrong_name, &other_prefix] {
+        cleanup.container(c);
+    }
+    [no_label, wrong_name, other_prefix]
+}

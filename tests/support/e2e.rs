@@ -228,3 +228,12 @@ pub fn made_job(name: &str, dir: &Path, makefile: &str, expect: &str) -> Job {
         expect: Expect::parse(expect),
     }
 }
+
+/// The runs of jobs checked at once: all of them, or a failure naming every check that
+/// failed (not only the first).
+pub fn all_passed(results: impl IntoIterator<Item = Result<Ran, String>>) -> Vec<Ran> {
+    let (passed, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let failures: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    passed.into_iter().filter_map(Result::ok).collect()
+}

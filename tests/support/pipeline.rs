@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tango::config::Config;
 use tango::model::{InputFile, Machine};
 use tango::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -614,4 +615,28 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
         body,
         at,
     })
+}
+
+/// Small timeouts and back-offs, so that every path runs in seconds.
+pub fn fast_config() -> Config {
+    let mut c = Config::default();
+    c.vmms.prefix = "t".into();
+    c.vmms.reuse_vms = true;
+    c.vmms.pool_size = 2;
+    c.vmms.createvm_secs = 0.0;
+    c.vmms.destroy_secs = 1.0;
+    c.timeouts.initialize_vm = 5;
+    c.timeouts.wait_vm = 5;
+    c.timeouts.copy_in = 5;
+    c.timeouts.run_job = 5;
+    c.timeouts.copy_out = 5;
+    c.jobs.lease_secs = 2;
+    c.jobs.retries = 2;
+    c.jobs.max_dead = 0;
+    c.docker.kill_margin_secs = 0;
+    c.callback.timeout_secs = 2;
+    c.callback.attempts = 3;
+    c.callback.backoff_secs = 0.05;
+    c.callback.max_backoff_secs = 0.2;
+    c
 }
