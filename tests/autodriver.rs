@@ -772,3 +772,140 @@ fn set_user_id_it_will_not_pick_another_uid() {
         "a set-user-ID autodriver wrote a file for its caller"
     );
 }
+
+// ---- --stdin-inputs: the job's files as a tar archive on standard input ----
+
+/// A tar archive of `(name, content)` regular files, as the daemon sends them.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut out);
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.finish().unwrap();
+    }
+    out
+}
+
+/// One entry with any name and kind (the tar crate will not write `..` or `/` names), then
+/// the end-of-archive marker.
+fn raw_entry(name: &str, kind: tar::EntryType, link: &str) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.set_entry_type(kind);
+    header.set_size(0);
+    header.set_mode(0o644);
+    let old = header.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// Runs the autodriver as the Docker backend does: `--stdin-inputs`, no `--output` (the
+/// output is its standard output), into a directory that does not exist yet. Returns the
+/// exit code, standard output and standard error.
+fn run_with_stdin(ws: &Workspace, dir: &Path, stdin: Vec<u8>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(jobs::autodriver_binary());
+    cmd.args(["-u", "100", "-f", "104857600", "-t", "20", "-o", "1024000"])
+        .args(["--uid", &ws.uid.to_string(), "--gid", &ws.uid.to_string()])
+        .arg("--stdin-inputs")
+        .arg("--output-log")
+        .arg(ws.log())
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the autodriver");
+    let mut input = child.stdin.take().unwrap();
+    // Written from a thread: the autodriver may stop reading before the end (it must not
+    // need end of file), and a full pipe must not block the test.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+        // Held open a moment: the autodriver must finish reading without end of file.
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let out = child.wait_with_output().expect("run the autodriver");
+    writer.join().unwrap();
+    (
+        out.status.code().expect("the autodriver ended by a signal"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn stdin_inputs_land_in_the_directory_and_the_output_is_on_stdout() {
+    require_root();
+    let ws = Workspace::new();
+    let dir = ws.root.join("fresh/job");
+    let makefile = "all:\n\t@cat data.txt\n\t@ls -ln | tail -n +2 | while read m l u g s rest; do echo \"$$u $$s\"; done\n\t@echo \"stdin gave $$(cat | wc -c) bytes\"\n";
+    let mut stdin = tar_of(&[
+        ("Makefile", makefile.as_bytes()),
+        ("data.txt", b"the data\n"),
+    ]);
+    // What follows the archive is not the job's: it must never see it.
+    stdin.extend_from_slice(b"NOT FOR THE JOB\n");
+    let (exit, stdout, stderr) = run_with_stdin(&ws, &dir, stdin);
+    assert_eq!(exit, 0, "stdout {stdout}; stderr {stderr}");
+    let uid = ws.uid;
+    let size = makefile.len();
+    assert_eq!(
+        stdout,
+        format!(
+            "Autodriver: Job exited with status 0\nthe data\n{uid} {size}\n{uid} 9\nstdin gave 0 bytes\n"
+        ),
+        "the files were there, the job's, and only the output went to stdout"
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_no_process_of(uid);
+}
+
+#[test]
+fn stdin_inputs_out_of_the_directory_are_refused() {
+    require_root();
+    for (name, kind, link) in [
+        ("../escape", tar::EntryType::Regular, ""),
+        ("/tmp/tango-stdin-inputs-abs", tar::EntryType::Regular, ""),
+        ("a/../../escape", tar::EntryType::Regular, ""),
+        ("link", tar::EntryType::Symlink, "/etc"),
+        ("hard", tar::EntryType::Link, "/etc/passwd"),
+        ("dev", tar::EntryType::Char, ""),
+    ] {
+        let ws = Workspace::new();
+        let dir = ws.job_dir();
+        let (exit, stdout, _) = run_with_stdin(&ws, &dir, raw_entry(name, kind, link));
+        assert_eq!(exit, 3, "{name}: {stdout}");
+        assert!(
+            stdout.starts_with(&format!(
+                "Autodriver: Error unpacking the inputs: input {name:?} refused"
+            )),
+            "{name}: {stdout}"
+        );
+        assert!(!ws.root.join("escape").exists(), "{name}");
+        assert!(!Path::new("/tmp/tango-stdin-inputs-abs").exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{name}");
+    }
+}
+
+#[test]
+fn stdin_inputs_cut_short_are_an_os_error() {
+    require_root();
+    let ws = Workspace::new();
+    let whole = tar_of(&[("Makefile", b"all:\n\t@echo ran\n")]);
+    // The entry without the end-of-archive marker, then end of file.
+    let (exit, stdout, _) = run_with_stdin(&ws, &ws.job_dir(), whole[..1024].to_vec());
+    assert_eq!(exit, 3, "{stdout}");
+    assert!(
+        stdout.starts_with("Autodriver: Error unpacking the inputs: the input archive ended"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ran"));
+}

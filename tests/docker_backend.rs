@@ -27,9 +27,16 @@ use tango::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
 const OWNER: &str = "manager-under-test";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A stand-in for the autodriver that records how it was called and what it could see in
-/// `/tango/feedback`, then does what the job's `mode` file says.
+/// A stand-in for the autodriver that unpacks the inputs from its standard input (as
+/// `--stdin-inputs` does), prints how it was called and what it could see (its standard
+/// output is the output), then does what the job's `mode` file says.
 const FAKE_AUTODRIVER: &str = r#"#!/bin/sh
+mkdir -p /tango/job && tar -x -f - -C /tango/job || exit 3
+mode="$(cat /tango/job/mode 2>/dev/null)"
+if [ "$mode" = huge ]; then
+  head -c 50000000 /dev/zero | tr '\0' a
+  exit 0
+fi
 {
   echo "args: $*"
   echo "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
@@ -37,8 +44,8 @@ const FAKE_AUTODRIVER: &str = r#"#!/bin/sh
   echo "uid: $(id -u)"
   echo "files:"
   ls -ln /tango/job
-} > /tango/feedback 2>&1
-case "$(cat /tango/job/mode 2>/dev/null)" in
+} 2>&1
+case "$mode" in
   sleep) sleep 1000 ;;
   exit2) exit 2 ;;
 esac
@@ -165,21 +172,9 @@ async fn a_machine_is_made_ready_filled_and_removed() {
     assert_eq!(inspect(container, "{{.State.Running}}"), "true");
     assert!(backend.exists_vm(&vm).await.unwrap());
 
-    // The skeleton: /tango and the autodriver are root's and closed to the job; the grading
-    // directory is the job's.
-    // job_uid_base + id % job_uid_count = 200000 + 1001 % 50000.
-    let uid = 201_001;
-    let layout = exec_root(
-        container,
-        "stat -c '%n %u %g %a' /tango /tango/autodriver /tango/job",
-    );
-    assert_eq!(
-        layout,
-        format!("/tango 0 0 755\n/tango/autodriver 0 0 755\n/tango/job {uid} {uid} 755")
-    );
-    let injected = exec_root(container, "cat /tango/autodriver");
-    assert_eq!(injected.trim(), FAKE_AUTODRIVER.trim());
-
+    // Nothing is copied in before the run, and copy_in only checks the files on this host.
+    let absent = "test -e /tango && echo present || echo absent";
+    assert_eq!(exec_root(container, absent), "absent");
     let dir = tempfile::tempdir().unwrap();
     let files = inputs(
         dir.path(),
@@ -189,6 +184,29 @@ async fn a_machine_is_made_ready_filled_and_removed() {
         ],
     );
     backend.copy_in(&vm, &files).await.expect("copy_in");
+    assert_eq!(exec_root(container, absent), "absent");
+    // A missing input is a host-side (I/O) failure at copy in, as Tango reports it.
+    let mut missing = files.clone();
+    missing.push(InputFile {
+        local_file: dir.path().join("nonexistent").display().to_string(),
+        dest_file: "gone".into(),
+    });
+    let err = backend.copy_in(&vm, &missing).await.unwrap_err();
+    assert!(matches!(err, VmmsError::Io(_)), "{err}");
+    backend.copy_in(&vm, &files).await.expect("copy_in");
+
+    // The run makes the layout: /tango and the autodriver are root's and closed to the job;
+    // the inputs are the job's.
+    // job_uid_base + id % job_uid_count = 200000 + 1001 % 50000.
+    let uid = 201_001;
+    assert_eq!(
+        backend.run_job(&vm, &spec(10)).await.expect("run_job"),
+        RunOutcome::Exited(0)
+    );
+    let layout = exec_root(container, "stat -c '%n %u %g %a' /tango /tango/autodriver");
+    assert_eq!(layout, "/tango 0 0 755\n/tango/autodriver 0 0 755");
+    let injected = exec_root(container, "cat /tango/autodriver");
+    assert_eq!(injected.trim(), FAKE_AUTODRIVER.trim());
     let listed = exec_root(container, "cd /tango/job && stat -c '%n %u %s' * | sort");
     assert_eq!(
         listed,
@@ -312,8 +330,8 @@ async fn the_autodriver_runs_as_tango_runs_it_with_a_uid_of_its_own() {
     let uid = 200_000 + 52_345 % 50_000;
     assert!(
         out.contains(&format!(
-            "args: -u 55 -f 6789 -t 7 -o 4321 --uid {uid} --gid {uid} --output /tango/feedback \
-             --output-log /tango/output.log --report /tango/report.json /tango/job"
+            "args: -u 55 -f 6789 -t 7 -o 4321 --uid {uid} --gid {uid} --stdin-inputs \
+             --output-log /tango/output.log /tango/job"
         )),
         "{out}"
     );
@@ -407,7 +425,7 @@ async fn the_host_guard_kills_a_job_that_outlives_its_timeout() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_symlinked_output_is_refused_and_nothing_outside_dest_is_touched() {
+async fn the_output_is_what_the_run_printed_and_no_file_in_the_container_is_read() {
     let image = test_image();
     let prefix = unique_prefix("symlink");
     let _cleanup = Cleanup::new(&prefix);
@@ -423,50 +441,42 @@ async fn a_symlinked_output_is_refused_and_nothing_outside_dest_is_touched() {
     std::fs::write(&canary, b"host secret").unwrap();
     let dest = host.path().join("output");
 
-    for target in [
-        canary.display().to_string(),
-        "/etc/shadow".to_string(),
-        "/".to_string(),
-        "../../../../etc/passwd".to_string(),
-    ] {
+    // Before any run there is no output to copy out: an error, and nothing is written.
+    let err = backend.copy_out(&vm, &dest, 1_000_000).await.unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    assert!(!dest.exists());
+
+    assert_eq!(
+        backend.run_job(&vm, &spec(10)).await.expect("run_job"),
+        RunOutcome::Exited(0)
+    );
+    // Whatever is planted in the container afterwards, where the output file used to be or
+    // at the log, even by root, is never read: the output is what the run printed.
+    for target in [canary.display().to_string(), "/etc/shadow".to_string()] {
         exec_root(
             c,
-            &format!("rm -rf /tango/feedback; ln -s '{target}' /tango/feedback"),
+            &format!(
+                "rm -rf /tango/feedback /tango/output.log; ln -s '{target}' /tango/feedback; \
+                 ln -s '{target}' /tango/output.log"
+            ),
         );
-        let err = backend
+        backend
             .copy_out(&vm, &dest, 1_000_000)
             .await
-            .expect_err("a symbolic link is refused");
-        assert!(err.to_string().contains("symbolic link"), "{target}: {err}");
-        assert!(!dest.exists(), "nothing was written for {target}");
+            .expect("copy_out");
+        let out = String::from_utf8_lossy(&std::fs::read(&dest).unwrap()).into_owned();
+        assert!(out.starts_with("args: "), "{target}: {out}");
+        assert!(
+            !out.contains("host secret") && !out.contains("root:"),
+            "{out}"
+        );
     }
-    // A directory (whose archive would hold many entries) is refused too.
-    exec_root(
-        c,
-        "rm -rf /tango/feedback; mkdir /tango/feedback; echo x > /tango/feedback/f",
-    );
-    let err = backend.copy_out(&vm, &dest, 1_000_000).await.unwrap_err();
-    assert!(err.to_string().contains("directory"), "{err}");
-    assert!(!dest.exists());
-    // A device.
-    exec_root(c, "rm -rf /tango/feedback; mkfifo /tango/feedback");
-    let err = backend.copy_out(&vm, &dest, 1_000_000).await.unwrap_err();
-    assert!(err.to_string().contains("special file"), "{err}");
 
     // A link on the host side, where the output goes: never written through.
-    exec_root(c, "rm -rf /tango/feedback; echo fine > /tango/feedback");
     let link = host.path().join("link-to-canary");
     std::os::unix::fs::symlink(&canary, &link).unwrap();
     let err = backend.copy_out(&vm, &link, 1_000_000).await.unwrap_err();
     assert!(matches!(err, VmmsError::Io(_)), "{err}");
-    assert_eq!(std::fs::read(&canary).unwrap(), b"host secret");
-
-    // And the plain case works.
-    backend
-        .copy_out(&vm, &dest, 1_000_000)
-        .await
-        .expect("copy_out");
-    assert_eq!(std::fs::read(&dest).unwrap(), b"fine\n");
     assert_eq!(std::fs::read(&canary).unwrap(), b"host secret");
     let entries: Vec<_> = std::fs::read_dir(host.path()).unwrap().collect();
     assert_eq!(
@@ -474,6 +484,10 @@ async fn a_symlinked_output_is_refused_and_nothing_outside_dest_is_touched() {
         3,
         "only canary, link and output exist on the host side"
     );
+
+    // Destroying the machine drops what it staged.
+    backend.destroy_vm(&vm).await.expect("destroy_vm");
+    assert!(backend.copy_out(&vm, &dest, 1_000_000).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,14 +498,22 @@ async fn a_huge_output_is_cut_to_the_cap() {
     let fake = Fake::new();
     let backend = fake_backend(&prefix, &fake).await;
     let vm = ready_machine(&backend, 15, image).await;
-    exec_root(
-        container_of(&vm),
-        "head -c 50000000 /dev/zero | tr '\\0' a > /tango/feedback",
+    let dir = tempfile::tempdir().unwrap();
+    backend
+        .copy_in(&vm, &inputs(dir.path(), &[("mode", b"huge")]))
+        .await
+        .unwrap();
+    // The stand-in prints 50 MB, far past the limit the real autodriver would keep.
+    let max = 10_000;
+    let mut spec = spec(60);
+    spec.max_output = max;
+    let started = Instant::now();
+    assert_eq!(
+        backend.run_job(&vm, &spec).await.expect("run_job"),
+        RunOutcome::Exited(0)
     );
     let host = tempfile::tempdir().unwrap();
     let dest = host.path().join("output");
-    let max = 10_000;
-    let started = Instant::now();
     backend.copy_out(&vm, &dest, max).await.expect("copy_out");
     let data = std::fs::read(&dest).unwrap();
     assert_eq!(
@@ -502,6 +524,38 @@ async fn a_huge_output_is_cut_to_the_cap() {
     assert!(data.iter().all(|b| *b == b'a'));
     assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 1);
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_read_the_runs_input_or_write_to_its_output() {
+    // make's standard input is /dev/null (end of file at once), and the autodriver's own
+    // standard streams, which carry the inputs and the output, are out of the job's reach:
+    // only what make prints reaches the output.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Makefile"),
+        "autograde:\n\
+         \t@echo \"stdin gave $$(cat | wc -c) bytes from $$(readlink /proc/self/fd/0)\"\n\
+         \t@read -r _ _ _ driver _ < /proc/$$PPID/stat; echo \"driver $$driver\"; \\\n\
+         \t  (echo INJECTED > /proc/$$driver/fd/1) 2>/dev/null || echo \"no write to its stdout\"; \\\n\
+         \t  (cat /proc/$$driver/fd/0 > /dev/null) 2>/dev/null || echo \"no read of its stdin\"\n",
+    )
+    .unwrap();
+    let job = support::jobs::Job {
+        name: "streams".into(),
+        dir: dir.path().to_path_buf(),
+        expect: support::jobs::Expect::parse(
+            "status: success\noutput_contains: stdin gave 0 bytes from /dev/null\n\
+             output_contains: no write to its stdout\noutput_contains: no read of its stdin\n",
+        ),
+    };
+    let run = run_job_folder(job, 20, false).await;
+    assert_eq!(run.outcome, RunOutcome::Exited(0));
+    assert!(
+        !support::jobs::contains(&run.output, b"INJECTED"),
+        "{}",
+        String::from_utf8_lossy(&run.output)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,6 +570,8 @@ async fn partial_output_is_read_while_it_grows_and_bounded() {
     assert_eq!(backend.get_partial_output(&vm, 1000).await.unwrap(), b"");
 
     let c = container_of(&vm);
+    // The run makes /tango; here a writer stands in for the autodriver.
+    exec_root(c, "mkdir -m 0755 /tango");
     docker_ok(&[
         "exec",
         "-d",

@@ -46,6 +46,11 @@ pub struct Options {
     /// Write a JSON report of how the job ended and what it used here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Read the job's files as a tar archive from standard input and unpack them into
+    /// DIRECTORY (created when missing) before the job starts. Only regular files and
+    /// directories inside DIRECTORY are accepted; reading stops at the archive's end.
+    #[arg(long = "stdin-inputs")]
+    pub stdin_inputs: bool,
     /// The grading directory: its Makefile's first target is run.
     #[arg(value_name = "DIRECTORY")]
     pub directory: PathBuf,
@@ -100,6 +105,7 @@ mod tests {
         );
         assert_eq!(o.directory, PathBuf::from("autolab"));
         assert_eq!((o.cpu, o.address_space), (0, 0));
+        assert!(!o.stdin_inputs);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::cli::Options;
 use super::files::{self, FileId};
 use super::identity::{self, Identity, Mode, Request};
+use super::inputs;
 use super::output::{self, Capture};
 use super::passwd;
 use super::procs::{self, Scope};
@@ -80,6 +81,13 @@ pub fn run(
             identity::IdentityError::Os(m) => AutodriverError::OsMsg(m),
         })?;
 
+    if opts.stdin_inputs {
+        // With the caller's rights when set-user-ID: the caller names the directory.
+        let stdin = io::stdin();
+        caller_fs
+            .with(|| inputs::unpack(stdin.lock(), &opts.directory))
+            .map_err(|e| AutodriverError::OsMsg(format!("Error unpacking the inputs: {e}")))?;
+    }
     let dir = caller_fs
         .with(|| fs::canonicalize(&opts.directory))
         .map_err(os_error("Error changing directory"))?;

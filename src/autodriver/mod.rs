@@ -15,14 +15,17 @@
 //! - [`output`]: the status line and Tango's truncation;
 //! - [`procs`]: finding and killing the job's processes;
 //! - [`files`]: the directory's owner, the autodriver's own files, the cleanup;
+//! - [`inputs`]: the job's files, unpacked from a tar archive on standard input;
 //! - [`report`]: the JSON report.
 //!
 //! This module builds without the `daemon` feature: it may use only std, libc, clap,
-//! serde, serde_json and thiserror.
+//! serde, serde_json, thiserror and tar (without default features: it brings only
+//! filetime, and libc again), so a static autodriver stays small.
 
 pub mod cli;
 pub mod files;
 pub mod identity;
+pub mod inputs;
 pub mod job;
 pub mod output;
 pub mod passwd;

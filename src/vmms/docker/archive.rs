@@ -1,11 +1,13 @@
-//! Tar archives in and out of containers: the Docker archive API is how files move, so a
-//! remote engine works exactly like the local one and no host path is ever shared.
+//! Tar archives for containers: the job's inputs as a stream, and one file read back from the
+//! engine's archive API with a byte cap.
 //!
-//! In: the machine's skeleton (`/tango`, our autodriver, the grading directory) and a job's
-//! input files, written as a stream so a large handin is never held in memory.
-//! Out: one regular file, read from the engine's archive with a byte cap; anything else (a
-//! symbolic link, a hard link, a device, a directory) is refused, so a job cannot make us read
-//! or write anything but the file we asked for.
+//! In: a job's input files, written as a stream so a large handin is never held in memory.
+//! The stream goes to the exec that runs the autodriver (its `--stdin-inputs` unpacks it into
+//! the grading directory), not through the archive API, which costs a helper process per call
+//! on the engine (see docs/backends.md).
+//! Out (partial output): one regular file, read from the engine's archive with a byte cap;
+//! anything else (a symbolic link, a hard link, a device, a directory) is refused, so a job
+//! cannot make us read anything but the file we asked for.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -43,13 +45,11 @@ pub enum ArchiveError {
     Damaged { path: String, message: String },
 }
 
-/// Ownership and mode of one entry we write.
+/// Ownership of the entries we write.
 struct Owner {
     uid: u64,
     gid: u64,
 }
-
-const ROOT: Owner = Owner { uid: 0, gid: 0 };
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -97,35 +97,6 @@ fn end_of_archive() -> Bytes {
     Bytes::from(vec![0u8; 1024])
 }
 
-/// The part of every machine's skeleton that is the same for all machines: `tango/` and
-/// `tango/autodriver`, both root's, the binary not writable by anyone else. Unpacked at `/`.
-pub fn skeleton_prefix(autodriver: &[u8]) -> io::Result<Bytes> {
-    let mut out = header_bytes("tango/", tar::EntryType::Directory, 0, 0o755, &ROOT)?;
-    out.extend(header_bytes(
-        "tango/autodriver",
-        tar::EntryType::Regular,
-        autodriver.len() as u64,
-        0o755,
-        &ROOT,
-    )?);
-    out.extend_from_slice(autodriver);
-    out.extend_from_slice(&padding(autodriver.len() as u64));
-    Ok(Bytes::from(out))
-}
-
-/// A machine's skeleton: the shared prefix, then the grading directory `tango/job/` owned by
-/// the machine's job user, so `make` can write there.
-pub fn skeleton(prefix: &Bytes, uid: u32, gid: u32) -> io::Result<ArchiveStream> {
-    let owner = Owner {
-        uid: u64::from(uid),
-        gid: u64::from(gid),
-    };
-    let mut rest = header_bytes("tango/job/", tar::EntryType::Directory, 0, 0o755, &owner)?;
-    rest.extend_from_slice(&end_of_archive());
-    let parts = vec![Ok(prefix.clone()), Ok(Bytes::from(rest))];
-    Ok(Box::pin(stream::iter(parts)))
-}
-
 /// Checks that a name from a job is one plain file name (the grading directory is flat).
 pub fn check_input_name(name: &str) -> Result<(), ArchiveError> {
     let plain = !name.is_empty()
@@ -142,10 +113,39 @@ pub fn check_input_name(name: &str) -> Result<(), ArchiveError> {
     }
 }
 
-/// The job's inputs as an archive to unpack at `/tango`: `job/` and `job/<dest_file>` for
-/// each input, owned by the job user, with the host file's permission bits (as Tango's copy
-/// kept them) plus the owner's read and write. Every file is opened before the first byte is
-/// sent, so a missing input fails here, with its name, rather than half way through.
+/// Checks a job's inputs without reading them: every name is a plain file name and every
+/// local file can be opened and is a regular file. What [`inputs`] will send, checked early so
+/// a missing input is found when the job's files are copied in.
+pub async fn check_inputs(inputs: &[InputFile]) -> Result<(), ArchiveError> {
+    for input in inputs {
+        check_input_name(&input.dest_file)?;
+        open_input(&input.local_file).await?;
+    }
+    Ok(())
+}
+
+/// Opens one input file on this host; it must be a regular file.
+async fn open_input(local: &str) -> Result<(tokio::fs::File, std::fs::Metadata), ArchiveError> {
+    let io_error = |source: io::Error| ArchiveError::Input {
+        path: local.to_string(),
+        source,
+    };
+    let file = tokio::fs::File::open(local).await.map_err(io_error)?;
+    let meta = file.metadata().await.map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    Ok((file, meta))
+}
+
+/// The job's inputs as an archive to unpack in the grading directory: one entry per input,
+/// named `<dest_file>`, owned by the job user, with the host file's permission bits (as
+/// Tango's copy kept them) plus the owner's read and write. Every file is opened before the
+/// first byte is sent, so a missing input fails here, with its name, rather than half way
+/// through.
 pub async fn inputs(
     inputs: &[InputFile],
     uid: u32,
@@ -159,30 +159,18 @@ pub async fn inputs(
         path: path.to_string(),
         source,
     };
-    let mut parts: Vec<ArchiveStream> = Vec::with_capacity(inputs.len() * 3 + 2);
-    let dir = header_bytes("job/", tar::EntryType::Directory, 0, 0o755, &owner)
-        .map_err(|e| io_error("job/", e))?;
-    parts.push(Box::pin(stream::once(async move { Ok(Bytes::from(dir)) })));
+    let mut parts: Vec<ArchiveStream> = Vec::with_capacity(inputs.len() * 3 + 1);
     for input in inputs {
         check_input_name(&input.dest_file)?;
         let local = &input.local_file;
-        let file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| io_error(local, e))?;
-        let meta = file.metadata().await.map_err(|e| io_error(local, e))?;
-        if !meta.is_file() {
-            return Err(io_error(
-                local,
-                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
-            ));
-        }
+        let (file, meta) = open_input(local).await?;
         let size = meta.len();
         let mode = {
             use std::os::unix::fs::PermissionsExt;
             (meta.permissions().mode() & 0o777) | 0o600
         };
         let header = header_bytes(
-            &format!("job/{}", input.dest_file),
+            &input.dest_file,
             tar::EntryType::Regular,
             size,
             mode,
@@ -535,11 +523,7 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![
-                ("job/".to_string(), 0),
-                ("job/Makefile".to_string(), 10),
-                (format!("job/{long}"), 1000)
-            ]
+            vec![("Makefile".to_string(), 10), (long.clone(), 1000)]
         );
     }
 

@@ -2,9 +2,14 @@
 //! Engine API (bollard), on one or more engines.
 //!
 //! A machine is a container, made ready before any job needs it: created from the job's image
-//! with our limits, given the `/tango` skeleton (our static autodriver and an empty grading
-//! directory) through the archive API, and started with an idle main process. A job then only
-//! copies its inputs in, runs the autodriver as an exec, and copies its output out; the
+//! with our limits and started with an idle main process, nothing more. A job's run is then
+//! one exec with its standard streams attached: a short shell script writes our static
+//! autodriver (the first bytes on the exec's standard input) to `/tango/autodriver` and
+//! execs it with `--stdin-inputs`, which unpacks the job's files (a tar archive, the rest of
+//! standard input) into `/tango/job`; the autodriver's standard output is the job's output.
+//! `copy_in` only checks the input files on this host and `copy_out` writes what the run
+//! printed: no archive API call is on a job's path, because on some engines each costs tens
+//! of milliseconds (a helper process, and a mount of a stopped container's file system). The
 //! container is used once and removed. See `docs/backends.md` for the layout inside a
 //! container, the limits, and why each choice was made.
 //!
@@ -19,10 +24,11 @@ pub mod image;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -31,10 +37,11 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, ImportImageOptions, KillContainerOptions,
     ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions,
-    TagImageOptions, UploadToContainerOptions,
+    TagImageOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 use self::archive::ArchiveError;
 use self::engine::{CONTROL_TIMEOUT, Engine, Engines};
@@ -45,16 +52,29 @@ use crate::model::{InputFile, Machine};
 /// Our directory in every container: root's, not writable by the job, so the job cannot
 /// replace what root reads or runs there.
 pub const TANGO_DIR: &str = "/tango";
-/// Our static autodriver, put in every container (the image's own is never used).
+/// Our static autodriver, put in every container by the run (the image's own is never used).
 pub const AUTODRIVER: &str = "/tango/autodriver";
 /// The grading directory: the job's inputs; `make` runs here as the job's user.
 pub const JOB_DIR: &str = "/tango/job";
-/// The autodriver's final output (status line and make's output, cut to the limit).
-pub const FEEDBACK: &str = "/tango/feedback";
 /// Make's output as it is written, for `getPartialOutput`.
 pub const OUTPUT_LOG: &str = "/tango/output.log";
-/// The autodriver's JSON report.
-pub const REPORT: &str = "/tango/report.json";
+
+/// What the run's exec does before the autodriver: a fresh `/tango` of root's, then the
+/// autodriver's bytes from standard input, then [`READY_MARK`] on standard error. The inputs
+/// archive is sent only once the mark is seen: `head -c` of GNU coreutils reads exactly its
+/// count from a pipe, but busybox's reads through stdio and may take bytes past it, which
+/// would eat the start of the archive; with nothing more in the pipe, any `head` stops at the
+/// count. `$1` is the autodriver's size; the autodriver's arguments follow it. A failure here
+/// exits 126, as the engine does for a command it cannot start, so it is never taken for the
+/// autodriver's own status. Needs `sh`, `rm`, `mkdir`, `head` and `chmod` in the image.
+const RUN_SCRIPT: &str =
+    "rm -rf /tango && mkdir -m 0755 /tango && head -c \"$1\" > /tango/autodriver \
+&& chmod 0755 /tango/autodriver && echo tango-autodriver-in >&2 || exit 126
+shift
+exec /tango/autodriver \"$@\"";
+
+/// What [`RUN_SCRIPT`] prints on standard error once the autodriver is in place.
+const READY_MARK: &[u8] = b"tango-autodriver-in\n";
 
 /// Labels on every container we make.
 pub const LABEL_PREFIX: &str = "tango.prefix";
@@ -209,11 +229,59 @@ pub struct DockerVmms {
     vmms_name: String,
     prefix: String,
     engines: Engines,
-    /// The part of every container's skeleton archive that holds the autodriver, built once.
-    skeleton_prefix: Bytes,
+    /// Our static autodriver, read once: the first bytes every run sends to its exec.
+    autodriver: Bytes,
+    /// What a job's steps hand to the next, by container id: the inputs `copy_in` checked,
+    /// for `run_job` to send, and the output `run_job` read, for `copy_out` to write. The run
+    /// takes the inputs; a container's entry goes when it is destroyed.
+    staged: Mutex<HashMap<String, Staged>>,
     limits: LimitsConfig,
     docker: DockerConfig,
     destroy_secs: f64,
+}
+
+/// One container's part of [`DockerVmms::staged`].
+#[derive(Default)]
+struct Staged {
+    /// The job's input files on this host, checked by `copy_in`; read only when sent.
+    inputs: Option<Vec<InputFile>>,
+    /// What the autodriver printed (the output), already cut to the cap.
+    output: Option<Vec<u8>>,
+}
+
+/// What one run's exec is given.
+struct RunPlan {
+    /// The exec's command ([`DockerVmms::run_command`]).
+    cmd: Vec<String>,
+    /// Sent first on its standard input.
+    autodriver: Bytes,
+    /// Sent once the autodriver is in place.
+    inputs: archive::ArchiveStream,
+    /// Most bytes of standard output kept.
+    output_cap: u64,
+    /// How long after the inputs are sent the run may take before its container is killed.
+    guard: Duration,
+}
+
+/// How the run's exec ended.
+enum ExecEnd {
+    /// The exec exited with this code; what it printed on standard output (cut to the cap)
+    /// and the tail of its standard error.
+    Exited {
+        code: i64,
+        stdout: Vec<u8>,
+        stdout_size: u64,
+        said: String,
+    },
+    /// The host-side guard ran out before it ended.
+    GuardFired,
+}
+
+/// Why the run's exec failed.
+enum ExecFailure {
+    Engine(DockerError),
+    /// An input file on this host could not be read while it was being sent.
+    Input(std::io::Error),
 }
 
 impl DockerVmms {
@@ -236,7 +304,6 @@ impl DockerVmms {
                  cannot run it (scripts/build-autodriver.sh builds a static one)"
             );
         }
-        let skeleton_prefix = archive::skeleton_prefix(&autodriver)?;
         let engines = Engines::connect(&config.docker)
             .await
             .map_err(|e| VmmsError::Backend(e.to_string()))?;
@@ -244,11 +311,18 @@ impl DockerVmms {
             vmms_name: config.vmms.name.clone(),
             prefix: config.vmms.prefix.clone(),
             engines,
-            skeleton_prefix,
+            autodriver: Bytes::from(autodriver),
+            staged: Mutex::new(HashMap::new()),
             limits: config.limits.clone(),
             docker: config.docker.clone(),
             destroy_secs: config.vmms.destroy_secs,
         })
+    }
+
+    fn staged(&self) -> MutexGuard<'_, HashMap<String, Staged>> {
+        // Entries are whole values put in and taken out; a panic elsewhere cannot leave one
+        // half made.
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The engines, for status and tests.
@@ -371,7 +445,7 @@ impl DockerVmms {
             client: engine.client.clone(),
             id: Some(id.clone()),
         };
-        if let Err(e) = self.prepare(engine, &id, vm).await {
+        if let Err(e) = self.start(engine, &id).await {
             orphan.id = None;
             let _ = self.remove(engine, &id).await;
             return Err(e);
@@ -435,34 +509,9 @@ impl DockerVmms {
         }
     }
 
-    /// Puts the skeleton in and starts the idle main process.
-    async fn prepare(&self, engine: &Engine, id: &str, vm: &Machine) -> Result<(), DockerError> {
-        let (uid, gid) = match self.job_user(vm) {
-            JobUser::Id { uid, gid } => (uid, gid),
-            // The named user's ids are only known inside the image; the autodriver gives
-            // it the grading directory when it starts.
-            JobUser::Named(_) => (0, 0),
-        };
-        let skeleton = archive::skeleton(&self.skeleton_prefix, uid, gid).map_err(|e| {
-            DockerError::Config {
-                engine: engine.url.clone(),
-                message: format!("cannot build the container skeleton: {e}"),
-            }
-        })?;
-        call(
-            engine,
-            "copy the autodriver in",
-            Some(CONTROL_TIMEOUT),
-            engine.client.upload_to_container(
-                id,
-                Some(UploadToContainerOptions {
-                    path: "/".to_string(),
-                    ..Default::default()
-                }),
-                bollard::body_try_stream(skeleton),
-            ),
-        )
-        .await?;
+    /// Starts the idle main process. Nothing is copied in: the run brings the autodriver
+    /// and the inputs itself, on the exec's standard input.
+    async fn start(&self, engine: &Engine, id: &str) -> Result<(), DockerError> {
         call(
             engine,
             "start container",
@@ -586,26 +635,50 @@ impl DockerVmms {
             }
             JobUser::Named(name) => cmd.extend(["--user".into(), name]),
         }
+        // No --output: the output is the autodriver's standard output, which the run reads.
         cmd.extend([
-            "--output".into(),
-            FEEDBACK.into(),
+            "--stdin-inputs".into(),
             "--output-log".into(),
             OUTPUT_LOG.into(),
-            "--report".into(),
-            REPORT.into(),
             JOB_DIR.into(),
         ]);
         cmd
     }
 
-    /// Runs the autodriver as an exec and waits for it; returns its exit code and the tail
-    /// of what it printed (its own diagnostics; the job's output goes to files).
+    /// The run's exec: [`RUN_SCRIPT`], given the autodriver's size and then its command line.
+    pub fn run_command(&self, vm: &Machine, spec: &RunSpec) -> Vec<String> {
+        let mut cmd: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            RUN_SCRIPT.into(),
+            // `$0` of the script, for its error messages.
+            "tango-run".into(),
+            self.autodriver.len().to_string(),
+        ];
+        // The script execs /tango/autodriver itself; only the arguments are passed.
+        cmd.extend(self.autodriver_command(vm, spec).into_iter().skip(1));
+        cmd
+    }
+
+    /// Runs the autodriver as an exec and waits for it. Its standard input gets the
+    /// autodriver, then, once the exec says it has it, the inputs archive, while its
+    /// standard output (the job's output,
+    /// kept up to `output_cap` bytes) and standard error (the tail of its diagnostics) are
+    /// read at the same time, so neither side can block the other. The guard starts once the
+    /// inputs are sent: sending a large handin is not the job's time.
     async fn exec_autodriver(
         &self,
         engine: &Engine,
         id: &str,
-        cmd: Vec<String>,
-    ) -> Result<(i64, String), DockerError> {
+        run: RunPlan,
+    ) -> Result<ExecEnd, ExecFailure> {
+        let RunPlan {
+            cmd,
+            autodriver: first,
+            inputs: rest,
+            output_cap,
+            guard,
+        } = run;
         let exec = call(
             engine,
             "create exec",
@@ -615,14 +688,17 @@ impl DockerVmms {
                 CreateExecOptions {
                     cmd: Some(cmd),
                     user: Some("0".to_string()),
-                    working_dir: Some(JOB_DIR.to_string()),
+                    // The grading directory is made by the run itself.
+                    working_dir: Some("/".to_string()),
+                    attach_stdin: Some(true),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
                 },
             ),
         )
-        .await?;
+        .await
+        .map_err(ExecFailure::Engine)?;
         let started = call(
             engine,
             "start exec",
@@ -636,39 +712,109 @@ impl DockerVmms {
                 }),
             ),
         )
-        .await?;
+        .await
+        .map_err(ExecFailure::Engine)?;
+        let StartExecResults::Attached { mut output, input } = started else {
+            return Err(ExecFailure::Engine(DockerError::Refused {
+                engine: engine.url.clone(),
+                status: 500,
+                message: "the engine started the run detached".to_string(),
+            }));
+        };
+
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        // Standard error until the ready mark is seen (it may come in pieces).
+        let mut before_ready: Vec<u8> = Vec::new();
+        let feed = feed(input, first, ready_rx, rest);
+        tokio::pin!(feed);
+        let mut feeding = true;
+        let mut input_failure = None;
+        let deadline = tokio::time::sleep(guard);
+        tokio::pin!(deadline);
+        let mut stdout = Vec::new();
+        let mut stdout_size = 0u64;
         let mut said = TailBuffer::new(8 * 1024);
-        if let StartExecResults::Attached { mut output, .. } = started {
-            // The stream ends when the autodriver exits: no polling.
-            while let Some(item) = output.next().await {
-                match item {
-                    Ok(chunk) => said.push(&chunk.into_bytes()),
-                    Err(e) => {
-                        let e = DockerError::from_engine(&engine.url, e);
-                        return Err(e.doing("follow the autodriver"));
+        loop {
+            tokio::select! {
+                fed = &mut feed, if feeding => {
+                    feeding = false;
+                    match fed {
+                        Ok(()) => {}
+                        Err(FeedError::Input(e)) => input_failure = Some(e),
+                        // The exec stopped reading (it failed, or ended early): its exit
+                        // code and diagnostics tell why.
+                        Err(FeedError::Write(e)) => {
+                            tracing::debug!(container = id, "the run stopped reading its input: {e}");
+                        }
                     }
+                    deadline.as_mut().reset(tokio::time::Instant::now() + guard);
                 }
+                item = output.next() => match item {
+                    Some(Ok(LogOutput::StdOut { message })) => {
+                        stdout_size += message.len() as u64;
+                        let room = output_cap.saturating_sub(stdout.len() as u64) as usize;
+                        stdout.extend_from_slice(&message[..message.len().min(room)]);
+                    }
+                    Some(Ok(other)) => {
+                        let bytes = other.into_bytes();
+                        if ready_tx.is_some() {
+                            before_ready.extend_from_slice(&bytes);
+                            if let Some(at) = find(&before_ready, READY_MARK) {
+                                if let Some(tx) = ready_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                                // The mark is ours, not the autodriver's diagnostics.
+                                said.push(&before_ready[..at]);
+                                said.push(&before_ready[at + READY_MARK.len()..]);
+                                before_ready = Vec::new();
+                            }
+                        } else {
+                            said.push(&bytes);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let e = DockerError::from_engine(&engine.url, e);
+                        return Err(ExecFailure::Engine(e.doing("follow the autodriver")));
+                    }
+                    // The stream ends when the exec exits: no polling.
+                    None => break,
+                },
+                () = &mut deadline => return Ok(ExecEnd::GuardFired),
             }
         }
+        said.push(&before_ready);
+        if let Some(e) = input_failure {
+            return Err(ExecFailure::Input(e));
+        }
         // The exit code is recorded as the process is reaped, a moment after its output
-        // closes; look until it is there.
+        // closes; look until it is there (under the same guard).
         let mut pause = Duration::from_millis(5);
-        loop {
+        let code = loop {
             let inspect = call(
                 engine,
                 "inspect exec",
                 Some(CONTROL_TIMEOUT),
                 engine.client.inspect_exec(&exec.id),
-            )
-            .await?;
+            );
+            let inspect = tokio::select! {
+                inspect = inspect => inspect.map_err(ExecFailure::Engine)?,
+                () = &mut deadline => return Ok(ExecEnd::GuardFired),
+            };
             if inspect.running != Some(true)
                 && let Some(code) = inspect.exit_code
             {
-                return Ok((code, said.text()));
+                break code;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-        }
+        };
+        Ok(ExecEnd::Exited {
+            code,
+            stdout,
+            stdout_size,
+            said: said.text(),
+        })
     }
 
     /// Kills a container from the host (the guard against a job that outlives its timeout).
@@ -689,6 +835,43 @@ impl DockerVmms {
             tracing::warn!(container = id, "could not kill the container: {e}");
         }
     }
+}
+
+/// Why feeding an exec's standard input stopped.
+enum FeedError {
+    /// Reading what was to be sent failed (an input file on this host).
+    Input(std::io::Error),
+    /// Writing to the exec failed.
+    Write(std::io::Error),
+}
+
+/// Writes `first` to an exec's standard input, waits for `ready`, writes `stream`, then
+/// closes the input, so the exec sees end of file after the last byte. When reading the
+/// stream fails, the input is closed all the same: the autodriver then finds its archive cut
+/// short and says so, instead of waiting for ever.
+async fn feed(
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    first: Bytes,
+    ready: tokio::sync::oneshot::Receiver<()>,
+    mut stream: archive::ArchiveStream,
+) -> Result<(), FeedError> {
+    input.write_all(&first).await.map_err(FeedError::Write)?;
+    input.flush().await.map_err(FeedError::Write)?;
+    if ready.await.is_err() {
+        // The exec ended (or failed) before it took the autodriver: nothing more to send.
+        let _ = input.shutdown().await;
+        return Ok(());
+    }
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => input.write_all(&bytes).await.map_err(FeedError::Write)?,
+            Err(e) => {
+                let _ = input.shutdown().await;
+                return Err(FeedError::Input(e));
+            }
+        }
+    }
+    input.shutdown().await.map_err(FeedError::Write)
 }
 
 /// Removes a container whose creation was abandoned half way, in the background.
@@ -774,6 +957,11 @@ async fn call<T>(
             Err(e)
         }
     }
+}
+
+/// Where `needle` first starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Keeps the last bytes of a stream.
@@ -968,36 +1156,14 @@ impl Vmms for DockerVmms {
     }
 
     async fn copy_in(&self, vm: &Machine, inputs: &[InputFile]) -> Result<(), VmmsError> {
-        let engine = self.engine_of(vm)?;
-        let id = self.container_ref(vm);
-        let (uid, gid) = match self.job_user(vm) {
-            JobUser::Id { uid, gid } => (uid, gid),
-            JobUser::Named(_) => (0, 0),
-        };
-        let tar = archive::inputs(inputs, uid, gid)
-            .await
-            .map_err(archive_error)?;
-        call(
-            engine,
-            "copy the inputs in",
-            None,
-            engine.client.upload_to_container(
-                &id,
-                Some(UploadToContainerOptions {
-                    path: TANGO_DIR.to_string(),
-                    ..Default::default()
-                }),
-                bollard::body_try_stream(tar),
-            ),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_not_found() {
-                VmmsError::NotFound(self.instance_name(vm))
-            } else {
-                e.into()
-            }
-        })
+        // No engine call: the files travel with the run, on its exec's standard input. They
+        // are checked here so a missing or unreadable input is still a copy-in failure.
+        archive::check_inputs(inputs).await.map_err(archive_error)?;
+        self.staged()
+            .entry(self.container_ref(vm))
+            .or_default()
+            .inputs = Some(inputs.to_vec());
+        Ok(())
     }
 
     async fn run_job(&self, vm: &Machine, spec: &RunSpec) -> Result<RunOutcome, VmmsError> {
@@ -1024,10 +1190,44 @@ impl Vmms for DockerVmms {
                 Err(e) => return Err(e.into()),
             }
         }
-        let cmd = self.autodriver_command(vm, spec);
+        let key = self.container_ref(vm);
+        let inputs = self
+            .staged()
+            .get_mut(&key)
+            .and_then(|staged| staged.inputs.take())
+            .unwrap_or_default();
+        let (uid, gid) = match self.job_user(vm) {
+            JobUser::Id { uid, gid } => (uid, gid),
+            // The named user's ids are only known inside the image; the autodriver gives
+            // the files to it before the job starts.
+            JobUser::Named(_) => (0, 0),
+        };
+        let archive = archive::inputs(&inputs, uid, gid)
+            .await
+            .map_err(archive_error)?;
+        let cmd = self.run_command(vm, spec);
         let guard = Duration::from_secs(spec.timeout.saturating_add(self.docker.kill_margin_secs));
-        match tokio::time::timeout(guard, self.exec_autodriver(engine, &id, cmd)).await {
-            Ok(Ok((code, said))) => {
+        let output_cap = spec.max_output.saturating_add(OUTPUT_SLACK);
+        let ended = self
+            .exec_autodriver(
+                engine,
+                &id,
+                RunPlan {
+                    cmd,
+                    autodriver: self.autodriver.clone(),
+                    inputs: archive,
+                    output_cap,
+                    guard,
+                },
+            )
+            .await;
+        match ended {
+            Ok(ExecEnd::Exited {
+                code,
+                stdout,
+                stdout_size,
+                said,
+            }) => {
                 let code = i32::try_from(code).unwrap_or(-1);
                 if code == 126 || code == 127 {
                     return Err(VmmsError::Backend(format!(
@@ -1038,14 +1238,18 @@ impl Vmms for DockerVmms {
                 if !said.is_empty() {
                     tracing::debug!(container = %id, status = code, "autodriver said: {said}");
                 }
+                if stdout_size > output_cap {
+                    tracing::warn!(
+                        container = %self.instance_name(vm),
+                        size = stdout_size,
+                        cap = output_cap,
+                        "output larger than the cap; keeping its first {output_cap} bytes"
+                    );
+                }
+                self.staged().entry(key).or_default().output = Some(stdout);
                 Ok(RunOutcome::Exited(code))
             }
-            Ok(Err(e)) => Err(if e.is_not_found() {
-                VmmsError::NotFound(self.instance_name(vm))
-            } else {
-                e.into()
-            }),
-            Err(_) => {
+            Ok(ExecEnd::GuardFired) => {
                 tracing::warn!(
                     container = %self.instance_name(vm),
                     timeout = spec.timeout,
@@ -1055,41 +1259,45 @@ impl Vmms for DockerVmms {
                 self.kill(engine, &id).await;
                 Ok(RunOutcome::Killed)
             }
+            Err(ExecFailure::Input(e)) => Err(VmmsError::Io(format!(
+                "an input file could not be read while it was sent: {e}"
+            ))),
+            Err(ExecFailure::Engine(e)) => Err(if e.is_not_found() {
+                VmmsError::NotFound(self.instance_name(vm))
+            } else {
+                e.into()
+            }),
         }
     }
 
     async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError> {
-        let engine = self.engine_of(vm)?;
-        let id = self.container_ref(vm);
-        let cap = max_bytes.saturating_add(OUTPUT_SLACK);
-        let head = match self.read_file(engine, &id, FEEDBACK, cap).await {
-            Ok(head) => head,
-            Err(ReadFailure::Missing(_)) => {
-                return Err(VmmsError::Backend(format!(
-                    "{} has no output file ({FEEDBACK}): the autodriver did not finish",
-                    self.instance_name(vm)
-                )));
-            }
-            Err(other) => return Err(other.into()),
+        // A copy: the worker may copy out again (a retry of the step), and the entry goes when
+        // the machine is destroyed.
+        let output = self
+            .staged()
+            .get(&self.container_ref(vm))
+            .and_then(|staged| staged.output.clone());
+        // Only a run that ended by itself leaves an output (one killed by the guard, or that
+        // never ran, does not).
+        let Some(mut output) = output else {
+            return Err(VmmsError::Backend(format!(
+                "{} has no output: the autodriver did not finish",
+                self.instance_name(vm)
+            )));
         };
-        if head.size > cap {
-            tracing::warn!(
-                container = %self.instance_name(vm),
-                size = head.size,
-                cap,
-                "output larger than the cap; keeping its first {cap} bytes"
-            );
-        }
+        let cap = max_bytes.saturating_add(OUTPUT_SLACK);
+        output.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || write_output(&dest, &head.data))
+        tokio::task::spawn_blocking(move || write_output(&dest, &output))
             .await
             .map_err(|e| VmmsError::Io(format!("writing the output failed: {e}")))?
             .map_err(|e| VmmsError::Io(format!("cannot write the output file: {e}")))
     }
 
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {
-        let engine = self.engine_of(vm)?;
         let id = self.container_ref(vm);
+        self.staged().remove(&id);
+        let engine = self.engine_of(vm)?;
         self.remove(engine, &id).await.map_err(Into::into)
     }
 
