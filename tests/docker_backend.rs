@@ -173,7 +173,16 @@ async fn a_machine_is_made_ready_filled_and_removed() {
     assert!(backend.exists_vm(&vm).await.unwrap());
 
     // Nothing is copied in before the run, and copy_in only checks the files on this host.
-    let absent = "test -e /tango && echo present || echo absent";
+    // The engine made /tango and the tmpfs for the autodriver, root's and closed to the job.
+    let layout = exec_root(container, "stat -c '%n %u %g %a' /tango /tango/bin");
+    assert_eq!(layout, "/tango 0 0 755\n/tango/bin 0 0 755");
+    let mounts = exec_root(container, "grep ' /tango/bin ' /proc/mounts");
+    assert!(
+        mounts.starts_with("tmpfs /tango/bin tmpfs rw,nosuid,nodev"),
+        "{mounts}"
+    );
+    assert!(!mounts.contains("noexec"), "{mounts}");
+    let absent = "test -e /tango/bin/autodriver -o -e /tango/job && echo present || echo absent";
     assert_eq!(exec_root(container, absent), "absent");
     let dir = tempfile::tempdir().unwrap();
     let files = inputs(
@@ -203,9 +212,15 @@ async fn a_machine_is_made_ready_filled_and_removed() {
         backend.run_job(&vm, &spec(10)).await.expect("run_job"),
         RunOutcome::Exited(0)
     );
-    let layout = exec_root(container, "stat -c '%n %u %g %a' /tango /tango/autodriver");
-    assert_eq!(layout, "/tango 0 0 755\n/tango/autodriver 0 0 755");
-    let injected = exec_root(container, "cat /tango/autodriver");
+    let layout = exec_root(
+        container,
+        "stat -c '%n %u %g %a' /tango /tango/bin /tango/bin/autodriver",
+    );
+    assert_eq!(
+        layout,
+        "/tango 0 0 755\n/tango/bin 0 0 755\n/tango/bin/autodriver 0 0 755"
+    );
+    let injected = exec_root(container, "cat /tango/bin/autodriver");
     assert_eq!(injected.trim(), FAKE_AUTODRIVER.trim());
     let listed = exec_root(container, "cd /tango/job && stat -c '%n %u %s' * | sort");
     assert_eq!(
@@ -570,8 +585,6 @@ async fn partial_output_is_read_while_it_grows_and_bounded() {
     assert_eq!(backend.get_partial_output(&vm, 1000).await.unwrap(), b"");
 
     let c = container_of(&vm);
-    // The run makes /tango; here a writer stands in for the autodriver.
-    exec_root(c, "mkdir -m 0755 /tango");
     docker_ok(&[
         "exec",
         "-d",

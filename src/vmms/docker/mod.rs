@@ -4,8 +4,8 @@
 //! A machine is a container, made ready before any job needs it: created from the job's image
 //! with our limits and started with an idle main process, nothing more. A job's run is then
 //! one exec with its standard streams attached: a short shell script writes our static
-//! autodriver (the first bytes on the exec's standard input) to `/tango/autodriver` and
-//! execs it with `--stdin-inputs`, which unpacks the job's files (a tar archive, the rest of
+//! autodriver (the first bytes on the exec's standard input) to `/tango/bin/autodriver` (a
+//! small tmpfs) and execs it with `--stdin-inputs`, which unpacks the job's files (a tar archive, the rest of
 //! standard input) into `/tango/job`; the autodriver's standard output is the job's output.
 //! `copy_in` only checks the input files on this host and `copy_out` writes what the run
 //! printed: no archive API call is on a job's path, because on some engines each costs tens
@@ -52,26 +52,31 @@ use crate::model::{InputFile, Machine};
 /// Our directory in every container: root's, not writable by the job, so the job cannot
 /// replace what root reads or runs there.
 pub const TANGO_DIR: &str = "/tango";
+/// A small tmpfs of root's in every container, for our autodriver: written there by each
+/// run, since a file written into the container's own file system and then executed costs
+/// tens of milliseconds more on fuse-overlayfs (its pages go through the FUSE daemon), and a
+/// tmpfs mount costs nothing at start.
+pub const BIN_DIR: &str = "/tango/bin";
 /// Our static autodriver, put in every container by the run (the image's own is never used).
-pub const AUTODRIVER: &str = "/tango/autodriver";
+pub const AUTODRIVER: &str = "/tango/bin/autodriver";
 /// The grading directory: the job's inputs; `make` runs here as the job's user.
 pub const JOB_DIR: &str = "/tango/job";
 /// Make's output as it is written, for `getPartialOutput`.
 pub const OUTPUT_LOG: &str = "/tango/output.log";
 
-/// What the run's exec does before the autodriver: a fresh `/tango` of root's, then the
-/// autodriver's bytes from standard input, then [`READY_MARK`] on standard error. The inputs
+/// What the run's exec does before the autodriver: the autodriver's bytes from standard input
+/// into [`BIN_DIR`], then [`READY_MARK`] on standard error. The inputs
 /// archive is sent only once the mark is seen: `head -c` of GNU coreutils reads exactly its
 /// count from a pipe, but busybox's reads through stdio and may take bytes past it, which
 /// would eat the start of the archive; with nothing more in the pipe, any `head` stops at the
 /// count. `$1` is the autodriver's size; the autodriver's arguments follow it. A failure here
 /// exits 126, as the engine does for a command it cannot start, so it is never taken for the
-/// autodriver's own status. Needs `sh`, `rm`, `mkdir`, `head` and `chmod` in the image.
-const RUN_SCRIPT: &str =
-    "rm -rf /tango && mkdir -m 0755 /tango && head -c \"$1\" > /tango/autodriver \
-&& chmod 0755 /tango/autodriver && echo tango-autodriver-in >&2 || exit 126
+/// autodriver's own status. Needs `sh`, `head` and `chmod` in the image (`/tango` and the
+/// tmpfs at `/tango/bin` are made by the engine, root's).
+const RUN_SCRIPT: &str = "head -c \"$1\" > /tango/bin/autodriver \
+&& chmod 0755 /tango /tango/bin/autodriver && echo tango-autodriver-in >&2 || exit 126
 shift
-exec /tango/autodriver \"$@\"";
+exec /tango/bin/autodriver \"$@\"";
 
 /// What [`RUN_SCRIPT`] prints on standard error once the autodriver is in place.
 const READY_MARK: &[u8] = b"tango-autodriver-in\n";
@@ -330,6 +335,15 @@ impl DockerVmms {
         self.engines.all()
     }
 
+    /// Bytes of the tmpfs at [`BIN_DIR`]: the autodriver, rounded up to whole MiB, plus one.
+    fn bin_dir_size(&self) -> u64 {
+        const MIB: u64 = 1024 * 1024;
+        (self.autodriver.len() as u64)
+            .div_ceil(MIB)
+            .saturating_add(1)
+            * MIB
+    }
+
     /// Whom a machine's job runs as.
     pub fn job_user(&self, vm: &Machine) -> JobUser {
         if self.docker.job_uid_count == 0 {
@@ -395,6 +409,15 @@ impl DockerVmms {
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             init: Some(true),
             network_mode: Some(NETWORK.to_string()),
+            // Root's, executable, just big enough for the autodriver (its pages count against
+            // the container's memory limit, as any tmpfs's do).
+            tmpfs: Some(HashMap::from([(
+                BIN_DIR.to_string(),
+                format!(
+                    "rw,exec,nosuid,nodev,mode=0755,uid=0,gid=0,size={}",
+                    self.bin_dir_size()
+                ),
+            )])),
             // The idle process prints nothing and exec output is not logged: no log driver.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("none".to_string()),
@@ -655,7 +678,7 @@ impl DockerVmms {
             "tango-run".into(),
             self.autodriver.len().to_string(),
         ];
-        // The script execs /tango/autodriver itself; only the arguments are passed.
+        // The script execs the autodriver itself; only the arguments are passed.
         cmd.extend(self.autodriver_command(vm, spec).into_iter().skip(1));
         cmd
     }
