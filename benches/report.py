@@ -70,11 +70,11 @@ Causes of what still falls short, found but not changed:
   trip on the same two CPUs as Redis and wrk. `info` with Redis makes two calls.
 - **One connection** is latency-bound: the ceiling answers in about 13 µs, so a single
   file-system call or Redis round trip shows in the ratio.
-- **Docker without a pool** makes the container for the job (create, copy in the `/tango`
-  skeleton with the static autodriver, start, inspect: the *machine* column), then needs
-  three more engine calls (copy in, exec, copy out) of about 60 ms each on this engine
-  (fuse-overlayfs); `docker run --rm` is create, start, wait, remove. Copying the inputs
-  in with the skeleton, for a container made for one job, would save one call.
+- **Docker without a pool** makes the container for the job (create, start, inspect: the
+  *machine* column), then runs it as one exec whose standard input carries the autodriver
+  and the inputs and whose standard output is the output: no archive call (about 50 ms each
+  on this engine, fuse-overlayfs) is left on a job's path (docs/backends.md says why);
+  `docker run --rm` is create, start, wait, remove.
 - **Throughput** is bounded by how fast the engine makes containers (a single-use pool
   runs at that rate); on two CPUs the engine itself competes with the jobs.
 - **Hostile beside normal** on `local`: that backend sets no CPU limit. Each job is its own
