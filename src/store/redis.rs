@@ -375,28 +375,32 @@ redis.call('RPUSH', key('queue'), ARGV[2])
 return -1
 "#,
     ),
-    // ARGV: ns, counter name, max_queued, id ('' to take the next one), then the job JSON
-    // in parts, to be joined with the id (see `new_job_parts`). Counts the request first.
-    // Returns {1, id} when added, or {0, the queue's length} when it is full.
-    // Without the prelude: on addJob's path, and defining its functions costs each call.
+    // KEYS: counters, queue, next-job-id, live, lease, assigned. ARGV: counter name,
+    // max_queued, id ('' to take the next one), then the job JSON in parts, to be joined
+    // with the id (see `new_job_parts`). Counts the request first. Returns {1, id} when
+    // added, or {0, the queue's length} when it is full.
+    // Without the prelude, and with its keys given: it is on addJob's path, where each
+    // string built and each call made costs Redis time on every request.
     add_job: Script::new(
         r#"
-local ns = ARGV[1]
-local function key(name) return ns .. ':' .. name end
-redis.call('HINCRBY', key('counters'), ARGV[2], 1)
-local max = tonumber(ARGV[3])
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local max = tonumber(ARGV[2])
 if max > 0 then
-  local n = redis.call('LLEN', key('queue'))
+  local n = redis.call('LLEN', KEYS[2])
   if n >= max then return { 0, n } end
 end
-local id = ARGV[4]
-if id == '' then id = string.format('%d', redis.call('INCR', key('next-job-id'))) end
+local id = ARGV[3]
+local given = id ~= ''
+if not given then id = string.format('%d', redis.call('INCR', KEYS[3])) end
 local parts = {}
-for i = 5, #ARGV do parts[#parts + 1] = ARGV[i] end
-redis.call('HSET', key('live'), id, table.concat(parts, id))
-redis.call('HDEL', key('lease'), id)
-redis.call('SREM', key('assigned'), id)
-redis.call('RPUSH', key('queue'), id)
+for i = 4, #ARGV do parts[#parts + 1] = ARGV[i] end
+redis.call('HSET', KEYS[4], id, table.concat(parts, id))
+-- An id just taken was never used: only a given one can have a lease or be assigned.
+if given then
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('SREM', KEYS[6], id)
+end
+redis.call('RPUSH', KEYS[2], id)
 return { 1, tonumber(id) }
 "#,
     ),
@@ -1045,7 +1049,15 @@ impl JobStore for RedisStore {
         let at = Utc::now();
         stored.trace_at(at, added_line(&stored.name, NEW_ID_MARK));
         let json = self.encode(&stored)?;
-        let mut invocation = self.invocation(&SCRIPTS.add_job);
+        let mut invocation = SCRIPTS.add_job.prepare_invoke();
+        let keys = &self.keys;
+        invocation
+            .key(&keys.counters)
+            .key(&keys.queue)
+            .key(&keys.next_job_id)
+            .key(&keys.live)
+            .key(&keys.lease)
+            .key(&keys.assigned);
         invocation.arg(Counter::JobRequests.name()).arg(max_queued);
         let given = match new_job_parts(&json) {
             // The usual case: Redis takes the id and writes it into the JSON.
