@@ -22,7 +22,8 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
                 .into(),
         );
     }
-    crate::logging::init(&config.log)?;
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log = crate::logging::init(&config.log)?;
     std::fs::create_dir_all(&config.server.courselabs).map_err(|e| {
         format!(
             "tango: server.courselabs: cannot create {}: {e}",
@@ -74,7 +75,8 @@ pub async fn manager(config: Config) -> Result<(), String> {
                 .into(),
         );
     }
-    crate::logging::init(&config.log)?;
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log = crate::logging::init(&config.log)?;
     let app = open_app(config).await?;
     let manager = start_manager(&app).await?;
     notify_systemd(sd_notify::NotifyState::Ready);

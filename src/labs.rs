@@ -21,7 +21,7 @@ use std::fmt;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -302,22 +302,21 @@ impl Labs {
     /// Makes `lab`'s directory and its output directory if missing, and lists the MD5 of
     /// every input file already there (so a client can skip uploading those).
     pub async fn open(&self, lab: &Courselab) -> Result<Opened, LabsError> {
-        let dir = lab.dir.clone();
-        let output = self.output_dir(lab);
-        let output_folder = self.output_folder.clone();
-        let digests = self.digests.clone();
-        // The usual case (Autolab opens the courselab before each submission): it exists and
-        // every MD5 is in the cache. That takes a few metadata calls, which cost less here
-        // than a trip to the blocking pool (a thread wake-up and two context switches); any
-        // file to read, or a directory to make, goes there.
-        if output.is_dir()
-            && let Ok(Some(files)) = list_digests(&dir, &output_folder, &digests, true)
-        {
+        // The usual case (Autolab opens the courselab before each submission): it exists with
+        // its output directory, and every MD5 is in the cache. That takes a metadata call for
+        // the directory and one per file, which cost less here than a trip to the blocking
+        // pool (a thread wake-up and two context switches); any file to read, or a directory
+        // to make, goes there.
+        if let Some(files) = self.digests.known_listing(&lab.dir, &self.output_folder) {
             return Ok(Opened {
                 created: false,
                 files,
             });
         }
+        let dir = lab.dir.clone();
+        let output = self.output_dir(lab);
+        let output_folder = self.output_folder.clone();
+        let digests = self.digests.clone();
         run_blocking(move || {
             let created = !dir.is_dir();
             std::fs::create_dir_all(&output)
@@ -325,7 +324,9 @@ impl Labs {
             let files = if created {
                 BTreeMap::new()
             } else {
-                list_digests(&dir, &output_folder, &digests, false)?.unwrap_or_default()
+                list_digests(&dir, &output_folder, &digests, false)?
+                    .map(|listing| listing.files)
+                    .unwrap_or_default()
             };
             Ok(Opened { created, files })
         })
@@ -453,7 +454,15 @@ impl Labs {
         let context = format!("Cannot read output file {name}");
         // A small output (most are a few KiB) is read here: from the page cache that takes
         // less than a trip to the blocking pool (a thread wake-up and two context switches).
-        if let Ok(meta) = std::fs::symlink_metadata(&path)
+        let meta = std::fs::symlink_metadata(&path);
+        // Not there yet: the usual answer while a job runs (Autolab polls for it).
+        if meta
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
+            return Ok(None);
+        }
+        if let Ok(meta) = meta
             && meta.is_file()
             && meta.len() <= READ_HERE_MAX
             && let Ok(mut file) = std::fs::File::open(&path)
@@ -542,28 +551,40 @@ fn list_digests(
     output_folder: &str,
     digests: &DigestCache,
     cached_only: bool,
-) -> Result<Option<BTreeMap<String, String>>, LabsError> {
-    let mut files = BTreeMap::new();
+) -> Result<Option<Listing>, LabsError> {
+    let mut listing = Listing {
+        files: BTreeMap::new(),
+        output_dir: false,
+    };
     let entries =
         std::fs::read_dir(dir).map_err(LabsError::io(format!("Cannot list {}", dir.display())))?;
     for entry in entries.flatten() {
+        // The entry's type comes with the listing (no system call on the usual file
+        // systems), and its metadata is read relative to the open directory: no path walk.
+        let Ok(kind) = entry.file_type() else {
+            continue; // removed meanwhile
+        };
         let Ok(name) = entry.file_name().into_string() else {
             continue; // not UTF-8: no client could name it in JSON anyway
         };
         if name == output_folder {
+            listing.output_dir = kind.is_dir();
             continue;
         }
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        if !kind.is_file() {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
             continue; // removed meanwhile
         };
         if !meta.is_file() {
             continue;
         }
+        let path = entry.path();
         if cached_only {
             match digests.cached(&path, &meta) {
                 Some(md5) => {
-                    files.insert(name, md5);
+                    listing.files.insert(name, md5);
                 }
                 None => return Ok(None),
             }
@@ -571,22 +592,49 @@ fn list_digests(
         }
         match digests.md5(&path, &meta) {
             Ok(md5) => {
-                files.insert(name, md5);
+                listing.files.insert(name, md5);
             }
             // Leaving a file out only makes the client upload it again.
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot hash input file"),
         }
     }
-    Ok(Some(files))
+    Ok(Some(listing))
+}
+
+/// A courselab directory's listing.
+#[derive(Debug, PartialEq, Eq)]
+struct Listing {
+    /// Input file name → lowercase hex MD5.
+    files: BTreeMap<String, String>,
+    /// Whether the output directory is there.
+    output_dir: bool,
 }
 
 /// The MD5 of files we have hashed, so `open` does not re-read every input file of a
 /// courselab each time (Autolab calls it for every submission). An entry is valid while the
 /// file's identity, size, mtime and ctime are unchanged; ctime cannot be set by anyone, so
 /// any write to the file invalidates its entry.
+///
+/// Beside them, the names each courselab directory held when it was last listed, valid while
+/// the directory's own stamp is unchanged: a name added, removed or renamed changes the
+/// directory's mtime and ctime. Every listed file is still checked against its own stamp on
+/// each `open`, so an MD5 is never served for content it was not computed from; the listing
+/// only saves reading the directory (on this machine, four system calls of the nine an
+/// `open` made). At worst a name added within the same clock tick as the listing is missed
+/// until the next change, and the client uploads that file again.
+///
+/// Read-mostly, from every runtime thread at once: read-write locks, so readers never wait
+/// for each other.
 #[derive(Default)]
 struct DigestCache {
-    entries: Mutex<HashMap<PathBuf, (Stamp, String)>>,
+    entries: RwLock<HashMap<PathBuf, (Stamp, String)>>,
+    listings: RwLock<HashMap<PathBuf, DirListing>>,
+}
+
+/// The names of the regular files in a courselab directory when it had `stamp`.
+struct DirListing {
+    stamp: Stamp,
+    names: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,17 +658,64 @@ impl Stamp {
     }
 }
 
+// A cache: after a panic elsewhere its worst content is a stale entry, which the stamp
+// checks reject; so a poisoned lock is used as it is.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 impl DigestCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Stamp, String)>> {
-        // A cache: after a panic elsewhere its worst content is a stale entry, which the
-        // stamp check rejects.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// `open`'s answer for `dir` from what is known, without reading any file: `None` when
+    /// the directory or its output directory is missing, or an MD5 is not known for a
+    /// file's current content.
+    fn known_listing(&self, dir: &Path, output_folder: &str) -> Option<BTreeMap<String, String>> {
+        let dir_meta = std::fs::symlink_metadata(dir).ok()?;
+        if !dir_meta.is_dir() {
+            return None;
+        }
+        let stamp = Stamp::of(&dir_meta);
+        let known = read(&self.listings)
+            .get(dir)
+            .filter(|listing| listing.stamp == stamp)
+            .map(|listing| listing.names.clone());
+        let names = match known {
+            Some(names) => names,
+            None => {
+                // Listed after the stamp was taken: a change meanwhile leaves the stored
+                // stamp stale, so the next call lists again.
+                let listing = list_digests(dir, output_folder, self, true).ok()??;
+                if !listing.output_dir {
+                    return None;
+                }
+                let names: Arc<[String]> = listing.files.keys().cloned().collect();
+                let mut listings = write(&self.listings);
+                if listings.len() >= DIGEST_CACHE_ENTRIES {
+                    listings.clear();
+                }
+                listings.insert(dir.to_path_buf(), DirListing { stamp, names });
+                return Some(listing.files);
+            }
+        };
+        let mut files = BTreeMap::new();
+        for name in names.iter() {
+            let path = dir.join(name);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            files.insert(name.clone(), self.cached(&path, &meta)?);
+        }
+        Some(files)
     }
 
     /// The MD5 of `path` (whose metadata is `meta`) if the cache knows it.
     fn cached(&self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
         let stamp = Stamp::of(meta);
-        match self.lock().get(path) {
+        match read(&self.entries).get(path) {
             Some((known, md5)) if *known == stamp => Some(md5.clone()),
             _ => None,
         }
@@ -643,7 +738,7 @@ impl DigestCache {
     }
 
     fn remember(&self, path: &Path, meta: &std::fs::Metadata, md5: String) {
-        let mut entries = self.lock();
+        let mut entries = write(&self.entries);
         if entries.len() >= DIGEST_CACHE_ENTRIES {
             entries.clear();
         }
@@ -684,10 +779,14 @@ mod tests {
         let full = list_digests(dir.path(), "output", &digests, false)
             .unwrap()
             .unwrap();
+        assert!(full.output_dir);
+        let full = full.files;
         assert_eq!(full.len(), 1);
         assert_eq!(full["a.c"], "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(
-            list_digests(dir.path(), "output", &digests, true).unwrap(),
+            list_digests(dir.path(), "output", &digests, true)
+                .unwrap()
+                .map(|listing| listing.files),
             Some(full)
         );
         // A changed file is a cache miss again.
@@ -696,6 +795,56 @@ mod tests {
             list_digests(dir.path(), "output", &digests, true).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_known_listing_follows_every_change_to_the_directory_and_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.c"), b"hello").unwrap();
+        let digests = DigestCache::default();
+        // No output directory yet: `open` must make it.
+        assert_eq!(digests.known_listing(d, "output"), None);
+        std::fs::create_dir(d.join("output")).unwrap();
+        // Not hashed yet.
+        assert_eq!(digests.known_listing(d, "output"), None);
+        list_digests(d, "output", &digests, false).unwrap();
+        let first = digests.known_listing(d, "output").expect("listed");
+        assert_eq!(first.len(), 1);
+        // Served again from the stored names.
+        assert_eq!(digests.known_listing(d, "output"), Some(first));
+        // Content changed in place (the directory's stamp does not change): never the old
+        // MD5.
+        std::fs::write(d.join("a.c"), b"hello, world").unwrap();
+        assert_eq!(digests.known_listing(d, "output"), None);
+        list_digests(d, "output", &digests, false).unwrap();
+        assert_eq!(
+            digests.known_listing(d, "output").expect("listed")["a.c"],
+            "e4d7f1b4ed2e42d15898f4b27b019da4"
+        );
+        // A file added: in the answer once hashed. (Each change to the directory's names
+        // waits out the clock tick first: on kernels with coarse timestamps a change within
+        // the tick of the listing may go unseen, which only costs a client an upload.)
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(20));
+        tick();
+        std::fs::write(d.join("b.c"), b"hello").unwrap();
+        list_digests(d, "output", &digests, false).unwrap();
+        let both = digests.known_listing(d, "output").expect("listed");
+        assert_eq!(both.keys().collect::<Vec<_>>(), ["a.c", "b.c"]);
+        // A file removed: gone from the answer.
+        tick();
+        std::fs::remove_file(d.join("a.c")).unwrap();
+        let left = digests.known_listing(d, "output").expect("listed");
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["b.c"]);
+        // A file replaced by another of the same name (as an upload does): its own MD5.
+        std::fs::write(d.join("tmp"), b"other").unwrap();
+        std::fs::rename(d.join("tmp"), d.join("b.c")).unwrap();
+        assert_eq!(digests.known_listing(d, "output"), None);
+        // The output directory removed: `open` must make it again.
+        list_digests(d, "output", &digests, false).unwrap();
+        assert!(digests.known_listing(d, "output").is_some());
+        std::fs::remove_dir(d.join("output")).unwrap();
+        assert_eq!(digests.known_listing(d, "output"), None);
     }
 
     #[test]

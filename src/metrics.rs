@@ -196,8 +196,7 @@ pub fn final_status(message: &str) -> &'static str {
 
 /// The whole metrics body: the state read from the store now, then this process's events.
 pub async fn render(app: &Arc<App>) -> Result<String, StoreError> {
-    let counters = app.store.counters().await?;
-    let stats = app.store.stats().await?;
+    let (counters, stats) = app.store.overview().await?;
     let running = app
         .store
         .live_jobs()

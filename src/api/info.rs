@@ -38,11 +38,10 @@ pub async fn info(
 ) -> Result<Response, ApiError> {
     api.keys.check(&key)?;
     let app = &api.app;
-    // Both at once: with Redis each is a round trip. Jobs out of the queue (running, or
-    // given a machine now) come from the store's counts: reading every live job here made
-    // `info` slower with each queued job.
-    let (counters, stats) = tokio::join!(app.store.counters(), app.store.stats());
-    let (counters, stats) = (counters?, stats?);
+    // One store call (one round trip with Redis). Jobs out of the queue (running, or given
+    // a machine now) come from the store's counts: reading every live job here made `info`
+    // slower with each queued job.
+    let (counters, stats) = app.store.overview().await?;
     let running = stats.live.saturating_sub(stats.queued);
     Ok(status::ok(
         status::OBTAINED_INFO,

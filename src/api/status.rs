@@ -152,6 +152,8 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Every refusal, with what it says (which never holds the key).
+        tracing::debug!(answer = %self, "request refused");
         match self {
             ApiError::NotFound => not_found(),
             ApiError::Rejected(trace) => status_body(-1, &trace, Nothing {}),

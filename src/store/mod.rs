@@ -18,6 +18,7 @@
 //! serve a manager on another), so every pool operation names its owner; `/pool` shows the
 //! union over live managers.
 
+pub mod flight;
 pub mod memory;
 pub mod redis;
 
@@ -31,7 +32,7 @@ use crate::config::{Config, StoreBackend};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (Redis down, connection refused, timed out).
     #[error("job store unavailable: {0}")]
@@ -176,6 +177,13 @@ pub trait JobStore: Send + Sync + 'static {
 
     async fn incr(&self, counter: Counter, by: u64) -> Result<(), StoreError>;
     async fn counters(&self) -> Result<Counters, StoreError>;
+
+    /// The counters and the job counts together, for `/info` and `/metrics`: one round trip
+    /// (and one consistent snapshot) where the store is remote.
+    async fn overview(&self) -> Result<(Counters, StoreStats), StoreError> {
+        let (counters, stats) = tokio::join!(self.counters(), self.stats());
+        Ok((counters?, stats?))
+    }
 }
 
 /// The trace line of a job entering the queue, as Python's `JobQueue.add` wrote it.

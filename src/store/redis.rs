@@ -81,6 +81,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::flight::SharedRead;
 use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
@@ -114,6 +115,8 @@ pub struct RedisStore {
     blocking: Mutex<Vec<MultiplexedConnection>>,
     /// `host:port`, for error messages.
     addr: String,
+    /// `overview` reads on their way, shared by the calls arriving meanwhile.
+    overview_read: SharedRead<Result<(Counters, StoreStats), StoreError>>,
 }
 
 /// The shared connection: one multiplexed RESP3 connection, replaced when it dies.
@@ -123,9 +126,13 @@ pub struct RedisStore {
 /// write) from one that failed after it was sent (a write may have been applied).
 struct Link {
     client: Client,
-    /// The current connection, and whether it is still open. Locked across a connection
-    /// attempt, so that concurrent callers wait for one attempt instead of starting many.
-    current: tokio::sync::Mutex<Option<(MultiplexedConnection, Arc<AtomicBool>)>>,
+    /// The current connection, and whether it is still open. A plain lock held only to
+    /// copy it out: every call reads it, and an async lock here made concurrent calls queue
+    /// behind each other (a task wake-up each) even while the connection was fine.
+    current: Mutex<Option<(MultiplexedConnection, Arc<AtomicBool>)>>,
+    /// Held across a connection attempt, so that concurrent callers wait for one attempt
+    /// instead of starting many.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// Why an attempt failed.
@@ -139,13 +146,14 @@ enum Failure {
 impl Link {
     /// The open connection, or a new one. The flag goes false when the connection closes.
     async fn get(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>), RedisError> {
-        let mut current = self.current.lock().await;
-        if let Some((conn, open)) = &*current
-            && open.load(Ordering::Acquire)
-        {
-            return Ok((conn.clone(), open.clone()));
+        if let Some(open) = self.open_now() {
+            return Ok(open);
         }
-        *current = None;
+        let _connecting = self.connecting.lock().await;
+        // Another caller may have connected while this one waited.
+        if let Some(open) = self.open_now() {
+            return Ok(open);
+        }
         let open = Arc::new(AtomicBool::new(true));
         let flag = open.clone();
         let config = AsyncConnectionConfig::new()
@@ -163,8 +171,26 @@ impl Link {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        *current = Some((conn.clone(), open.clone()));
+        *self.lock_current() = Some((conn.clone(), open.clone()));
         Ok((conn, open))
+    }
+
+    /// The current connection if it is still open.
+    fn open_now(&self) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
+        let current = self.lock_current();
+        match &*current {
+            Some((conn, open)) if open.load(Ordering::Acquire) => {
+                Some((conn.clone(), open.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn lock_current(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(MultiplexedConnection, Arc<AtomicBool>)>> {
+        // Only ever replaced whole: a panic cannot leave it half written.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -349,28 +375,32 @@ redis.call('RPUSH', key('queue'), ARGV[2])
 return -1
 "#,
     ),
-    // ARGV: ns, counter name, max_queued, id ('' to take the next one), then the job JSON
-    // in parts, to be joined with the id (see `new_job_parts`). Counts the request first.
-    // Returns {1, id} when added, or {0, the queue's length} when it is full.
-    // Without the prelude: on addJob's path, and defining its functions costs each call.
+    // KEYS: counters, queue, next-job-id, live, lease, assigned. ARGV: counter name,
+    // max_queued, id ('' to take the next one), then the job JSON in parts, to be joined
+    // with the id (see `new_job_parts`). Counts the request first. Returns {1, id} when
+    // added, or {0, the queue's length} when it is full.
+    // Without the prelude, and with its keys given: it is on addJob's path, where each
+    // string built and each call made costs Redis time on every request.
     add_job: Script::new(
         r#"
-local ns = ARGV[1]
-local function key(name) return ns .. ':' .. name end
-redis.call('HINCRBY', key('counters'), ARGV[2], 1)
-local max = tonumber(ARGV[3])
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local max = tonumber(ARGV[2])
 if max > 0 then
-  local n = redis.call('LLEN', key('queue'))
+  local n = redis.call('LLEN', KEYS[2])
   if n >= max then return { 0, n } end
 end
-local id = ARGV[4]
-if id == '' then id = string.format('%d', redis.call('INCR', key('next-job-id'))) end
+local id = ARGV[3]
+local given = id ~= ''
+if not given then id = string.format('%d', redis.call('INCR', KEYS[3])) end
 local parts = {}
-for i = 5, #ARGV do parts[#parts + 1] = ARGV[i] end
-redis.call('HSET', key('live'), id, table.concat(parts, id))
-redis.call('HDEL', key('lease'), id)
-redis.call('SREM', key('assigned'), id)
-redis.call('RPUSH', key('queue'), id)
+for i = 4, #ARGV do parts[#parts + 1] = ARGV[i] end
+redis.call('HSET', KEYS[4], id, table.concat(parts, id))
+-- An id just taken was never used: only a given one can have a lease or be assigned.
+if given then
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('SREM', KEYS[6], id)
+end
+redis.call('RPUSH', KEYS[2], id)
 return { 1, tonumber(id) }
 "#,
     ),
@@ -587,13 +617,49 @@ impl RedisStore {
         Ok(RedisStore {
             link: Link {
                 client: client.clone(),
-                current: tokio::sync::Mutex::new(None),
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
             },
             client,
             keys: Keys::new(&config.namespace),
             blocking: Mutex::new(Vec::new()),
             addr,
+            overview_read: SharedRead::default(),
         })
+    }
+
+    /// `HMGET` of every counter, in [`Counter::ALL`]'s order.
+    fn counters_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&self.keys.counters);
+        for counter in Counter::ALL {
+            cmd.arg(counter.name());
+        }
+        cmd
+    }
+
+    fn counters_from(values: Vec<Option<u64>>) -> Counters {
+        let mut counters = Counters::default();
+        for (counter, value) in Counter::ALL.into_iter().zip(values) {
+            *counters.slot(counter) = value.unwrap_or(0);
+        }
+        counters
+    }
+
+    /// The counters and job counts: one MULTI block, one round trip.
+    async fn read_overview(&self) -> Result<(Counters, StoreStats), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(self.counters_cmd())
+            .hlen(&self.keys.live)
+            .hlen(&self.keys.dead)
+            .llen(&self.keys.queue);
+        let (values, live, dead, queued): (Vec<Option<u64>>, u64, u64, u64) =
+            self.snapshot(&pipe).await?;
+        Ok((
+            Self::counters_from(values),
+            StoreStats { live, dead, queued },
+        ))
     }
 
     // ---- calling Redis ----
@@ -983,7 +1049,15 @@ impl JobStore for RedisStore {
         let at = Utc::now();
         stored.trace_at(at, added_line(&stored.name, NEW_ID_MARK));
         let json = self.encode(&stored)?;
-        let mut invocation = self.invocation(&SCRIPTS.add_job);
+        let mut invocation = SCRIPTS.add_job.prepare_invoke();
+        let keys = &self.keys;
+        invocation
+            .key(&keys.counters)
+            .key(&keys.queue)
+            .key(&keys.next_job_id)
+            .key(&keys.live)
+            .key(&keys.lease)
+            .key(&keys.assigned);
         invocation.arg(Counter::JobRequests.name()).arg(max_queued);
         let given = match new_job_parts(&json) {
             // The usual case: Redis takes the id and writes it into the JSON.
@@ -1326,17 +1400,13 @@ impl JobStore for RedisStore {
     }
 
     async fn counters(&self) -> Result<Counters, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&self.keys.counters);
-        for counter in Counter::ALL {
-            cmd.arg(counter.name());
-        }
-        let values: Vec<Option<u64>> = self.query(Retry::Idempotent, &cmd).await?;
-        let mut counters = Counters::default();
-        for (counter, value) in Counter::ALL.into_iter().zip(values) {
-            *counters.slot(counter) = value.unwrap_or(0);
-        }
-        Ok(counters)
+        let values: Vec<Option<u64>> = self.query(Retry::Idempotent, &self.counters_cmd()).await?;
+        Ok(Self::counters_from(values))
+    }
+
+    async fn overview(&self) -> Result<(Counters, StoreStats), StoreError> {
+        // `info` is the route monitors call most: calls arriving together share one read.
+        self.overview_read.get(|| self.read_overview()).await
     }
 }
 
