@@ -383,7 +383,11 @@ impl Worker {
             ulimit_file_size: config.limits.ulimit_file_size,
             disable_network: self.job.disable_network,
         };
-        let bound = secs(timeout) + secs(config.docker.kill_margin_secs) + RUN_GRACE;
+        let mut bound = secs(timeout) + secs(config.docker.kill_margin_secs) + RUN_GRACE;
+        if vmms.run_sends_inputs() {
+            // The copy happens inside the run, under its own bound.
+            bound += secs(config.timeouts.copy_in);
+        }
         let outcome = match within(bound, "runJob", vmms.run_job(&vm, &spec)).await {
             Ok(outcome) => outcome,
             // Our bound, or the backend's guard reporting its kill as an error.

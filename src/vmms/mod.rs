@@ -107,6 +107,13 @@ pub trait Vmms: Send + Sync + 'static {
         true
     }
 
+    /// Whether `run_job` sends the inputs that `copy_in` only checked (Docker: they travel on
+    /// the run's standard input, bounded by `timeouts.copy_in`), so that the worker's bound
+    /// on the run allows for that copy too.
+    fn run_sends_inputs(&self) -> bool {
+        false
+    }
+
     /// Creates the machine (`vm.id`, `vm.image`, `vm.owner` are set); records the backend's
     /// handle in `vm.instance` / `vm.host`.
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError>;

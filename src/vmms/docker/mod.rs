@@ -243,6 +243,9 @@ pub struct DockerVmms {
     limits: LimitsConfig,
     docker: DockerConfig,
     destroy_secs: f64,
+    /// How long sending a run's autodriver and inputs may take (`timeouts.copy_in`: it is
+    /// the copy-in of Tango's steps).
+    send_limit: Duration,
 }
 
 /// One container's part of [`DockerVmms::staged`].
@@ -266,6 +269,8 @@ struct RunPlan {
     output_cap: u64,
     /// How long after the inputs are sent the run may take before its container is killed.
     guard: Duration,
+    /// How long sending the autodriver and the inputs may take.
+    send_limit: Duration,
 }
 
 /// How the run's exec ended.
@@ -321,6 +326,7 @@ impl DockerVmms {
             limits: config.limits.clone(),
             docker: config.docker.clone(),
             destroy_secs: config.vmms.destroy_secs,
+            send_limit: Duration::from_secs(config.timeouts.copy_in.max(1)),
         })
     }
 
@@ -701,6 +707,7 @@ impl DockerVmms {
             inputs: rest,
             output_cap,
             guard,
+            send_limit,
         } = run;
         let exec = call(
             engine,
@@ -753,7 +760,8 @@ impl DockerVmms {
         tokio::pin!(feed);
         let mut feeding = true;
         let mut input_failure = None;
-        let deadline = tokio::time::sleep(guard);
+        // First the sending's own bound, then, once everything is sent, the job's.
+        let deadline = tokio::time::sleep(send_limit);
         tokio::pin!(deadline);
         let mut stdout = Vec::new();
         let mut stdout_size = 0u64;
@@ -803,7 +811,20 @@ impl DockerVmms {
                     // The stream ends when the exec exits: no polling.
                     None => break,
                 },
-                () = &mut deadline => return Ok(ExecEnd::GuardFired),
+                () = &mut deadline => {
+                    if feeding {
+                        // Nothing of the job ran yet: a stalled copy, which a fresh machine
+                        // may not have.
+                        return Err(ExecFailure::Engine(DockerError::Unreachable {
+                            engine: engine.url.clone(),
+                            message: format!(
+                                "sending the inputs took more than {} s",
+                                send_limit.as_secs()
+                            ),
+                        }));
+                    }
+                    return Ok(ExecEnd::GuardFired);
+                }
             }
         }
         said.push(&before_ready);
@@ -1086,6 +1107,10 @@ impl Vmms for DockerVmms {
         ))
     }
 
+    fn run_sends_inputs(&self) -> bool {
+        true
+    }
+
     fn reusable(&self) -> bool {
         // A container is used for one job, then destroyed and replaced: no job ever sees
         // what an earlier one left behind.
@@ -1241,6 +1266,7 @@ impl Vmms for DockerVmms {
                     inputs: archive,
                     output_cap,
                     guard,
+                    send_limit: self.send_limit,
                 },
             )
             .await;
