@@ -223,17 +223,32 @@ async fn the_shared_jobs_run_through_the_daemon_on_docker() {
         "with the network on the job sees eth0: {on}"
     );
     // Each job's container was used once and removed: none of the jobs' machines is left
-    // (the pool's fresh members are, waiting for work).
-    let left = containers_of(&prefix);
-    for r in &ran {
-        let vm_id = r.dead["vm"]["id"].as_u64().expect("a machine id");
+    // (the pool's fresh members are, waiting for work). A machine is destroyed after its
+    // job's output is written and the job has ended, so the last ones may still be going:
+    // wait for them, within a bound.
+    let used: Vec<(String, String)> = ran
+        .iter()
+        .map(|r| {
+            let vm_id = r.dead["vm"]["id"].as_u64().expect("a machine id");
+            (r.job.name.clone(), format!("{prefix}-{vm_id}-"))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = containers_of(&prefix);
+        let still: Vec<&String> = used
+            .iter()
+            .filter(|(_, start)| left.iter().any(|c| c.starts_with(start.as_str())))
+            .map(|(name, _)| name)
+            .collect();
+        if still.is_empty() {
+            break;
+        }
         assert!(
-            !left
-                .iter()
-                .any(|c| c.starts_with(&format!("{prefix}-{vm_id}-"))),
-            "{}'s container {vm_id} is still there: {left:?}",
-            r.job.name
+            Instant::now() < deadline,
+            "the containers of {still:?} are still there a minute after their jobs ended: {left:?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_answers(daemon).await;
 }
