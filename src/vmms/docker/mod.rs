@@ -5,8 +5,9 @@
 //! with our limits and started with an idle main process, nothing more. A job's run is then
 //! one exec with its standard streams attached: a short shell script writes our static
 //! autodriver (the first bytes on the exec's standard input) to `/tango/bin/autodriver` (a
-//! small tmpfs) and execs it with `--stdin-inputs`, which unpacks the job's files (a tar archive, the rest of
-//! standard input) into `/tango/job`; the autodriver's standard output is the job's output.
+//! small tmpfs) and execs it with `--stdin-inputs`, which unpacks the job's files (a tar
+//! archive, the rest of standard input) into `/tango/job`; the autodriver's standard output
+//! is the job's output.
 //! `copy_in` only checks the input files on this host and `copy_out` writes what the run
 //! printed: no archive API call is on a job's path, because on some engines each costs tens
 //! of milliseconds (a helper process, and a mount of a stopped container's file system). The
@@ -65,18 +66,19 @@ pub const JOB_DIR: &str = "/tango/job";
 pub const OUTPUT_LOG: &str = "/tango/output.log";
 
 /// What the run's exec does before the autodriver: the autodriver's bytes from standard input
-/// into [`BIN_DIR`], then [`READY_MARK`] on standard error. The inputs
-/// archive is sent only once the mark is seen: `head -c` of GNU coreutils reads exactly its
+/// into [`AUTODRIVER`], then [`READY_MARK`] on standard error. The inputs archive is sent only
+/// once the mark is seen: `head -c` of GNU coreutils reads exactly its
 /// count from a pipe, but busybox's reads through stdio and may take bytes past it, which
 /// would eat the start of the archive; with nothing more in the pipe, any `head` stops at the
-/// count. `$1` is the autodriver's size; the autodriver's arguments follow it. A failure here
+/// count. `$1` is the autodriver's size and `$2` its path; the autodriver's arguments follow.
+/// A failure here
 /// exits 126, as the engine does for a command it cannot start, so it is never taken for the
 /// autodriver's own status. Needs `sh`, `head` and `chmod` in the image (`/tango` and the
 /// tmpfs at `/tango/bin` are made by the engine, root's).
-const RUN_SCRIPT: &str = "head -c \"$1\" > /tango/bin/autodriver \
-&& chmod 0755 /tango /tango/bin/autodriver && echo tango-autodriver-in >&2 || exit 126
+const RUN_SCRIPT: &str = "head -c \"$1\" > \"$2\" \
+&& chmod 0755 /tango \"$2\" && echo tango-autodriver-in >&2 || exit 126
 shift
-exec /tango/bin/autodriver \"$@\"";
+exec \"$@\"";
 
 /// What [`RUN_SCRIPT`] prints on standard error once the autodriver is in place.
 const READY_MARK: &[u8] = b"tango-autodriver-in\n";
@@ -674,7 +676,8 @@ impl DockerVmms {
         cmd
     }
 
-    /// The run's exec: [`RUN_SCRIPT`], given the autodriver's size and then its command line.
+    /// The run's exec: [`RUN_SCRIPT`], given the autodriver's size and then its command line
+    /// (whose first word, the autodriver's path, is where the script puts it).
     pub fn run_command(&self, vm: &Machine, spec: &RunSpec) -> Vec<String> {
         let mut cmd: Vec<String> = vec![
             "/bin/sh".into(),
@@ -684,8 +687,7 @@ impl DockerVmms {
             "tango-run".into(),
             self.autodriver.len().to_string(),
         ];
-        // The script execs the autodriver itself; only the arguments are passed.
-        cmd.extend(self.autodriver_command(vm, spec).into_iter().skip(1));
+        cmd.extend(self.autodriver_command(vm, spec));
         cmd
     }
 
@@ -1238,10 +1240,9 @@ impl Vmms for DockerVmms {
                 Err(e) => return Err(e.into()),
             }
         }
-        let key = self.container_ref(vm);
         let inputs = self
             .staged()
-            .get_mut(&key)
+            .get_mut(&id)
             .and_then(|staged| staged.inputs.take())
             .unwrap_or_default();
         let (uid, gid) = match self.job_user(vm) {
@@ -1295,7 +1296,7 @@ impl Vmms for DockerVmms {
                         "output larger than the cap; keeping its first {output_cap} bytes"
                     );
                 }
-                self.staged().entry(key).or_default().output = Some(stdout);
+                self.staged().entry(id).or_default().output = Some(stdout);
                 Ok(RunOutcome::Exited(code))
             }
             Ok(ExecEnd::GuardFired) => {
