@@ -15,8 +15,13 @@ use std::time::Duration;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogConfig;
+
 /// Bytes gathered before the log thread writes, when lines come faster than it writes.
 const LOG_BUFFER: usize = 64 * 1024;
+
+/// How long the log thread rests after each write.
+const LOG_PACE: Duration = Duration::from_millis(1);
 
 /// Keeps the log thread running; dropping it writes out every line still queued. Hold it
 /// until the process is about to exit.
@@ -24,9 +29,6 @@ const LOG_BUFFER: usize = 64 * 1024;
 pub struct LogGuard {
     _worker: WorkerGuard,
 }
-
-/// How long the log thread rests after each write.
-const LOG_PACE: Duration = Duration::from_millis(1);
 
 /// The writer the subscriber formats into, and the guard of the thread behind it.
 fn background<W: Write + Send + 'static>(writer: W) -> (NonBlocking, LogGuard) {
@@ -59,8 +61,6 @@ impl<W: Write> Write for Paced<W> {
         flushed
     }
 }
-
-use crate::config::LogConfig;
 
 /// Installs the global subscriber. Errors name the log file that could not be opened.
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
