@@ -89,27 +89,36 @@ mod tests {
 
     use super::*;
 
+    /// A read that takes 10 ms and answers how many reads were made, itself included.
+    fn counting_read(reads: &Arc<AtomicU32>) -> impl Fn() -> BoxFuture<u32> + Clone + use<> {
+        let reads = reads.clone();
+        move || {
+            let reads = reads.clone();
+            Box::pin(async move {
+                let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                n
+            })
+        }
+    }
+
+    type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+    /// A call of `shared.get(read)` in a task of its own.
+    fn spawn_get(
+        shared: &Arc<SharedRead<u32>>,
+        read: impl Fn() -> BoxFuture<u32> + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<u32> {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.get(read).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn calls_arriving_while_a_read_is_on_its_way_share_it() {
         let shared = Arc::new(SharedRead::<u32>::default());
         let reads = Arc::new(AtomicU32::new(0));
-        let read = {
-            let reads = reads.clone();
-            move || {
-                let reads = reads.clone();
-                async move {
-                    let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    n
-                }
-            }
-        };
-        let calls: Vec<_> = (0..8)
-            .map(|_| {
-                let (shared, read) = (shared.clone(), read.clone());
-                tokio::spawn(async move { shared.get(read).await })
-            })
-            .collect();
+        let read = counting_read(&reads);
+        let calls: Vec<_> = (0..8).map(|_| spawn_get(&shared, read.clone())).collect();
         for call in calls {
             assert_eq!(call.await.unwrap(), 1);
         }
@@ -122,26 +131,10 @@ mod tests {
     async fn a_cancelled_read_leaves_the_waiting_calls_to_read_for_themselves() {
         let shared = Arc::new(SharedRead::<u32>::default());
         let reads = Arc::new(AtomicU32::new(0));
-        let read = {
-            let reads = reads.clone();
-            move || {
-                let reads = reads.clone();
-                async move {
-                    let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    n
-                }
-            }
-        };
-        let first = {
-            let (shared, read) = (shared.clone(), read.clone());
-            tokio::spawn(async move { shared.get(read).await })
-        };
+        let read = counting_read(&reads);
+        let first = spawn_get(&shared, read.clone());
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let second = {
-            let (shared, read) = (shared.clone(), read.clone());
-            tokio::spawn(async move { shared.get(read).await })
-        };
+        let second = spawn_get(&shared, read.clone());
         tokio::time::sleep(Duration::from_millis(1)).await;
         first.abort();
         assert_eq!(second.await.unwrap(), 2);
