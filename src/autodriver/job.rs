@@ -435,7 +435,7 @@ fn kill_job(
             unsafe { libc::kill(-make_pid, libc::SIGKILL) };
         }
         if identity.owns_uid {
-            procs::kill_uid(identity.uid, identity.gid)
+            procs::kill_uid_in_round(identity.uid, identity.gid)
                 .map_err(os_error("Error killing user processes"))?;
         }
         for p in &live {

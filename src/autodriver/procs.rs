@@ -233,6 +233,17 @@ pub fn kill_uid(uid: u32, gid: u32) -> io::Result<()> {
         .map_err(|_| io::Error::other("the kill helper thread panicked"))?
 }
 
+/// [`kill_uid`] for a loop that kills until nothing is left: when no thread can be made for
+/// the helper (EAGAIN: the job has used up the pids limit of its container, which counts
+/// threads too), this round is skipped, not failed. The caller's other kills free some, and
+/// its next round tries again within its deadline.
+pub fn kill_uid_in_round(uid: u32, gid: u32) -> io::Result<()> {
+    match kill_uid(uid, gid) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        other => other,
+    }
+}
+
 /// Live (not zombie) processes of `uid` now.
 pub fn live_processes_of(uid: u32) -> io::Result<Vec<ProcStatus>> {
     Ok(snapshot()?
@@ -247,7 +258,7 @@ pub fn sweep_uid(uid: u32, gid: u32, max: Duration) -> io::Result<usize> {
     let deadline = Instant::now() + max;
     let first = live_processes_of(uid)?.len();
     loop {
-        kill_uid(uid, gid)?;
+        kill_uid_in_round(uid, gid)?;
         let left = live_processes_of(uid)?;
         if left.is_empty() {
             return Ok(first);
