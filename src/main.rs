@@ -9,6 +9,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tango::config::{Config, Overrides, StoreBackend};
 
+/// See Cargo.toml: measured, glibc's allocator cost a sixth of an addJob's CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tango",
