@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -441,10 +441,10 @@ impl Labs {
         .await
     }
 
-    /// The output file `name` of `lab`, if it is there (a regular file): read whole when it
-    /// is small (one trip to the blocking pool, and an answer with its length), otherwise
-    /// opened to be streamed. Either way the content is that of one version of the file:
-    /// jobs rename a complete new file into place, and we read through one open handle.
+    /// The output file `name` of `lab`, if it is there (a regular file; a link is not
+    /// followed): read whole when it is small (with an answer that states its length),
+    /// otherwise opened to be streamed. Either way the content is that of one version of the
+    /// file: jobs rename a complete new file into place, and we read through one handle.
     pub async fn open_output(
         &self,
         lab: &Courselab,
@@ -452,56 +452,21 @@ impl Labs {
     ) -> Result<Option<OutputFile>, LabsError> {
         let path = self.output_path(lab, name);
         let context = format!("Cannot read output file {name}");
-        // A small output (most are a few KiB) is read here: from the page cache that takes
+        // Opened here, on the async thread: open and fstat of a local file take microseconds,
         // less than a trip to the blocking pool (a thread wake-up and two context switches).
-        let meta = std::fs::symlink_metadata(&path);
-        // Not there yet: the usual answer while a job runs (Autolab polls for it).
-        if meta
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
-        {
+        // Autolab polls every few seconds per job; most answers are "not there yet".
+        let Some((mut file, len)) = open_regular(&path).map_err(LabsError::io(&context))? else {
             return Ok(None);
-        }
-        if let Ok(meta) = meta
-            && meta.is_file()
-            && meta.len() <= READ_HERE_MAX
-            && let Ok(mut file) = std::fs::File::open(&path)
-        {
-            let mut data = Vec::with_capacity(meta.len() as usize);
-            if (&mut file)
-                .take(READ_HERE_MAX + 1)
-                .read_to_end(&mut data)
-                .is_ok()
-                && data.len() as u64 <= READ_HERE_MAX
-            {
-                return Ok(Some(OutputFile::Whole(data)));
-            }
+        };
+        // Most outputs are a few KiB, in the page cache: read here too.
+        if len <= READ_HERE_MAX {
+            let data = read_len(&mut file, len).map_err(LabsError::io(context))?;
+            return Ok(Some(OutputFile::Whole(data)));
         }
         run_blocking(move || {
-            match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_file() => {}
-                _ => return Ok(None),
-            }
-            let mut file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(LabsError::io(context)(e)),
-            };
-            let small = file
-                .metadata()
-                .is_ok_and(|meta| meta.len() <= READ_WHOLE_MAX);
-            if small {
-                let mut data = Vec::new();
-                (&mut file)
-                    .take(READ_WHOLE_MAX + 1)
-                    .read_to_end(&mut data)
-                    .map_err(LabsError::io(context.clone()))?;
-                if data.len() as u64 <= READ_WHOLE_MAX {
-                    return Ok(Some(OutputFile::Whole(data)));
-                }
-                // It grew while we read (written in place by someone else): stream it.
-                file.seek(io::SeekFrom::Start(0))
-                    .map_err(LabsError::io(context))?;
+            if len <= READ_WHOLE_MAX {
+                let data = read_len(&mut file, len).map_err(LabsError::io(context))?;
+                return Ok(Some(OutputFile::Whole(data)));
             }
             Ok(Some(OutputFile::Stream(tokio::fs::File::from_std(file))))
         })
@@ -527,6 +492,35 @@ impl Labs {
         .await?;
         Ok(tmp)
     }
+}
+
+/// `path` opened for reading with its length, when it is a regular file. `None` when it is
+/// missing or anything else: a link (not followed), a directory, a FIFO (opened without
+/// waiting for a writer), a socket.
+fn open_regular(path: &Path) -> io::Result<Option<(std::fs::File, u64)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // ELOOP: a link; ENXIO: a socket.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then(|| (file, meta.len())))
+}
+
+/// The first `len` bytes of `file` (its length when it was opened): no read past them to
+/// look for the end, which costs a system call on every poll. A file that shrank since is
+/// read to its end.
+fn read_len(file: &mut std::fs::File, len: u64) -> io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// Runs filesystem work on the blocking pool.

@@ -426,6 +426,53 @@ async fn an_unreachable_store_is_a_clear_error_on_every_route_that_needs_it() {
 // poll, getPartialOutput, info, pool, prealloc, build
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_serves_regular_files_of_any_size_and_nothing_else() {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start().await;
+    server.open(LAB).await;
+    let output = server.lab_dir(LAB).join("output");
+    let poll = |name: &str| {
+        let url = format!("{}/poll/{KEY}/{LAB}/{name}/", server.url);
+        let client = server.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap().to_vec()
+        }
+    };
+    // Sizes on each side of the limits of reading on the async thread (64 KiB) and of
+    // reading whole rather than streaming (4 MiB), and an empty file.
+    for size in [0usize, 1, 64 * 1024, 64 * 1024 + 1, 4 << 20, (4 << 20) + 1] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        std::fs::write(output.join("sized.txt"), &bytes).unwrap();
+        let got = poll("sized.txt").await;
+        assert_eq!(got.len(), size);
+        assert!(got == bytes, "{size} bytes came back changed");
+    }
+
+    let not_found = json!({"statusId": -1, "statusMsg": "Output file not found"});
+    // A link is not followed, even to a file the daemon may read.
+    let secret = server.lab_dir(LAB).join("secret.txt");
+    std::fs::write(&secret, b"not an output").unwrap();
+    std::os::unix::fs::symlink(&secret, output.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", output.join("passwd.txt")).unwrap();
+    // A FIFO has no writer: opening it must not wait for one.
+    let fifo = output.join("fifo.txt");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    std::fs::create_dir(output.join("dir.txt")).unwrap();
+    for name in ["link.txt", "passwd.txt", "fifo.txt", "dir.txt"] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            server.get_json(&format!("/poll/{KEY}/{LAB}/{name}/")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("poll of {name} hung"));
+        assert_eq!(answer, not_found, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_returns_the_output_bytes_as_they_are() {
     let _shared = QUIET.read().await;
     let server = TestServer::start().await;
