@@ -469,6 +469,40 @@ fn daemonised_children_do_not_outlive_the_job() {
 }
 
 #[test]
+fn a_job_that_runs_a_while_yields_to_younger_ones() {
+    require_root();
+    // `nice` prints the caller's niceness; a child started after the demotion inherits it.
+    let ws = Workspace::new().with_makefile(
+        "all:\n\t@echo before $$(nice)\n\t@sleep 1.5\n\t@echo after $$(nice)\n\
+         \t@sh -c 'echo child $$(nice)'\n\t@cat /proc/self/autogroup || true\n",
+    );
+    let started = Instant::now();
+    let out = ws
+        .command(&Opts::default())
+        .args(["--demote-after", "700"])
+        .arg(ws.job_dir())
+        .output()
+        .expect("run the autodriver");
+    let run = ws.finish(out, started.elapsed());
+    assert_eq!(run.exit, 0, "{}", run.text());
+    let text = run.text();
+    for line in ["before 0", "after 10", "child 10"] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in {text}");
+    }
+    // Where the kernel groups sessions for the scheduler, the job's whole group yields.
+    let autogroups = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|v| v.trim() == "1");
+    if autogroups {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("/autogroup-") && l.ends_with(" nice 10")),
+            "the session's autogroup was not reniced: {text}"
+        );
+    }
+    run.assert_nothing_left();
+}
+
+#[test]
 fn cpu_limit_stops_a_busy_job() {
     require_root();
     let ws = Workspace::new().with_makefile("all:\n\t@echo spinning\n\t@while :; do :; done\n");

@@ -28,6 +28,11 @@ pub struct Options {
     /// Address space of each process of the job, in bytes (RLIMIT_AS).
     #[arg(short = 'a', long = "address-space", value_name = "BYTES", default_value = "0", value_parser = parse_c_uint)]
     pub address_space: u64,
+    /// After this many milliseconds the job yields the CPU to younger jobs: its session's
+    /// scheduling group and its processes are reniced to 10. Short jobs beside long or
+    /// hostile ones stay quick; a job alone runs as fast. 0: never.
+    #[arg(long = "demote-after", value_name = "MS", default_value = "100", value_parser = parse_c_uint)]
+    pub demote_after: u64,
     /// The grading user, looked up in /etc/passwd [default: autograde].
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
@@ -105,6 +110,7 @@ mod tests {
         );
         assert_eq!(o.directory, PathBuf::from("autolab"));
         assert_eq!((o.cpu, o.address_space), (0, 0));
+        assert_eq!(o.demote_after, 100);
         assert!(!o.stdin_inputs);
     }
 

@@ -307,6 +307,8 @@ fn watch(
     };
     let ticks = procs::clock_ticks() as f64;
     let mut next_sample = started + SAMPLE_EVERY;
+    let mut demote_at =
+        (opts.demote_after > 0).then(|| started + Duration::from_millis(opts.demote_after));
     let mut ended_at = None;
     let mut failure = None;
 
@@ -315,6 +317,10 @@ fn watch(
         if deadline.is_some_and(|d| now >= d) {
             watched.stop = Some(Stop::Timeout);
             break;
+        }
+        if demote_at.is_some_and(|d| now >= d) {
+            demote_at = None;
+            demote(make_pid, scope.uid);
         }
         if sampling && now >= next_sample {
             next_sample = now + SAMPLE_EVERY;
@@ -339,7 +345,7 @@ fn watch(
         if sampling {
             wait = wait.min(next_sample.saturating_duration_since(now));
         }
-        if let Some(d) = deadline {
+        for d in [deadline, demote_at].into_iter().flatten() {
             wait = wait.min(d.saturating_duration_since(now));
         }
         let mut fds = Vec::with_capacity(3);
@@ -396,6 +402,31 @@ fn watch(
         }
     }
     Ok((watched, capture))
+}
+
+/// The nice value of a job that has run past `--demote-after`.
+const DEMOTED_NICE: i32 = 10;
+
+/// Lowers the priority of a job that has run a while, so that younger (usually short) jobs
+/// on the same machine are not slowed by it. Best effort: where a step is not allowed, the
+/// job runs on as it was.
+fn demote(make_pid: i32, uid: Option<u32>) {
+    // The scheduler first shares the CPU between sessions (autogroups, when on), each job
+    // being one: renicing the session's group is what counts against other jobs. A process
+    // that makes a new session leaves it, but gains only a share of its own.
+    let _ = std::fs::write(
+        format!("/proc/{make_pid}/autogroup"),
+        DEMOTED_NICE.to_string(),
+    );
+    // Within the group, and where autogroups are off: the job's processes, whose children
+    // inherit the value. All of its uid's when the uid is the job's own, else make's group.
+    // SAFETY: plain system calls on integers.
+    unsafe {
+        match uid {
+            Some(uid) => libc::setpriority(libc::PRIO_USER, uid, DEMOTED_NICE),
+            None => libc::setpriority(libc::PRIO_PGRP, make_pid as libc::id_t, DEMOTED_NICE),
+        };
+    }
 }
 
 /// Kills every process of the job: its process group while make lives, every process of
