@@ -280,6 +280,12 @@ if want api; then
   api_bench memory
   stop_tango
   start_tango api-redis redis '' --no-manager
+  # One Redis round trip on its own (PING, one connection): what `info` with Redis adds to
+  # a request at least, beside the ceiling's own latency.
+  rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 20000 -t ping --csv 2>/dev/null |
+    awk -F'"' '$2 == "PING_MBULK" {print $4, $10}')
+  record api-redis redis-rtt "$(jq -nc --argjson rps "${rtt% *}" --argjson p50 "${rtt#* }" '{rps: $rps, p50_ms: $p50}')"
+  echo "  redis PING round trip: ${rtt#* } ms p50" >&2
   api_bench redis
   stop_tango
 fi
