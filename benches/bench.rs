@@ -78,6 +78,11 @@ enum Command {
         /// Timeout of the hostile jobs, seconds.
         #[arg(long, default_value_t = 10)]
         hostile_timeout: u64,
+        /// Pause after each normal job, alone and beside, in milliseconds: the normal jobs
+        /// then meet the hostile ones over several of their lives (a fresh one starting, an
+        /// old one being killed), not only in the instant after they were started.
+        #[arg(long, default_value_t = 200)]
+        pace_ms: u64,
     },
 }
 
@@ -142,7 +147,11 @@ fn main() {
                 count,
                 hostile,
                 hostile_timeout,
-            } => run_hostile(&target, &job, count, &hostile, hostile_timeout).await,
+                pace_ms,
+            } => {
+                let pace = Duration::from_millis(pace_ms);
+                run_hostile(&target, &job, count, &hostile, hostile_timeout, pace).await
+            }
         }
     });
     match result {
@@ -571,6 +580,7 @@ async fn run_hostile(
     count: usize,
     hostile: &[PathBuf],
     hostile_timeout: u64,
+    pace: Duration,
 ) -> Result<Value, Error> {
     let client = Arc::new(Client::new(target));
     let lab = target.courselab.clone();
@@ -580,6 +590,7 @@ async fn run_hostile(
     let mut alone = Vec::with_capacity(count);
     for _ in 0..count {
         alone.push(one_job(&client, &lab, &files, job, "alone").await?);
+        tokio::time::sleep(pace).await;
     }
 
     // Each hostile job in its own courselab, resubmitted whenever it ends, until we stop.
@@ -617,7 +628,10 @@ async fn run_hostile(
     let mut failure = None;
     for _ in 0..count {
         match one_job(&client, &lab, &files, job, "beside").await {
-            Ok(d) => beside.push(d),
+            Ok(d) => {
+                beside.push(d);
+                tokio::time::sleep(pace).await;
+            }
             Err(e) => {
                 failure = Some(e);
                 break;

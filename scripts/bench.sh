@@ -37,7 +37,7 @@ if ((quick)); then
   hostile_count=3 hyperfine_runs=3
 else
   wrk_secs=5 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20 batch=200
-  pools=(1 4 8) hostile_count=15 hyperfine_runs=20
+  pools=(1 4 8) hostile_count=40 hyperfine_runs=20
 fi
 
 log() { printf '\n== %s\n' "$*" >&2; }

@@ -472,9 +472,11 @@ fn daemonised_children_do_not_outlive_the_job() {
 fn a_job_that_runs_a_while_yields_to_younger_ones() {
     require_root();
     // `nice` prints the caller's niceness; a child started after the demotion inherits it.
+    // The autodriver is make's parent: field 4 of make's /proc stat, its nice field 19.
     let ws = Workspace::new().with_makefile(
         "all:\n\t@echo before $$(nice)\n\t@sleep 1.5\n\t@echo after $$(nice)\n\
-         \t@sh -c 'echo child $$(nice)'\n\t@cat /proc/self/autogroup || true\n",
+         \t@sh -c 'echo child $$(nice)'\n\t@cat /proc/self/autogroup || true\n\
+         \t@echo driver $$(cut -d' ' -f19 /proc/$$(cut -d' ' -f4 /proc/$$PPID/stat)/stat)\n",
     );
     let started = Instant::now();
     let out = ws
@@ -486,7 +488,7 @@ fn a_job_that_runs_a_while_yields_to_younger_ones() {
     let run = ws.finish(out, started.elapsed());
     assert_eq!(run.exit, 0, "{}", run.text());
     let text = run.text();
-    for line in ["before 0", "after 10", "child 10"] {
+    for line in ["before 0", "after 10", "child 10", "driver 10"] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in {text}");
     }
     // Where the kernel groups sessions for the scheduler, the job's whole group yields.

@@ -426,6 +426,9 @@ fn demote(make_pid: i32, uid: Option<u32>) {
             Some(uid) => libc::setpriority(libc::PRIO_USER, uid, DEMOTED_NICE),
             None => libc::setpriority(libc::PRIO_PGRP, make_pid as libc::id_t, DEMOTED_NICE),
         };
+        // And this process: it works for the job (reading a flood of output, say), in the
+        // session of whatever started it (on the local backend, tango's own).
+        libc::setpriority(libc::PRIO_PROCESS, 0, DEMOTED_NICE);
     }
 }
 
