@@ -29,8 +29,8 @@ pub struct Options {
     #[arg(short = 'a', long = "address-space", value_name = "BYTES", default_value = "0", value_parser = parse_c_uint)]
     pub address_space: u64,
     /// After this many milliseconds the job yields the CPU to younger jobs: its session's
-    /// scheduling group, its processes and this autodriver are reniced to 10. Short jobs beside long or
-    /// hostile ones stay quick; a job alone runs as fast. 0: never.
+    /// scheduling group, its processes and this autodriver are reniced to 10. Short jobs
+    /// beside long or hostile ones stay quicker; a job alone runs as fast. 0: never.
     #[arg(long = "demote-after", value_name = "MS", default_value = "100", value_parser = parse_c_uint)]
     pub demote_after: u64,
     /// The grading user, looked up in /etc/passwd [default: autograde].
