@@ -511,7 +511,7 @@ fn open_regular(path: &Path) -> io::Result<Option<(std::fs::File, u64)>> {
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    Ok(meta.is_file().then(|| (file, meta.len())))
+    Ok(meta.is_file().then_some((file, meta.len())))
 }
 
 /// The first `len` bytes of `file` (its length when it was opened): no read past them to
