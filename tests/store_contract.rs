@@ -519,6 +519,45 @@ async fn add_job_counts_numbers_stamps_and_queues(f: Fixture) {
     assert_eq!(claimed.trace, job.trace);
 }
 
+async fn concurrent_add_jobs_each_get_their_id_and_their_own_json(f: Fixture) {
+    // Sent all at once from both handles, so that Redis gets them in shared script calls.
+    const ADDS: usize = 300;
+    let mut tasks = Vec::new();
+    for i in 0..ADDS {
+        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut job = unnumbered(&format!("lab_{i}_user{i}@x.edu"));
+            job.notify_url = Some(format!("http://127.0.0.1:9/done?submission={i}"));
+            store.add_job(&mut job, 0).await.unwrap();
+            (i, job)
+        }));
+    }
+    let mut added = Vec::new();
+    for t in tasks {
+        added.push(t.await.unwrap());
+    }
+    let ids: HashSet<JobId> = added.iter().map(|(_, j)| j.id).collect();
+    assert_eq!(ids.len(), ADDS, "ids must be distinct");
+    for (i, job) in &added {
+        // Each job is stored as returned: its own name, URL and id, in the JSON and trace.
+        assert_eq!(job.name, format!("lab_{i}_user{i}@x.edu"));
+        let stored = f.a.live_job(job.id).await.unwrap();
+        assert_eq!(stored.as_ref(), Some(job), "job {i}");
+        let last = job.trace.last().expect("a trace line");
+        assert!(
+            last.ends_with(&format!("|Added job {}:{} to queue", job.name, job.id)),
+            "{last}"
+        );
+    }
+    // Queued in the order the ids were given, every request counted.
+    let queued = f.b.queued_ids().await.unwrap();
+    let mut sorted = queued.clone();
+    sorted.sort_unstable();
+    assert_eq!(queued, sorted);
+    assert_eq!(queued.iter().copied().collect::<HashSet<_>>(), ids);
+    assert_eq!(f.a.counters().await.unwrap().job_requests, ADDS as u64);
+}
+
 async fn add_job_cap_holds_under_concurrent_adds(f: Fixture) {
     const CAP: u64 = 5;
     const ADDS: usize = 40;
@@ -597,4 +636,5 @@ every_backend!(
     concurrent_adds_get_distinct_ids,
     add_job_counts_numbers_stamps_and_queues,
     add_job_cap_holds_under_concurrent_adds,
+    concurrent_add_jobs_each_get_their_id_and_their_own_json,
 );

@@ -81,6 +81,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+mod adds;
+
 use super::flight::SharedRead;
 use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
@@ -109,7 +111,7 @@ pub struct RedisStore {
     /// Opens the dedicated connections of waiting claimers.
     client: Client,
     /// The shared, multiplexed connection every other call uses.
-    link: Link,
+    link: Arc<Link>,
     keys: Keys,
     /// Dedicated connections for `BLMOVE`, idle between waits.
     blocking: Mutex<Vec<MultiplexedConnection>>,
@@ -117,6 +119,8 @@ pub struct RedisStore {
     addr: String,
     /// `overview` reads on their way, shared by the calls arriving meanwhile.
     overview_read: SharedRead<Result<(Counters, StoreStats), StoreError>>,
+    /// New jobs on their way to Redis together (`add_job`).
+    adds: Arc<adds::Adds>,
 }
 
 /// The shared connection: one multiplexed RESP3 connection, replaced when it dies.
@@ -175,6 +179,59 @@ impl Link {
         Ok((conn, open))
     }
 
+    /// Runs `op` on the shared connection within [`CALL_BUDGET`], retrying as `retry` allows.
+    async fn call<F, Fut>(
+        &self,
+        ns: &str,
+        addr: &str,
+        retry: Retry,
+        op: F,
+    ) -> Result<Value, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<Value>>,
+    {
+        let deadline = Instant::now() + CALL_BUDGET;
+        let mut attempt = 1;
+        loop {
+            let tried = async {
+                let (conn, open) = self.get().await.map_err(Failure::Unsent)?;
+                op(conn).await.map_err(|error| {
+                    if error.is_unrecoverable_error() {
+                        // Do not send anything more on it; the next call reconnects.
+                        open.store(false, Ordering::Release);
+                    }
+                    Failure::Sent(error)
+                })
+            };
+            let (error, may_retry) = match tokio::time::timeout_at(deadline, tried).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(Failure::Unsent(error))) => (error, true),
+                Ok(Err(Failure::Sent(error))) => {
+                    let may_retry = retry == Retry::Idempotent && is_unavailable(&error);
+                    (error, may_retry)
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis at {} did not answer within {} ms",
+                        addr,
+                        CALL_BUDGET.as_millis()
+                    )));
+                }
+            };
+            let pause = if attempt == 1 {
+                Duration::ZERO
+            } else {
+                RETRY_PAUSE
+            };
+            if !may_retry || attempt >= ATTEMPTS || Instant::now() + pause >= deadline {
+                return Err(store_error(ns, addr, error));
+            }
+            attempt += 1;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// The current connection if it is still open.
     fn open_now(&self) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
         let current = self.lock_current();
@@ -195,6 +252,7 @@ impl Link {
 }
 
 /// The names of the keys the Rust side uses directly (scripts derive the rest).
+#[derive(Clone)]
 struct Keys {
     ns: String,
     next_job_id: String,
@@ -337,6 +395,7 @@ end
 struct Scripts {
     enqueue: Script,
     add_job: Script,
+    add_jobs: Script,
     claim: Script,
     update_live: Script,
     requeue: Script,
@@ -379,8 +438,8 @@ return -1
     // max_queued, id ('' to take the next one), then the job JSON in parts, to be joined
     // with the id (see `new_job_parts`). Counts the request first. Returns {1, id} when
     // added, or {0, the queue's length} when it is full.
-    // Without the prelude, and with its keys given: it is on addJob's path, where each
-    // string built and each call made costs Redis time on every request.
+    // Without the prelude, and with its keys given. Used for a job whose id was taken first
+    // (its text holds the marker); `add_jobs` adds the others.
     add_job: Script::new(
         r#"
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -402,6 +461,34 @@ if given then
 end
 redis.call('RPUSH', KEYS[2], id)
 return { 1, tonumber(id) }
+"#,
+    ),
+    // Several new jobs in one call (see `adds`). KEYS: counters, queue, next-job-id, live.
+    // ARGV: counter name, max_queued, then for each job, in order, the two parts of its JSON
+    // that follow `{"id":` and its trace's id (see `new_job_parts`). Counts the requests
+    // first. Returns, for each job, 1 and its id when added, or 0 and the queue's length
+    // when it is full. Without the prelude, as `add_job`.
+    add_jobs: Script::new(
+        r#"
+redis.call('HINCRBY', KEYS[1], ARGV[1], (#ARGV - 2) / 2)
+local max = tonumber(ARGV[2])
+local n = 0
+if max > 0 then n = redis.call('LLEN', KEYS[2]) end
+local out = {}
+for i = 3, #ARGV, 2 do
+  if max > 0 and n >= max then
+    out[#out + 1] = 0
+    out[#out + 1] = n
+  else
+    local id = string.format('%d', redis.call('INCR', KEYS[3]))
+    redis.call('HSET', KEYS[4], id, '{"id":' .. id .. ARGV[i] .. id .. ARGV[i + 1])
+    redis.call('RPUSH', KEYS[2], id)
+    n = n + 1
+    out[#out + 1] = 1
+    out[#out + 1] = tonumber(id)
+  end
+end
+return out
 "#,
     ),
     // ARGV: ns, owner. Returns nil, or {job JSON, assigned (0/1)}. Queue entries whose job
@@ -614,14 +701,17 @@ impl RedisStore {
             .map_err(bad_config)?
             .set_redis_settings(settings);
         let client = Client::open(info).map_err(bad_config)?;
+        let link = Arc::new(Link {
+            client: client.clone(),
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        });
+        let keys = Keys::new(&config.namespace);
         Ok(RedisStore {
-            link: Link {
-                client: client.clone(),
-                current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            },
+            adds: Arc::new(adds::Adds::new(link.clone(), keys.clone(), addr.clone())),
+            link,
             client,
-            keys: Keys::new(&config.namespace),
+            keys,
             blocking: Mutex::new(Vec::new()),
             addr,
             overview_read: SharedRead::default(),
@@ -670,45 +760,7 @@ impl RedisStore {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<Value>>,
     {
-        let deadline = Instant::now() + CALL_BUDGET;
-        let mut attempt = 1;
-        loop {
-            let tried = async {
-                let (conn, open) = self.link.get().await.map_err(Failure::Unsent)?;
-                op(conn).await.map_err(|error| {
-                    if error.is_unrecoverable_error() {
-                        // Do not send anything more on it; the next call reconnects.
-                        open.store(false, Ordering::Release);
-                    }
-                    Failure::Sent(error)
-                })
-            };
-            let (error, may_retry) = match tokio::time::timeout_at(deadline, tried).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(Failure::Unsent(error))) => (error, true),
-                Ok(Err(Failure::Sent(error))) => {
-                    let may_retry = retry == Retry::Idempotent && is_unavailable(&error);
-                    (error, may_retry)
-                }
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "redis at {} did not answer within {} ms",
-                        self.addr,
-                        CALL_BUDGET.as_millis()
-                    )));
-                }
-            };
-            let pause = if attempt == 1 {
-                Duration::ZERO
-            } else {
-                RETRY_PAUSE
-            };
-            if !may_retry || attempt >= ATTEMPTS || Instant::now() + pause >= deadline {
-                return Err(self.error(error));
-            }
-            attempt += 1;
-            tokio::time::sleep(pause).await;
-        }
+        self.link.call(&self.keys.ns, &self.addr, retry, op).await
     }
 
     async fn run<T: FromRedisValue>(
@@ -756,15 +808,7 @@ impl RedisStore {
     }
 
     fn error(&self, error: RedisError) -> StoreError {
-        if error.code() == Some("WRONGTYPE") {
-            // Something else wrote under our namespace.
-            StoreError::Corrupt {
-                key: format!("{}:*", self.keys.ns),
-                message: error.to_string(),
-            }
-        } else {
-            StoreError::Unavailable(format!("redis at {}: {error}", self.addr))
-        }
+        store_error(&self.keys.ns, &self.addr, error)
     }
 
     /// A script invocation with the namespace as ARGV[1].
@@ -988,6 +1032,19 @@ fn new_job_parts(json: &str) -> Option<[&str; 3]> {
     Some([HEAD, before, after])
 }
 
+/// What a Redis error means to the store's caller.
+fn store_error(ns: &str, addr: &str, error: RedisError) -> StoreError {
+    if error.code() == Some("WRONGTYPE") {
+        // Something else wrote under our namespace.
+        StoreError::Corrupt {
+            key: format!("{ns}:*"),
+            message: error.to_string(),
+        }
+    } else {
+        StoreError::Unavailable(format!("redis at {addr}: {error}"))
+    }
+}
+
 /// A failure to reach Redis, as opposed to an answer we did not like.
 fn is_unavailable(error: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
@@ -1049,6 +1106,27 @@ impl JobStore for RedisStore {
         let at = Utc::now();
         stored.trace_at(at, added_line(&stored.name, NEW_ID_MARK));
         let json = self.encode(&stored)?;
+        // The usual case: Redis takes the id and writes it into the JSON, in one call with
+        // the other jobs being added meanwhile.
+        if let Some([_, before, after]) = new_job_parts(&json) {
+            let (added, value) = self.adds.add(before, after, max_queued).await?;
+            if !added {
+                return Err(StoreError::QueueFull(value));
+            }
+            stored.id = value;
+            if let Some(line) = stored.trace.last_mut() {
+                *line = line.replace(NEW_ID_MARK, &value.to_string());
+            }
+            *job = stored;
+            return Ok(());
+        }
+        // The job's own text holds the marker: take the id first (a second round trip, and
+        // an id used even if the queue turns out full) and send the whole JSON.
+        let id = self.allocate_job_id().await?;
+        let mut whole = Self::released(job);
+        whole.id = id;
+        whole.timings = stored.timings;
+        whole.trace_at(at, added_line(&whole.name, id));
         let mut invocation = SCRIPTS.add_job.prepare_invoke();
         let keys = &self.keys;
         invocation
@@ -1058,42 +1136,16 @@ impl JobStore for RedisStore {
             .key(&keys.live)
             .key(&keys.lease)
             .key(&keys.assigned);
-        invocation.arg(Counter::JobRequests.name()).arg(max_queued);
-        let given = match new_job_parts(&json) {
-            // The usual case: Redis takes the id and writes it into the JSON.
-            Some(parts) => {
-                invocation.arg("");
-                for part in parts {
-                    invocation.arg(part);
-                }
-                None
-            }
-            // The job's own text holds the marker: take the id first (a second round
-            // trip, and an id used even if the queue turns out full) and send whole JSON.
-            None => {
-                let id = self.allocate_job_id().await?;
-                let mut whole = Self::released(job);
-                whole.id = id;
-                whole.timings = stored.timings.clone();
-                whole.trace_at(at, added_line(&whole.name, id));
-                invocation.arg(id).arg(self.encode(&whole)?);
-                Some(whole)
-            }
-        };
+        invocation
+            .arg(Counter::JobRequests.name())
+            .arg(max_queued)
+            .arg(id)
+            .arg(self.encode(&whole)?);
         let (added, value): (bool, u64) = self.run(Retry::IfUnsent, &invocation).await?;
         if !added {
             return Err(StoreError::QueueFull(value));
         }
-        *job = match given {
-            Some(whole) => whole,
-            None => {
-                stored.id = value;
-                if let Some(line) = stored.trace.last_mut() {
-                    *line = line.replace(NEW_ID_MARK, &value.to_string());
-                }
-                stored
-            }
-        };
+        *job = whole;
         Ok(())
     }
 

@@ -1,0 +1,279 @@
+//! New jobs on their way to Redis together: the `addJob` calls that arrive while one script
+//! call is on its way go in the next one, in the order they came.
+//!
+//! Each call to Redis costs both sides a write, a read and the script's start, whatever it
+//! carries; under a burst of submissions (a deadline) most of an `addJob`'s store time was
+//! that. One task sends, so a client that goes away cannot take other clients' jobs with
+//! it: a job handed over is sent, and its caller learns the outcome if still there.
+
+use std::sync::{Arc, Mutex};
+
+use redis::Value;
+use tokio::sync::oneshot;
+
+use super::{Keys, Link, Retry, SCRIPTS};
+use crate::model::Counter;
+use crate::store::StoreError;
+
+/// At most this many jobs in one script call: the call holds Redis meanwhile (about 15 µs
+/// a job).
+const MAX_BATCH: usize = 64;
+
+/// Added or not, and the job's id or the queue's length.
+type Outcome = Result<(bool, u64), StoreError>;
+
+/// The jobs waiting to be sent, and the connection they go by.
+pub(super) struct Adds {
+    link: Arc<Link>,
+    keys: Keys,
+    addr: String,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    jobs: Vec<Pending>,
+    /// A sender task is running; it sends until `jobs` is empty.
+    sending: bool,
+}
+
+/// A job's JSON in its two parts (see `new_job_parts`), and where its outcome goes.
+struct Pending {
+    before: String,
+    after: String,
+    max_queued: u64,
+    outcome: oneshot::Sender<Outcome>,
+}
+
+impl Adds {
+    pub(super) fn new(link: Arc<Link>, keys: Keys, addr: String) -> Adds {
+        Adds {
+            link,
+            keys,
+            addr,
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Adds one job, given the parts of its JSON around its id, with the jobs of the other
+    /// calls meanwhile. A call that is dropped does not withdraw its job.
+    pub(super) async fn add(
+        self: &Arc<Self>,
+        before: &str,
+        after: &str,
+        max_queued: u64,
+    ) -> Outcome {
+        let alone = {
+            let mut waiting = self.lock();
+            !std::mem::replace(&mut waiting.sending, true)
+        };
+        if alone {
+            // Nothing on its way: this call sends its job itself, without a hand-over to a
+            // task (a wake-up each way, which one connection at a time would feel). Calls
+            // arriving meanwhile wait, and are sent after it.
+            let mut handover = Handover {
+                adds: self,
+                failed: None,
+            };
+            let outcome = self
+                .send(max_queued, &[(before, after)])
+                .await
+                .map(|outcomes| outcomes[0]);
+            handover.failed = outcome.as_ref().err().cloned();
+            return outcome;
+        }
+        let (outcome, answer) = oneshot::channel();
+        let start = {
+            let mut waiting = self.lock();
+            waiting.jobs.push(Pending {
+                before: before.to_string(),
+                after: after.to_string(),
+                max_queued,
+                outcome,
+            });
+            // The sender may have finished since.
+            !std::mem::replace(&mut waiting.sending, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_all());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "redis at {}: the call adding this job ended without an answer",
+                self.addr
+            )))
+        })
+    }
+
+    /// After a call sent its own job: the jobs that came meanwhile go on in a sender task,
+    /// or, when that call failed, hear the same failure now (they were not sent).
+    fn hand_over(self: &Arc<Self>, failed: Option<StoreError>) {
+        let unsent = {
+            let mut waiting = self.lock();
+            if waiting.jobs.is_empty() {
+                waiting.sending = false;
+                return;
+            }
+            match (&failed, tokio::runtime::Handle::try_current()) {
+                (None, Ok(runtime)) => {
+                    runtime.spawn(self.clone().send_all());
+                    return;
+                }
+                _ => {
+                    waiting.sending = false;
+                    std::mem::take(&mut waiting.jobs)
+                }
+            }
+        };
+        let error = failed.unwrap_or_else(|| {
+            StoreError::Unavailable(format!(
+                "redis at {}: the job was not sent (shutting down)",
+                self.addr
+            ))
+        });
+        for job in unsent {
+            let _ = job.outcome.send(Err(error.clone()));
+        }
+    }
+
+    /// Sends the waiting jobs, a batch at a time, until none is left.
+    async fn send_all(self: Arc<Self>) {
+        let mut sender = Sender {
+            adds: &self,
+            finished: false,
+        };
+        loop {
+            let batch: Vec<Pending> = {
+                let mut waiting = self.lock();
+                if waiting.jobs.is_empty() {
+                    waiting.sending = false;
+                    sender.finished = true;
+                    return;
+                }
+                // One cap per call: calls with another (a changed configuration) go next.
+                let max = waiting.jobs[0].max_queued;
+                let n = waiting
+                    .jobs
+                    .iter()
+                    .take(MAX_BATCH)
+                    .take_while(|p| p.max_queued == max)
+                    .count();
+                waiting.jobs.drain(..n).collect()
+            };
+            let max = batch[0].max_queued;
+            let parts: Vec<(&str, &str)> = batch
+                .iter()
+                .map(|p| (p.before.as_str(), p.after.as_str()))
+                .collect();
+            let sent = self.send(max, &parts).await;
+            drop(parts);
+            match sent {
+                Ok(outcomes) => {
+                    for (job, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = job.outcome.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    // Those still waiting would meet the same failure after another full
+                    // wait: they are answered now (they were not sent, so not added), and
+                    // every caller hears within one call's budget.
+                    let unsent = std::mem::take(&mut self.lock().jobs);
+                    for job in batch.into_iter().chain(unsent) {
+                        let _ = job.outcome.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One script call for `jobs` (the parts of each one's JSON): an outcome for each job,
+    /// in order.
+    async fn send(
+        &self,
+        max_queued: u64,
+        jobs: &[(&str, &str)],
+    ) -> Result<Vec<(bool, u64)>, StoreError> {
+        let keys = &self.keys;
+        let mut invocation = SCRIPTS.add_jobs.prepare_invoke();
+        invocation
+            .key(&keys.counters)
+            .key(&keys.queue)
+            .key(&keys.next_job_id)
+            .key(&keys.live);
+        invocation.arg(Counter::JobRequests.name()).arg(max_queued);
+        for (before, after) in jobs {
+            invocation.arg(*before).arg(*after);
+        }
+        let invocation = &invocation;
+        let value = self
+            .link
+            .call(
+                &keys.ns,
+                &self.addr,
+                Retry::IfUnsent,
+                |mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await },
+            )
+            .await?;
+        let flat: Vec<u64> =
+            redis::FromRedisValue::from_redis_value(value).map_err(|e| StoreError::Corrupt {
+                key: format!("{}:*", keys.ns),
+                message: format!("unexpected reply from redis: {e}"),
+            })?;
+        if flat.len() != 2 * jobs.len() {
+            return Err(StoreError::Corrupt {
+                key: format!("{}:*", keys.ns),
+                message: format!(
+                    "redis answered {} values for {} jobs added",
+                    flat.len(),
+                    jobs.len()
+                ),
+            });
+        }
+        Ok(flat.chunks(2).map(|p| (p[0] == 1, p[1])).collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // Only ever changed whole (a push, a drain, a flag): a panic cannot leave it torn.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends a call that sent its own job, completed or dropped (its client went away): the
+/// jobs that came meanwhile are not left waiting.
+struct Handover<'a> {
+    adds: &'a Arc<Adds>,
+    failed: Option<StoreError>,
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        self.adds.hand_over(self.failed.take());
+    }
+}
+
+/// Ends a sender task: if it stopped early (a panic, the runtime shutting down), the jobs
+/// still waiting are answered and the next call starts a new sender, so that no caller
+/// waits forever.
+struct Sender<'a> {
+    adds: &'a Adds,
+    finished: bool,
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let unsent = {
+            let mut waiting = self.adds.lock();
+            waiting.sending = false;
+            std::mem::take(&mut waiting.jobs)
+        };
+        for job in unsent {
+            let _ = job.outcome.send(Err(StoreError::Unavailable(format!(
+                "redis at {}: the job was not sent (the sender stopped)",
+                self.adds.addr
+            ))));
+        }
+    }
+}
