@@ -113,6 +113,16 @@ fn every_call(store: &dyn JobStore) -> Vec<Call<'_>> {
             let mut fresh = job(0, "fresh");
             store.add_job(&mut fresh, 0).await
         }),
+        // Made while the one above is on its way, so they wait for it to go to Redis
+        // together: they must hear of the outage with it, not after a wait of their own.
+        call!("add_job (behind another)", async {
+            let mut fresh = job(0, "fresh 2");
+            store.add_job(&mut fresh, 0).await
+        }),
+        call!("add_job (behind two)", async {
+            let mut fresh = job(0, "fresh 3");
+            store.add_job(&mut fresh, 0).await
+        }),
         call!("claim_next(0)", store.claim_next("m1", NO_WAIT)),
         call!(
             "claim_next(1s)",

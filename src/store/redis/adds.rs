@@ -79,7 +79,12 @@ impl Adds {
                 .send(max_queued, &[(before, after)])
                 .await
                 .map(|outcomes| outcomes[0]);
-            handover.failed = outcome.as_ref().err().cloned();
+            // Only an outage is shared by the jobs behind this one; any other failure was
+            // this call's own.
+            handover.failed = match &outcome {
+                Err(error @ StoreError::Unavailable(_)) => Some(error.clone()),
+                _ => None,
+            };
             return outcome;
         }
         let (outcome, answer) = oneshot::channel();
@@ -106,7 +111,7 @@ impl Adds {
     }
 
     /// After a call sent its own job: the jobs that came meanwhile go on in a sender task,
-    /// or, when that call failed, hear the same failure now (they were not sent).
+    /// or, when that call found Redis unavailable, hear the same now (they were not sent).
     fn hand_over(self: &Arc<Self>, failed: Option<StoreError>) {
         let unsent = {
             let mut waiting = self.lock();
@@ -174,10 +179,13 @@ impl Adds {
                     }
                 }
                 Err(error) => {
-                    // Those still waiting would meet the same failure after another full
-                    // wait: they are answered now (they were not sent, so not added), and
-                    // every caller hears within one call's budget.
-                    let unsent = std::mem::take(&mut self.lock().jobs);
+                    // When Redis is unavailable, those still waiting would meet the same
+                    // after another full wait: they are answered now (they were not sent, so
+                    // not added), and every caller hears within one call's budget.
+                    let unsent = match error {
+                        StoreError::Unavailable(_) => std::mem::take(&mut self.lock().jobs),
+                        _ => Vec::new(),
+                    };
                     for job in batch.into_iter().chain(unsent) {
                         let _ = job.outcome.send(Err(error.clone()));
                     }
