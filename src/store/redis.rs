@@ -2,9 +2,9 @@
 //! that points at the same Redis and namespace, on any host.
 //!
 //! Each [`JobStore`] method is one Lua script, one command, or one `MULTI` block (a waiting
-//! `claim_next` repeats one claim script between waits), so other clients never see half of
-//! a change. Values are JSON (`serde_json` of [`Job`], [`Machine`], [`PoolTarget`]), never
-//! a language pickle.
+//! `claim_next` repeats one claim script between waits; `add_job`s made together share one
+//! script call, see `adds`), so other clients never see half of a change. Values are JSON
+//! (`serde_json` of [`Job`], [`Machine`], [`PoolTarget`]), never a language pickle.
 //!
 //! # Key layout
 //!
