@@ -434,12 +434,10 @@ redis.call('RPUSH', key('queue'), ARGV[2])
 return -1
 "#,
     ),
-    // KEYS: counters, queue, next-job-id, live, lease, assigned. ARGV: counter name,
-    // max_queued, id ('' to take the next one), then the job JSON in parts, to be joined
-    // with the id (see `new_job_parts`). Counts the request first. Returns {1, id} when
-    // added, or {0, the queue's length} when it is full.
-    // Without the prelude, and with its keys given. Used for a job whose id was taken first
-    // (its text holds the marker); `add_jobs` adds the others.
+    // A new job whose id was taken first (its text holds the id marker; `add_jobs` adds the
+    // others). KEYS: counters, queue, live, lease, assigned. ARGV: counter name, max_queued,
+    // id, job JSON. Counts the request first. Returns {1, id} when added, or {0, the queue's
+    // length} when it is full.
     add_job: Script::new(
         r#"
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -448,26 +446,19 @@ if max > 0 then
   local n = redis.call('LLEN', KEYS[2])
   if n >= max then return { 0, n } end
 end
-local id = ARGV[3]
-local given = id ~= ''
-if not given then id = string.format('%d', redis.call('INCR', KEYS[3])) end
-local parts = {}
-for i = 4, #ARGV do parts[#parts + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], id, table.concat(parts, id))
--- An id just taken was never used: only a given one can have a lease or be assigned.
-if given then
-  redis.call('HDEL', KEYS[5], id)
-  redis.call('SREM', KEYS[6], id)
-end
-redis.call('RPUSH', KEYS[2], id)
-return { 1, tonumber(id) }
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('HDEL', KEYS[4], ARGV[3])
+redis.call('SREM', KEYS[5], ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return { 1, tonumber(ARGV[3]) }
 "#,
     ),
     // Several new jobs in one call (see `adds`). KEYS: counters, queue, next-job-id, live.
     // ARGV: counter name, max_queued, then for each job, in order, the two parts of its JSON
     // that follow `{"id":` and its trace's id (see `new_job_parts`). Counts the requests
     // first. Returns, for each job, 1 and its id when added, or 0 and the queue's length
-    // when it is full. Without the prelude, as `add_job`.
+    // when it is full. Without the prelude, and with its keys given: it is on addJob's path,
+    // where each string built and each call made costs Redis time.
     add_jobs: Script::new(
         r#"
 redis.call('HINCRBY', KEYS[1], ARGV[1], (#ARGV - 2) / 2)
@@ -1132,7 +1123,6 @@ impl JobStore for RedisStore {
         invocation
             .key(&keys.counters)
             .key(&keys.queue)
-            .key(&keys.next_job_id)
             .key(&keys.live)
             .key(&keys.lease)
             .key(&keys.assigned);
