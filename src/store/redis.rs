@@ -792,10 +792,7 @@ impl RedisStore {
     }
 
     fn convert<T: FromRedisValue>(&self, value: Value) -> Result<T, StoreError> {
-        T::from_redis_value(value).map_err(|e| StoreError::Corrupt {
-            key: format!("{}:*", self.keys.ns),
-            message: format!("unexpected reply from redis: {e}"),
-        })
+        convert(&self.keys.ns, value)
     }
 
     fn error(&self, error: RedisError) -> StoreError {
@@ -1021,6 +1018,15 @@ fn new_job_parts(json: &str) -> Option<[&str; 3]> {
         return None;
     };
     Some([HEAD, before, after])
+}
+
+/// A reply as the type a call expects; another shape means something else wrote under
+/// namespace `ns`.
+fn convert<T: FromRedisValue>(ns: &str, value: Value) -> Result<T, StoreError> {
+    T::from_redis_value(value).map_err(|e| StoreError::Corrupt {
+        key: format!("{ns}:*"),
+        message: format!("unexpected reply from redis: {e}"),
+    })
 }
 
 /// What a Redis error means to the store's caller.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use redis::Value;
 use tokio::sync::oneshot;
 
-use super::{Keys, Link, Retry, SCRIPTS};
+use super::{Keys, Link, Retry, SCRIPTS, convert};
 use crate::model::Counter;
 use crate::store::StoreError;
 
@@ -222,11 +222,7 @@ impl Adds {
                 |mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await },
             )
             .await?;
-        let flat: Vec<u64> =
-            redis::FromRedisValue::from_redis_value(value).map_err(|e| StoreError::Corrupt {
-                key: format!("{}:*", keys.ns),
-                message: format!("unexpected reply from redis: {e}"),
-            })?;
+        let flat: Vec<u64> = convert(&keys.ns, value)?;
         if flat.len() != 2 * jobs.len() {
             return Err(StoreError::Corrupt {
                 key: format!("{}:*", keys.ns),
