@@ -110,8 +110,9 @@ impl Adds {
         })
     }
 
-    /// After a call sent its own job: the jobs that came meanwhile go on in a sender task,
-    /// or, when that call found Redis unavailable, hear the same now (they were not sent).
+    /// When whatever was sending stops (a call that sent its own job, or a sender task that
+    /// ended early): the jobs that came meanwhile go on in a sender task, or, given
+    /// `failed` (Redis unavailable, or no sender can run), hear it now: they were not sent.
     fn hand_over(self: &Arc<Self>, failed: Option<StoreError>) {
         let unsent = {
             let mut waiting = self.lock();
@@ -136,9 +137,7 @@ impl Adds {
                 self.addr
             ))
         });
-        for job in unsent {
-            let _ = job.outcome.send(Err(error.clone()));
-        }
+        fail(unsent, &error);
     }
 
     /// Sends the waiting jobs, a batch at a time, until none is left.
@@ -148,7 +147,7 @@ impl Adds {
             finished: false,
         };
         loop {
-            let batch: Vec<Pending> = {
+            let (max, batch): (u64, Vec<Pending>) = {
                 let mut waiting = self.lock();
                 if waiting.jobs.is_empty() {
                     waiting.sending = false;
@@ -163,15 +162,15 @@ impl Adds {
                     .take(MAX_BATCH)
                     .take_while(|p| p.max_queued == max)
                     .count();
-                waiting.jobs.drain(..n).collect()
+                (max, waiting.jobs.drain(..n).collect())
             };
-            let max = batch[0].max_queued;
-            let parts: Vec<(&str, &str)> = batch
-                .iter()
-                .map(|p| (p.before.as_str(), p.after.as_str()))
-                .collect();
-            let sent = self.send(max, &parts).await;
-            drop(parts);
+            let sent = {
+                let parts: Vec<(&str, &str)> = batch
+                    .iter()
+                    .map(|p| (p.before.as_str(), p.after.as_str()))
+                    .collect();
+                self.send(max, &parts).await
+            };
             match sent {
                 Ok(outcomes) => {
                     for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -186,9 +185,7 @@ impl Adds {
                         StoreError::Unavailable(_) => std::mem::take(&mut self.lock().jobs),
                         _ => Vec::new(),
                     };
-                    for job in batch.into_iter().chain(unsent) {
-                        let _ = job.outcome.send(Err(error.clone()));
-                    }
+                    fail(batch.into_iter().chain(unsent), &error);
                 }
             }
         }
@@ -259,25 +256,24 @@ impl Drop for Handover<'_> {
 /// still waiting are answered and the next call starts a new sender, so that no caller
 /// waits forever.
 struct Sender<'a> {
-    adds: &'a Adds,
+    adds: &'a Arc<Adds>,
     finished: bool,
 }
 
 impl Drop for Sender<'_> {
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let unsent = {
-            let mut waiting = self.adds.lock();
-            waiting.sending = false;
-            std::mem::take(&mut waiting.jobs)
-        };
-        for job in unsent {
-            let _ = job.outcome.send(Err(StoreError::Unavailable(format!(
+        if !self.finished {
+            self.adds.hand_over(Some(StoreError::Unavailable(format!(
                 "redis at {}: the job was not sent (the sender stopped)",
                 self.adds.addr
             ))));
         }
+    }
+}
+
+/// Answers each of `jobs` with `error`.
+fn fail(jobs: impl IntoIterator<Item = Pending>, error: &StoreError) {
+    for job in jobs {
+        let _ = job.outcome.send(Err(error.clone()));
     }
 }
