@@ -488,6 +488,30 @@ fn unnumbered(name: &str) -> Job {
     }
 }
 
+/// `n` calls of `add_job` at once, alternating between the two handles, each with the job
+/// `make` gives for its index: each call's result and job, in index order.
+async fn adds_at_once(
+    f: &Fixture,
+    n: usize,
+    max_queued: u64,
+    make: fn(usize) -> Job,
+) -> Vec<(Result<(), StoreError>, Job)> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut job = make(i);
+            let result = store.add_job(&mut job, max_queued).await;
+            (result, job)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
 async fn add_job_counts_numbers_stamps_and_queues(f: Fixture) {
     let before = f.a.allocate_job_id().await.unwrap();
     let queued = add(&*f.a, "first").await;
@@ -522,20 +546,19 @@ async fn add_job_counts_numbers_stamps_and_queues(f: Fixture) {
 async fn concurrent_add_jobs_each_get_their_id_and_their_own_json(f: Fixture) {
     // Sent all at once from both handles, so that Redis gets them in shared script calls.
     const ADDS: usize = 300;
-    let mut tasks = Vec::new();
-    for i in 0..ADDS {
-        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let mut job = unnumbered(&format!("lab_{i}_user{i}@x.edu"));
-            job.notify_url = Some(format!("http://127.0.0.1:9/done?submission={i}"));
-            store.add_job(&mut job, 0).await.unwrap();
-            (i, job)
-        }));
-    }
-    let mut added = Vec::new();
-    for t in tasks {
-        added.push(t.await.unwrap());
-    }
+    let added: Vec<(usize, Job)> = adds_at_once(&f, ADDS, 0, |i| {
+        let mut job = unnumbered(&format!("lab_{i}_user{i}@x.edu"));
+        job.notify_url = Some(format!("http://127.0.0.1:9/done?submission={i}"));
+        job
+    })
+    .await
+    .into_iter()
+    .enumerate()
+    .map(|(i, (result, job))| {
+        result.unwrap();
+        (i, job)
+    })
+    .collect();
     let ids: HashSet<JobId> = added.iter().map(|(_, j)| j.id).collect();
     assert_eq!(ids.len(), ADDS, "ids must be distinct");
     for (i, job) in &added {
@@ -561,19 +584,10 @@ async fn concurrent_add_jobs_each_get_their_id_and_their_own_json(f: Fixture) {
 async fn add_job_cap_holds_under_concurrent_adds(f: Fixture) {
     const CAP: u64 = 5;
     const ADDS: usize = 40;
-    let mut tasks = Vec::new();
-    for i in 0..ADDS {
-        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let mut job = unnumbered(&format!("c{i}"));
-            let result = store.add_job(&mut job, CAP).await;
-            (result, job)
-        }));
-    }
     let mut added = Vec::new();
     let mut refused = 0;
-    for t in tasks {
-        match t.await.unwrap() {
+    for result in adds_at_once(&f, ADDS, CAP, |i| unnumbered(&format!("c{i}"))).await {
+        match result {
             (Ok(()), job) => added.push(job.id),
             (Err(StoreError::QueueFull(n)), job) => {
                 assert_eq!(n, CAP, "refused with the queue's length");
