@@ -253,15 +253,18 @@ pub fn live_processes_of(uid: u32) -> io::Result<Vec<ProcStatus>> {
 }
 
 /// Kills every process of `uid` and waits until none is left alive, at most `max`.
-/// Returns how many there were at first. Needs root.
-pub fn sweep_uid(uid: u32, gid: u32, max: Duration) -> io::Result<usize> {
+/// Needs root.
+///
+/// Kills first and looks after: a uid with nothing left (the usual case: the last job on
+/// it was swept when it ended) costs one scan of `/proc`, which reads every process's
+/// status and takes milliseconds beside a fork bomb.
+pub fn sweep_uid(uid: u32, gid: u32, max: Duration) -> io::Result<()> {
     let deadline = Instant::now() + max;
-    let first = live_processes_of(uid)?.len();
     loop {
         kill_uid_in_round(uid, gid)?;
         let left = live_processes_of(uid)?;
         if left.is_empty() {
-            return Ok(first);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(

@@ -710,7 +710,6 @@ impl Vmms for LocalVmms {
             if let Some(uid) = record.uid {
                 blocking(move || {
                     procs::sweep_uid(uid, uid, SWEEP_PATIENCE)
-                        .map(|_| ())
                         .map_err(|e| VmmsError::Backend(format!("killing uid {uid}: {e}")))
                 })
                 .await?;
