@@ -473,10 +473,14 @@ fn a_job_that_runs_a_while_yields_to_younger_ones() {
     require_root();
     // `nice` prints the caller's niceness; a child started after the demotion inherits it.
     // The autodriver is make's parent: field 4 of make's /proc stat, its nice field 19.
+    // Then the autodriver's session (field 6) and its pid, and its session's autogroup.
     let ws = Workspace::new().with_makefile(
         "all:\n\t@echo before $$(nice)\n\t@sleep 1.5\n\t@echo after $$(nice)\n\
          \t@sh -c 'echo child $$(nice)'\n\t@cat /proc/self/autogroup || true\n\
-         \t@echo driver $$(cut -d' ' -f19 /proc/$$(cut -d' ' -f4 /proc/$$PPID/stat)/stat)\n",
+         \t@echo driver $$(cut -d' ' -f19 /proc/$$(cut -d' ' -f4 /proc/$$PPID/stat)/stat)\n\
+         \t@d=$$(cut -d' ' -f4 /proc/$$PPID/stat); \
+         echo driver-session $$(cut -d' ' -f6 /proc/$$d/stat) $$d; \
+         cat /proc/$$d/autogroup || true\n",
     );
     let started = Instant::now();
     let out = ws
@@ -499,6 +503,33 @@ fn a_job_that_runs_a_while_yields_to_younger_ones() {
             text.lines()
                 .any(|l| l.starts_with("/autogroup-") && l.ends_with(" nice 10")),
             "the session's autogroup was not reniced: {text}"
+        );
+    }
+    // Without a terminal (as under tango), the autodriver leads a session of its own, so its
+    // work for the job is not weighed as its starter's; with one, it stays in ours.
+    let session = text
+        .lines()
+        .find_map(|l| l.strip_prefix("driver-session "))
+        .unwrap_or_else(|| panic!("no driver-session line in {text}"));
+    let (sid, pid) = session.split_once(' ').expect("session and pid");
+    let has_terminal = std::fs::File::open("/dev/tty").is_ok();
+    assert_eq!(sid == pid, !has_terminal, "session {sid}, autodriver {pid}");
+    if autogroups && !has_terminal {
+        let ours = std::fs::read_to_string("/proc/self/autogroup").expect("our autogroup");
+        let ours = ours.split_whitespace().next().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("driver-session "))
+            .expect("driver-session line");
+        let group = lines.get(at + 1).copied().unwrap_or_default();
+        assert!(
+            group.starts_with("/autogroup-") && group.ends_with(" nice 10"),
+            "the autodriver's own autogroup was not reniced: {group:?} in {text}"
+        );
+        assert!(
+            !group.starts_with(&format!("{ours} ")),
+            "the autodriver is in our autogroup: {group:?}"
         );
     }
     run.assert_nothing_left();

@@ -140,9 +140,10 @@ pub fn run(
             .map_err(os_error("Error chowning directory"))?;
     }
 
+    let own_session = take_own_session();
     let capture = Capture::new(log, opts.osize);
     // The files are cleaned whether or not watching went well.
-    let watched = watch(opts, &identity, &dir, capture);
+    let watched = watch(opts, &identity, &dir, capture, own_session);
     let cleanup = clean_up(opts, &identity, &dir, &dir_meta, &own_files);
     let ((watched, capture), removal) = match (watched, cleanup) {
         (Ok(w), Ok(r)) => (w, r),
@@ -250,6 +251,7 @@ fn watch(
     identity: &Identity,
     dir: &Path,
     mut capture: Capture,
+    own_session: bool,
 ) -> Result<(Watched, Capture), AutodriverError> {
     let signals = StopSignals::block().map_err(os_error("Error setting up signals"))?;
     let (pipe_read, pipe_write) = pipe().map_err(os_error("Error creating a pipe"))?;
@@ -320,7 +322,7 @@ fn watch(
         }
         if demote_at.is_some_and(|d| now >= d) {
             demote_at = None;
-            demote(make_pid, scope.uid);
+            demote(make_pid, scope.uid, own_session);
         }
         if sampling && now >= next_sample {
             next_sample = now + SAMPLE_EVERY;
@@ -407,10 +409,34 @@ fn watch(
 /// The nice value of a job that has run past `--demote-after`.
 const DEMOTED_NICE: i32 = 10;
 
+/// Makes this autodriver the leader of a new session when it has no terminal; true when it
+/// now leads its own session.
+///
+/// The kernel shares the CPU between sessions first (autogroups). Left in the session of
+/// whatever started it (on the `local` backend, tango's), the autodriver's work for its job
+/// (reading a flood of output, say) would count as that session's: the daemon's share, at
+/// the daemon's priority, whatever [`demote`] does to the job. In a session of its own, that
+/// work is weighed on its own and demoted with the job. With a terminal it stays where it
+/// is, so that Ctrl-C still reaches it when someone runs it by hand.
+fn take_own_session() -> bool {
+    // SAFETY: plain system calls; the path is a valid C string.
+    unsafe {
+        let tty = libc::open(c"/dev/tty".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if tty >= 0 {
+            libc::close(tty);
+            return false;
+        }
+        // Fails (EPERM) for a process group leader, started by a shell or `setsid` say:
+        // then it leads a session only if it already did.
+        libc::setsid();
+        libc::getsid(0) == libc::getpid()
+    }
+}
+
 /// Lowers the priority of a job that has run a while, so that younger (usually short) jobs
 /// on the same machine are not slowed by it. Best effort: where a step is not allowed, the
 /// job runs on as it was.
-fn demote(make_pid: i32, uid: Option<u32>) {
+fn demote(make_pid: i32, uid: Option<u32>, own_session: bool) {
     // The scheduler first shares the CPU between sessions (autogroups, when on), each job
     // being one: renicing the session's group is what counts against other jobs. A process
     // that makes a new session leaves it, but gains only a share of its own.
@@ -418,6 +444,11 @@ fn demote(make_pid: i32, uid: Option<u32>) {
         format!("/proc/{make_pid}/autogroup"),
         DEMOTED_NICE.to_string(),
     );
+    // So is this autodriver's session when it leads one ([`take_own_session`]); else that
+    // session is its starter's, and is left alone.
+    if own_session {
+        let _ = std::fs::write("/proc/self/autogroup", DEMOTED_NICE.to_string());
+    }
     // Within the group, and where autogroups are off: the job's processes, whose children
     // inherit the value. All of its uid's when the uid is the job's own, else make's group.
     // SAFETY: plain system calls on integers.
