@@ -115,9 +115,14 @@ Causes of what still falls short, found but not changed:
   renices a job older than 100 ms, and itself (`--demote-after`, docs/autodriver.md), so a
   young job gets the CPU first: over three runs each way with this harness (and the pause
   between runs), 2.6, 3.4 and 3.2 times the time alone without it, 1.3, 2.3 and 2.5 with it.
+  The autodriver also leads a session of its own (it was in tango's, so reading a flood's
+  output counted as the daemon's work at nice 0): over five interleaved runs each way, the
+  normal job's p90 beside went from 61-167 ms to 40-72 ms, its median unchanged.
   The figure moves a lot from run to run: each hostile job is young for its first 100 ms
   too (flood and memhog end and restart every half second or so), and the fork bomb's churn
-  costs the kernel. Docker jobs can also be held to `limits.cores`.
+  costs the kernel. Docker jobs can also be held to `limits.cores`. The hostile jobs' own
+  outputs are looked for every 50 ms (the timed job's every millisecond), so that the
+  harness's checks do not compete with the job it times.
 
 """
 
