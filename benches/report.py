@@ -98,7 +98,16 @@ Changed because of what this harness showed (each in `src/`, with the tests pass
 Causes of what still falls short, found but not changed:
 - **`addJob` with Redis**: the daemon spends about 40 µs per request (over a third of it in
   the kernel sending the answer and the Redis command), Redis about 16 µs, and wrk the rest,
-  on two CPUs shared by all three.
+  on two CPUs shared by all three. The ratio follows the machine's state: 0.27 and 0.40 at
+  16 and 64 connections in the run at 9583323 (a Redis round trip alone: 0.055 ms), 0.23
+  and 0.24 in the run at 59898fe (0.103 ms), with no change to this route in between; a
+  profile of the daemon then (`perf`, `wrk -c16`) is led by the kernel's task switches and
+  socket wake-ups, not by our code.
+- **Redis `info` at one connection** passes or misses with the one-connection ceiling,
+  which itself moves from run to run (13,048 requests/s, p50 0.07 ms, at 9583323, where the
+  ratio was 0.47; 7,998, p50 0.12 ms, at 59898fe, where it was 0.73): the route is one
+  Redis round trip more than the ceiling, and that round trip is a large part of a
+  ceiling request.
 - **One connection** is latency-bound: the ceiling answers in about 0.1 ms, so a single
   file-system call shows in the ratio, and a Redis round trip (measured above) is most of
   a ceiling request again.
