@@ -117,10 +117,10 @@ struct JobArgs {
     /// Longest wait for one job's output, seconds.
     #[arg(long, default_value_t = 300)]
     patience: u64,
-    /// How often to look for the output file, milliseconds: often for a job being timed,
+    /// How often to look for the output file: often for a job being timed,
     /// seldom for one only kept running (its checks would compete with the timed one).
-    #[arg(skip = 1u64)]
-    poll_ms: u64,
+    #[arg(skip = Duration::from_millis(1))]
+    poll: Duration,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -320,8 +320,8 @@ fn job_body(image: &str, files: &[Value], output_file: &str, timeout: u64) -> Va
     })
 }
 
-/// Waits until `path` exists (the daemon renames a complete file into place), checking every
-/// millisecond; returns its content.
+/// Waits until `path` exists (the daemon renames a complete file into place), checking
+/// `every` so often; returns its content.
 async fn wait_file(path: &Path, patience: Duration, every: Duration) -> Result<Vec<u8>, Error> {
     let deadline = Instant::now() + patience;
     loop {
@@ -493,12 +493,7 @@ async fn one_job(
     let body = job_body(&job.image, files, &name, job.timeout);
     let t = Instant::now();
     client.add_job(lab, &body).await?;
-    let output = wait_file(
-        &path,
-        Duration::from_secs(job.patience),
-        Duration::from_millis(job.poll_ms),
-    )
-    .await?;
+    let output = wait_file(&path, Duration::from_secs(job.patience), job.poll).await?;
     let elapsed = t.elapsed();
     check_output(&output, job, &name)?;
     Ok(elapsed)
@@ -558,7 +553,7 @@ async fn run_jobs(
         }
         let patience = Duration::from_secs(job.patience);
         let waits = pending.into_iter().map(|(t, path, name)| async move {
-            let output = wait_file(&path, patience, Duration::from_millis(job.poll_ms)).await?;
+            let output = wait_file(&path, patience, job.poll).await?;
             check_output(&output, job, &name)?;
             Ok::<_, Error>(t.elapsed())
         });
@@ -619,7 +614,7 @@ async fn run_hostile(
             timeout: hostile_timeout,
             expect: None,
             patience: hostile_timeout + 120,
-            poll_ms: 50,
+            poll: Duration::from_millis(50),
         };
         let (client, stop, runs) = (client.clone(), stop.clone(), hostile_runs.clone());
         keepers.push(tokio::spawn(async move {

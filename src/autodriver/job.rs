@@ -440,14 +440,12 @@ fn demote(make_pid: i32, uid: Option<u32>, own_session: bool) {
     // The scheduler first shares the CPU between sessions (autogroups, when on), each job
     // being one: renicing the session's group is what counts against other jobs. A process
     // that makes a new session leaves it, but gains only a share of its own.
-    let _ = std::fs::write(
-        format!("/proc/{make_pid}/autogroup"),
-        DEMOTED_NICE.to_string(),
-    );
+    let nice = DEMOTED_NICE.to_string();
+    let _ = std::fs::write(format!("/proc/{make_pid}/autogroup"), &nice);
     // So is this autodriver's session when it leads one ([`take_own_session`]); else that
     // session is its starter's, and is left alone.
     if own_session {
-        let _ = std::fs::write("/proc/self/autogroup", DEMOTED_NICE.to_string());
+        let _ = std::fs::write("/proc/self/autogroup", &nice);
     }
     // Within the group, and where autogroups are off: the job's processes, whose children
     // inherit the value. All of its uid's when the uid is the job's own, else make's group.
@@ -457,8 +455,9 @@ fn demote(make_pid: i32, uid: Option<u32>, own_session: bool) {
             Some(uid) => libc::setpriority(libc::PRIO_USER, uid, DEMOTED_NICE),
             None => libc::setpriority(libc::PRIO_PGRP, make_pid as libc::id_t, DEMOTED_NICE),
         };
-        // And this process: it works for the job (reading a flood of output, say), in the
-        // session of whatever started it (on the local backend, tango's own).
+        // And this process: it works for the job (reading a flood of output, say), within
+        // its session's group (its own, or its starter's when it kept a terminal), and where
+        // autogroups are off.
         libc::setpriority(libc::PRIO_PROCESS, 0, DEMOTED_NICE);
     }
 }
