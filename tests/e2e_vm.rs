@@ -460,6 +460,27 @@ mod ec2 {
         let instances = rig.instances().await;
         assert_eq!(instances.len(), 1, "{instances:?}");
         assert_eq!(instances[0].key_name(), Some(key_name.as_str()));
+        // The key pair and its private key go after the instance is terminated, which is
+        // all `all_terminated` waits for.
+        eventually(
+            Duration::from_secs(30),
+            "the per-job key pair is deleted",
+            || async {
+                let left: Vec<_> = std::fs::read_dir(&rig.key_dir)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect();
+                if rig.key_pairs().await.contains(&key_name) {
+                    Err(format!("{key_name} is still listed"))
+                } else if !left.is_empty() {
+                    Err(format!("private keys left behind: {left:?}"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
         // Made, used and cleaned up with the job's credentials, never the configuration's.
         for action in [
             "RunInstances",
@@ -474,17 +495,7 @@ mod ec2 {
                 "{action} signed by {signers:?}"
             );
         }
-        assert!(
-            !rig.key_pairs().await.contains(&key_name),
-            "the per-job key pair is deleted"
-        );
         assert!(rig.key_pairs().await.contains(&KEY_NAME.to_string()));
-        let left: Vec<_> = std::fs::read_dir(&rig.key_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "private keys left behind: {left:?}");
     }
 
     /// The first copy-in loses its SSH connection: the job is retried on a fresh instance and
