@@ -8,6 +8,7 @@ machine, the commit, the date and the command are those of the run.
 
 import argparse
 import json
+import statistics
 from collections import defaultdict
 
 
@@ -165,10 +166,13 @@ METHOD = """\
   file; `upload` of a new 10 KiB file each time (distinct content, so never skipped as already
   there, under 64 names); `addJob` with Autolab's seven fields (store only: no job runs). The
   **ceiling** is a bare axum handler returning a constant JSON body (`bench ceiling`, the same
-  tokio multi-threaded runtime as `tango serve`), loaded the same way just before each store's
-  runs at each concurrency (the daemon's routes are loaded right after it, one after the other);
-  *ratio* is requests/s over that ceiling's. Latencies are wrk's
-  (p50, p99). The daemon runs with the default configuration (log level `debug`, to a file), plus
+  tokio multi-threaded runtime as `tango serve`), loaded the same way. Each route and the
+  ceiling are loaded alternately, {rounds} run(s) of {secs} s each (ceiling, route, ceiling,
+  route, ...), so that both meet the machine in the same state: on a shared virtual machine
+  the CPU time given to it moves within seconds. A route's requests/s is over all its runs,
+  its p50 the median of its runs' p50, its p99 the worst of its runs' p99; *ratio* is its
+  requests/s over those of the ceiling runs alternating with it. Latencies are wrk's. The
+  daemon runs with the default configuration (log level `debug`, to a file), plus
   `log.timing = true` (one line per job).
 - **Store only, manager off.** With Redis: `tango serve --no-manager`. `--no-manager` refuses
   the memory store by design (nothing else could run its jobs), so with the memory store the
@@ -200,34 +204,61 @@ METHOD = """\
 """
 
 
+def pooled(runs):
+    """One figure from a route's rounds: requests/s over all of them, the median p50, the
+    worst p99, the errors summed."""
+    secs = sum(r["secs"] for r in runs)
+    return {
+        "rps": sum(r["requests"] for r in runs) / secs if secs else 0.0,
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "rounds": len(runs),
+    }
+
+
 def api_section(rows, out):
     out.append("## API\n")
     targets = []
+    order = ["info", "open", "poll", "upload", "addJob"]
     for store in ("memory", "redis"):
         section = rows.get(f"api-{store}", [])
         if not section:
             continue
-        ceiling = {r["conns"]: r for r in section if r["name"] == "ceiling"}
+        # Each route's runs, and the ceiling's runs made between them (`pair`); results
+        # from before pairing have one ceiling run per concurrency, shared by every route.
+        runs = defaultdict(list)
+        for r in section:
+            if r["name"] in order:
+                runs[(r["name"], r["conns"])].append(r)
+            elif r["name"] == "ceiling":
+                runs[("ceiling", r["conns"], r.get("pair"))].append(r)
         out.append(f"### {store.capitalize()} store\n")
-        out.append("| route | conns | requests/s | p50 ms | p99 ms | ratio to ceiling | errors |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|")
-        order = ["ceiling", "info", "open", "poll", "upload", "addJob"]
-        loads = sorted((r for r in section if r["name"] in order),
-                       key=lambda r: (order.index(r["name"]), r["conns"]))
-        for r in loads:
-            c = r["conns"]
-            ceil = ceiling.get(c)
+        out.append("| route | conns | requests/s | p50 ms | p99 ms | ceiling requests/s "
+                   "(alternating runs) | ratio to ceiling | errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, c in sorted((k for k in runs if k[0] in order),
+                              key=lambda k: (order.index(k[0]), k[1])):
+            r = pooled(runs[(name, c)])
+            ceiling_runs = runs.get(("ceiling", c, name)) or runs.get(("ceiling", c, None))
+            ceil = pooled(ceiling_runs) if ceiling_runs else None
             ratio = r["rps"] / ceil["rps"] if ceil and ceil["rps"] else None
-            name = "**ceiling**" if r["name"] == "ceiling" else f"`{r['name']}`"
-            errors = r["errors"] + r["non2xx"]
             out.append(
-                f"| {name} | {c} | {fmt(r['rps'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{'' if r['name'] == 'ceiling' else fmt(ratio, 2)} | {errors} |"
+                f"| `{name}` | {c} | {fmt(r['rps'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{fmt(ceil['rps']) if ceil else ''} | {fmt(ratio, 2)} | "
+                f"{r['errors'] + r['non2xx']} |"
             )
-            if r["name"] in ("info", "open", "poll") and ratio is not None:
-                targets.append((store, r["name"], c, ratio, 0.5))
-            if r["name"] == "addJob" and store == "redis" and ratio is not None:
-                targets.append((store, r["name"], c, ratio, 0.25))
+            if name in ("info", "open", "poll") and ratio is not None:
+                targets.append((store, name, c, ratio, 0.5))
+            if name == "addJob" and store == "redis" and ratio is not None:
+                targets.append((store, name, c, ratio, 0.25))
+        # Every ceiling run at a concurrency, for the round-trip bound below.
+        ceiling_runs = defaultdict(list)
+        for key, v in runs.items():
+            if key[0] == "ceiling":
+                ceiling_runs[key[1]] += v
+        ceiling = {c: pooled(v) for c, v in ceiling_runs.items()}
         rtt = [r for r in section if r["name"] == "redis-rtt"]
         if rtt and ceiling.get(1):
             floor = rtt[0]["p50_ms"]
@@ -382,6 +413,7 @@ def main():
     p.add_argument("--machine", required=True)
     p.add_argument("--quick", default="0")
     p.add_argument("--wrk-secs", default="5")
+    p.add_argument("--wrk-rounds", default="1")
     a = p.parse_args()
     rows = load(a.results)
     m = json.loads(a.machine)
@@ -417,6 +449,7 @@ def main():
     out.append(METHOD.format(
         conns=",".join(str(c) for c in conns) or "1,16,64",
         secs=a.wrk_secs,
+        rounds=a.wrk_rounds,
         sample=f"{scale.get('addjob_start', {}).get('n', 1000):,}",
         jobs=f"{scale.get('queued', 10000):,}",
         batch=batch,

@@ -3,7 +3,7 @@
 # from Debian's packages), builds release binaries, runs every benchmark on loopback, and
 # REWRITES docs/benchmarks.md with the figures, the machine, the commit and the command.
 #
-#   scripts/bench.sh                  # everything (about 15 minutes on two cores)
+#   scripts/bench.sh                  # everything (about 25 minutes on two cores)
 #   scripts/bench.sh --quick          # a smoke pass: short runs, small counts
 #   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, hostile
 #   scripts/bench.sh --out FILE       # write the report elsewhere (default docs/benchmarks.md)
@@ -33,10 +33,10 @@ want() { [[ ,$only, == *,$1,* ]]; }
 
 # Sizes: the full run, or a quick smoke pass.
 if ((quick)); then
-  wrk_secs=2 conns=(1 16) scale_jobs=1000 scale_sample=200 e2e_count=3 batch=20 pools=(1 4)
+  wrk_secs=2 wrk_rounds=1 conns=(1 16) scale_jobs=1000 scale_sample=200 e2e_count=3 batch=20 pools=(1 4)
   hostile_count=3 hyperfine_runs=3
 else
-  wrk_secs=5 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20 batch=200
+  wrk_secs=2 wrk_rounds=3 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20 batch=200
   pools=(1 4 8) hostile_count=40 hyperfine_runs=20
 fi
 
@@ -215,13 +215,28 @@ request = function()
   return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded"}, body)
 end')
 
-# wrk_run SECTION NAME CONNS URL LUA
+# wrk_run SECTION NAME CONNS URL LUA [PAIR ROUND]: one wrk run, recorded; PAIR names the
+# route a ceiling run is paired with, ROUND the round of that pair.
 wrk_run() {
-  local section=$1 name=$2 c=$3 url=$4 script=$5 line
+  local section=$1 name=$2 c=$3 url=$4 script=$5 pair=${6:-} round=${7:-0} line
   line=$(wrk -t1 -c"$c" -d"${wrk_secs}s" --timeout 10s -s "$script" "$url" | sed -n 's/^WRKJSON //p')
   [[ -n $line ]] || { echo "bench.sh: wrk gave no report for $name" >&2; exit 1; }
-  record "$section" "$name" "$(jq -c --argjson c "$c" '. + {conns: $c}' <<<"$line")"
-  printf '  %-8s c=%-3s %s\n' "$name" "$c" "$line" >&2
+  record "$section" "$name" "$(jq -c --argjson c "$c" --arg pair "$pair" --argjson round "$round" \
+    '. + {conns: $c, round: $round} + (if $pair == "" then {} else {pair: $pair} end)' <<<"$line")"
+  printf '  %-8s c=%-3s %s\n' "$name${pair:+ ($pair)}" "$c" "$line" >&2
+}
+
+# paired SECTION NAME CONNS URL LUA: the route and the ceiling, alternately, wrk_rounds
+# times each. This machine's share of its CPUs moves within seconds (steal time of 15-30%
+# came and went during single runs), so a ceiling measured once, many seconds before a
+# route, can meet another machine than the route did; alternating short runs makes both
+# meet the same one. report.py pools each side's rounds.
+paired() {
+  local section=$1 name=$2 c=$3 url=$4 script=$5 round
+  for ((round = 1; round <= wrk_rounds; round++)); do
+    wrk_run "$section" ceiling "$c" "$ceiling_url" "$get_lua" "$name" "$round"
+    wrk_run "$section" "$name" "$c" "$url" "$script" "" "$round"
+  done
 }
 
 api_bench() { # api_bench STORE: the API routes against the daemon now running
@@ -242,15 +257,13 @@ api_bench() { # api_bench STORE: the API routes against the daemon now running
   curl -sf "$tango_url/open/$key/up/" >/dev/null
   local before c
   before=$(curl -sf "$tango_url/info/$key/" | jq '.info.job_requests')
-  # Concurrency outermost, the ceiling first: each route is loaded right after the ceiling
-  # it is compared with, so that a change in the machine's load between them stays small.
+  # Each route alternates with the ceiling it is compared with (see `paired`).
   for c in "${conns[@]}"; do
-    wrk_run "api-$store" ceiling "$c" "$ceiling_url" "$get_lua"
-    wrk_run "api-$store" info "$c" "$tango_url/info/$key/" "$get_lua"
-    wrk_run "api-$store" open "$c" "$tango_url/open/$key/$lab/" "$get_lua"
-    wrk_run "api-$store" poll "$c" "$tango_url/poll/$key/$lab/poll.txt/" "$get_lua"
-    wrk_run "api-$store" upload "$c" "$tango_url/upload/$key/up/" "$upload_lua"
-    wrk_run "api-$store" addJob "$c" "$tango_url/addJob/$key/$lab/" "$addjob_lua"
+    paired "api-$store" info "$c" "$tango_url/info/$key/" "$get_lua"
+    paired "api-$store" open "$c" "$tango_url/open/$key/$lab/" "$get_lua"
+    paired "api-$store" poll "$c" "$tango_url/poll/$key/$lab/poll.txt/" "$get_lua"
+    paired "api-$store" upload "$c" "$tango_url/upload/$key/up/" "$upload_lua"
+    paired "api-$store" addJob "$c" "$tango_url/addJob/$key/$lab/" "$addjob_lua"
   done
   local after
   after=$(curl -sf "$tango_url/info/$key/" | jq '.info.job_requests')
@@ -444,5 +457,5 @@ machine=$(jq -nc --arg cpu "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | hea
 cp "$results" "${TMPDIR:-/tmp}/tango-bench-results.jsonl"
 python3 benches/report.py --results "$results" --out "$out" --commit "$commit" \
   --date "$(date -u '+%Y-%m-%d %H:%M UTC')" --command "$command_line" --machine "$machine" \
-  --quick "$quick" --wrk-secs "$wrk_secs"
+  --quick "$quick" --wrk-secs "$wrk_secs" --wrk-rounds "$wrk_rounds"
 log "done: $out"
