@@ -94,16 +94,32 @@ Changed because of what this harness showed (each in `src/`, with the tests pass
   arriving meanwhile go in the next call, up to 64, in their order, from one task (a client
   that goes away cannot take other jobs with it). Redis's time per job under `wrk -c16` went
   from about 25 to 16 µs (`INFO commandstats`, a handful of jobs per call), at 64
-  connections 12 µs.
+  connections 12 µs. The script then made one INCRBY, one HSET and one RPUSH per call
+  instead of one of each per job (a `redis.call` costs Redis a command's set-up): 15.8 to
+  14.3 µs of script time per job under `wrk -c16`. Of what is left, building each job's
+  text around its id (two Lua concatenations of about 1 KB) is about 3 µs a job, and
+  turning the arguments into Lua strings about 1.5 µs (measured with `redis-benchmark`
+  on the script alone, 1 and 16 jobs a call).
+- **The ratios are measured in alternating runs** (`scripts/bench.sh`'s `paired`): the
+  ceiling was loaded once per concurrency, before five routes of 5 s each, and on this
+  shared machine the CPU time it gets moves within seconds (`vmstat` showed 15-32% steal
+  during single runs, and 0-2% when idle), so the last route met another machine than its
+  ceiling had. Each route now alternates with its own ceiling runs.
 
 Causes of what still falls short, found but not changed:
-- **`addJob` with Redis**: the daemon spends about 40 µs per request (over a third of it in
-  the kernel sending the answer and the Redis command), Redis about 16 µs, and wrk the rest,
-  on two CPUs shared by all three. The ratio follows the machine's state: 0.27 and 0.40 at
-  16 and 64 connections in the run at 9583323 (a Redis round trip alone: 0.055 ms), 0.23
-  and 0.24 in the run at 59898fe (0.103 ms), with no change to this route in between; a
-  profile of the daemon then (`perf`, `wrk -c16`) is led by the kernel's task switches and
-  socket wake-ups, not by our code.
+- **`addJob` with Redis** is bound by CPU on two CPUs shared by the daemon, Redis and
+  wrk. Measured at 62e483f under `wrk -c16` (`/proc/PID/stat`, `INFO commandstats`):
+  the daemon 55-64 µs of CPU per request, Redis about 21, the ceiling server 11 for its
+  whole request. A `perf` profile of the daemon: 42% in the kernel (sending the answer
+  and the Redis command, task switches and socket wake-ups), then the handler's own work
+  spread thin (reading the body 5%, storing 12% of which encoding the job 4%, the log
+  line 4.5%, the output directory's `stat` 3%, allocation 8% across all of it); four
+  system calls per request (read, write, that `stat`, and a share of the Redis write,
+  read and epoll). The ratio has been 0.20-0.40 at 16 and 64 connections over the last
+  runs with no change to this route, following the machine's state. Tried and not kept:
+  two script calls on their way at once instead of one (its effect could not be told
+  from the noise: requests/s moved between 3,000 and 24,000 from one run to the next
+  while steal was high), one runtime thread instead of two (lower at 16 connections).
 - **Redis `info` at one connection** passes or misses with the one-connection ceiling,
   which itself moves from run to run (13,048 requests/s, p50 0.07 ms, at 9583323, where the
   ratio was 0.47; 7,998, p50 0.12 ms, at 59898fe, where it was 0.73): the route is one
