@@ -115,16 +115,22 @@ Causes of what still falls short, found but not changed:
   spread thin (reading the body 5%, storing 12% of which encoding the job 4%, the log
   line 4.5%, the output directory's `stat` 3%, allocation 8% across all of it); four
   system calls per request (read, write, that `stat`, and a share of the Redis write,
-  read and epoll). The ratio has been 0.20-0.40 at 16 and 64 connections over the last
-  runs with no change to this route, following the machine's state. Tried and not kept:
-  two script calls on their way at once instead of one (its effect could not be told
-  from the noise: requests/s moved between 3,000 and 24,000 from one run to the next
-  while steal was high), one runtime thread instead of two (lower at 16 connections).
-- **Redis `info` at one connection** passes or misses with the one-connection ceiling,
-  which itself moves from run to run (13,048 requests/s, p50 0.07 ms, at 9583323, where the
-  ratio was 0.47; 7,998, p50 0.12 ms, at 59898fe, where it was 0.73): the route is one
-  Redis round trip more than the ceiling, and that round trip is a large part of a
-  ceiling request.
+  read and epoll). The ratio has been 0.15-0.40 at 16 and 64 connections over the last
+  three full runs, following the machine's state: in the run at 6163512 the three 2 s
+  rounds of `addJob` at 16 connections gave 5,975, 9,240 and 12,448 requests/s, where
+  the same build gave 15,000-18,000 an hour before. The memory store's `addJob`, with no
+  Redis at all, was at 0.32 of the ceiling at 16 connections in that run: most of an
+  `addJob` is the handler's own work (reading and checking Autolab's JSON, building and
+  encoding the job, its trace and log lines), about three ceiling requests' worth.
+  Tried and not kept: two script calls on their way at once instead of one (its effect
+  could not be told from the noise: requests/s moved between 3,000 and 24,000 from one
+  run to the next while steal was high), one runtime thread instead of two (lower at 16
+  connections).
+- **Redis `info` at one connection** passes or misses with the one-connection ceiling and
+  the Redis round trip, both of which move from run to run: 0.47 at 9583323 (ceiling
+  13,048 requests/s), 0.73 at 59898fe (7,998), 0.42 at 6163512 (8,523, a round trip of
+  0.079 ms, which bounds the ratio at about 0.55): the route is one Redis round trip more
+  than the ceiling, and that round trip is a large part of a ceiling request.
 - **One connection** is latency-bound: the ceiling answers in about 0.1 ms, so a single
   file-system call shows in the ratio, and a Redis round trip (measured above) is most of
   a ceiling request again.
@@ -187,7 +193,8 @@ METHOD = """\
   route, ...), so that both meet the machine in the same state: on a shared virtual machine
   the CPU time given to it moves within seconds. A route's requests/s is over all its runs,
   its p50 the median of its runs' p50, its p99 the worst of its runs' p99; *ratio* is its
-  requests/s over those of the ceiling runs alternating with it. Latencies are wrk's. The
+  requests/s over those of the ceiling runs alternating with it. *Of one round*: the
+  lowest and the highest requests/s of single runs, which show how much the machine moved. Latencies are wrk's. The
   daemon runs with the default configuration (log level `debug`, to a file), plus
   `log.timing = true` (one line per job).
 - **Store only, manager off.** With Redis: `tango serve --no-manager`. `--no-manager` refuses
@@ -231,7 +238,14 @@ def pooled(runs):
         "errors": sum(r["errors"] for r in runs),
         "non2xx": sum(r["non2xx"] for r in runs),
         "rounds": len(runs),
+        "low": min(r["rps"] for r in runs),
+        "high": max(r["rps"] for r in runs),
     }
+
+
+def spread(r):
+    """The lowest and highest requests/s of a route's rounds, when there were several."""
+    return f"{fmt(r['low'])}–{fmt(r['high'])}" if r["rounds"] > 1 else ""
 
 
 def api_section(rows, out):
@@ -251,9 +265,9 @@ def api_section(rows, out):
             elif r["name"] == "ceiling":
                 runs[("ceiling", r["conns"], r.get("pair"))].append(r)
         out.append(f"### {store.capitalize()} store\n")
-        out.append("| route | conns | requests/s | p50 ms | p99 ms | ceiling requests/s "
-                   "(alternating runs) | ratio to ceiling | errors |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| route | conns | requests/s | of one round | p50 ms | p99 ms | ceiling "
+                   "requests/s (alternating runs) | of one round | ratio to ceiling | errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, c in sorted((k for k in runs if k[0] in order),
                               key=lambda k: (order.index(k[0]), k[1])):
             r = pooled(runs[(name, c)])
@@ -261,9 +275,9 @@ def api_section(rows, out):
             ceil = pooled(ceiling_runs) if ceiling_runs else None
             ratio = r["rps"] / ceil["rps"] if ceil and ceil["rps"] else None
             out.append(
-                f"| `{name}` | {c} | {fmt(r['rps'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{fmt(ceil['rps']) if ceil else ''} | {fmt(ratio, 2)} | "
-                f"{r['errors'] + r['non2xx']} |"
+                f"| `{name}` | {c} | {fmt(r['rps'])} | {spread(r)} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {fmt(ceil['rps']) if ceil else ''} | "
+                f"{spread(ceil) if ceil else ''} | {fmt(ratio, 2)} | {r['errors'] + r['non2xx']} |"
             )
             if name in ("info", "open", "poll") and ratio is not None:
                 targets.append((store, name, c, ratio, 0.5))

@@ -453,8 +453,12 @@ machine=$(jq -nc --arg cpu "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | hea
   --arg redis "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')" \
   --arg wrk "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f2)" \
   '{cpu: $cpu, nproc: $nproc, mem_mib: $mem, kernel: $kernel, docker: $docker, redis: $redis, wrk: $wrk}')
-# Kept after the run, so that the report can be written again by hand if need be.
-cp "$results" "${TMPDIR:-/tmp}/tango-bench-results.jsonl"
+# Kept after the run, so that the report can be written again by hand if need be: a full
+# run's under its own name, so that a partial run after it does not take its place.
+kept=${TMPDIR:-/tmp}/tango-bench-results.jsonl
+if ((quick)) || [[ $only != api,scale,jobs,hostile ]]; then kept=${kept%.jsonl}-partial.jsonl; fi
+cp "$results" "$kept"
+log "results kept in $kept"
 python3 benches/report.py --results "$results" --out "$out" --commit "$commit" \
   --date "$(date -u '+%Y-%m-%d %H:%M UTC')" --command "$command_line" --machine "$machine" \
   --quick "$quick" --wrk-secs "$wrk_secs" --wrk-rounds "$wrk_rounds"
