@@ -244,7 +244,10 @@ api_bench() { # api_bench STORE: the API routes against the daemon now running
   # A courselab as Autolab leaves it: a Makefile, a handin and an autograder tarball, and an
   # output file to poll.
   curl -sf "$tango_url/open/$key/$lab/" >/dev/null
-  head -c 10240 /dev/urandom | base64 -w 76 | head -c 10240 >"$run/handin.c"
+  # Cut to size after writing, not with `| head`: under pipefail a base64 still writing
+  # when head has had its fill dies of SIGPIPE, and set -e ends the whole run (it did once).
+  head -c 7680 /dev/urandom | base64 -w 76 >"$run/handin.c"
+  truncate -s 10240 "$run/handin.c"
   head -c 102400 /dev/urandom >"$run/autograde.tar"
   curl -sf -H 'Filename: Makefile' --data-binary @"$run/trivial/Makefile" "$tango_url/upload/$key/$lab/" | jq -e '.statusId == 0' >/dev/null
   curl -sf -H 'Filename: user@x.edu_1_handin.c' --data-binary @"$run/handin.c" "$tango_url/upload/$key/$lab/" | jq -e '.statusId == 0' >/dev/null
