@@ -124,8 +124,14 @@ Causes of what still falls short, found but not changed:
   encoding the job, its trace and log lines), about three ceiling requests' worth.
   Tried and not kept: two script calls on their way at once instead of one (its effect
   could not be told from the noise: requests/s moved between 3,000 and 24,000 from one
-  run to the next while steal was high), one runtime thread instead of two (lower at 16
-  connections).
+  run to the next while steal was high; later, on a calmer machine, 18,100-21,800
+  requests/s against 11,600-20,400 over four interleaved rounds each, within the noise).
+  One runtime thread instead of two (`TOKIO_WORKER_THREADS=1`, three interleaved rounds
+  each at 16 connections): the daemon's CPU per request fell from 45-52 to 32-37 µs and
+  its task switches per request from 0.6-0.7 to 0.2-0.3 (tokio's threads waking each
+  other for a handful of tasks), but requests/s stayed the same (21,000-25,000 against
+  20,000-24,000), one thread then being the limit; not kept, as a daemon on a larger
+  machine needs its threads.
 - **Redis `info` at one connection** passes or misses with the one-connection ceiling and
   the Redis round trip, both of which move from run to run: 0.47 at 9583323 (ceiling
   13,048 requests/s), 0.73 at 59898fe (7,998), 0.42 at 6163512 (8,523, a round trip of
