@@ -181,8 +181,10 @@ measuring tool is `benches/bench.rs` (`harness = false`); this report is written
 `benches/report.py` from the results of the run.
 
 The machine is whatever runs the script: on a shared or busy machine the figures are noisy,
-and the ceiling is measured beside the daemon in the same run so that the ratios stay
-comparable.
+and the ceiling is measured beside the daemon in the same run, in runs alternating with
+each route's, so that the ratios stay comparable. A full run's raw results are kept in
+`$TMPDIR/tango-bench-results.jsonl` (a partial run's in `...-partial.jsonl`), from which
+`benches/report.py` can write this file again.
 """
 
 METHOD = """\
