@@ -202,9 +202,9 @@ METHOD = """\
   the CPU time given to it moves within seconds. A route's requests/s is over all its runs,
   its p50 the median of its runs' p50, its p99 the worst of its runs' p99; *ratio* is its
   requests/s over those of the ceiling runs alternating with it. *Of one round*: the
-  lowest and the highest requests/s of single runs, which show how much the machine moved. Latencies are wrk's. The
-  daemon runs with the default configuration (log level `debug`, to a file), plus
-  `log.timing = true` (one line per job).
+  lowest and the highest requests/s of single runs, which show how much the machine moved.
+  Latencies are wrk's. The daemon runs with the default configuration (log level `debug`,
+  to a file), plus `log.timing = true` (one line per job).
 - **Store only, manager off.** With Redis: `tango serve --no-manager`. `--no-manager` refuses
   the memory store by design (nothing else could run its jobs), so with the memory store the
   manager runs but is *plugged*: `vmms.max_concurrent_jobs = 1` and one `forever` job (timeout
@@ -266,12 +266,15 @@ def api_section(rows, out):
             continue
         # Each route's runs, and the ceiling's runs made between them (`pair`); results
         # from before pairing have one ceiling run per concurrency, shared by every route.
+        # Every ceiling run at a concurrency, too, for the round-trip bound below.
         runs = defaultdict(list)
+        ceilings_at = defaultdict(list)
         for r in section:
             if r["name"] in order:
                 runs[(r["name"], r["conns"])].append(r)
             elif r["name"] == "ceiling":
                 runs[("ceiling", r["conns"], r.get("pair"))].append(r)
+                ceilings_at[r["conns"]].append(r)
         out.append(f"### {store.capitalize()} store\n")
         out.append("| route | conns | requests/s | of one round | p50 ms | p99 ms | ceiling "
                    "requests/s (alternating runs) | of one round | ratio to ceiling | errors |")
@@ -291,12 +294,7 @@ def api_section(rows, out):
                 targets.append((store, name, c, ratio, 0.5))
             if name == "addJob" and store == "redis" and ratio is not None:
                 targets.append((store, name, c, ratio, 0.25))
-        # Every ceiling run at a concurrency, for the round-trip bound below.
-        ceiling_runs = defaultdict(list)
-        for key, v in runs.items():
-            if key[0] == "ceiling":
-                ceiling_runs[key[1]] += v
-        ceiling = {c: pooled(v) for c, v in ceiling_runs.items()}
+        ceiling = {c: pooled(v) for c, v in ceilings_at.items()}
         rtt = [r for r in section if r["name"] == "redis-rtt"]
         if rtt and ceiling.get(1):
             floor = rtt[0]["p50_ms"]

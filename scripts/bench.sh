@@ -17,7 +17,8 @@ root=$(pwd)
 command_line="scripts/bench.sh${*:+ $*}"
 
 quick=0
-only=api,scale,jobs,hostile
+all_sections=api,scale,jobs,hostile
+only=$all_sections
 out=docs/benchmarks.md
 while (($#)); do
   case $1 in
@@ -459,7 +460,7 @@ machine=$(jq -nc --arg cpu "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | hea
 # Kept after the run, so that the report can be written again by hand if need be: a full
 # run's under its own name, so that a partial run after it does not take its place.
 kept=${TMPDIR:-/tmp}/tango-bench-results.jsonl
-if ((quick)) || [[ $only != api,scale,jobs,hostile ]]; then kept=${kept%.jsonl}-partial.jsonl; fi
+if ((quick)) || [[ $only != "$all_sections" ]]; then kept=${kept%.jsonl}-partial.jsonl; fi
 cp "$results" "$kept"
 log "results kept in $kept"
 python3 benches/report.py --results "$results" --out "$out" --commit "$commit" \
