@@ -507,9 +507,13 @@ fn a_job_that_runs_a_while_yields_to_younger_ones() {
     }
     // Without a terminal (as under tango), the autodriver leads a session of its own, so its
     // work for the job is not weighed as its starter's; with one, it stays in ours.
-    let session = text
+    // The driver-session line, then the autodriver's autogroup on the next.
+    let mut after = text
         .lines()
-        .find_map(|l| l.strip_prefix("driver-session "))
+        .skip_while(|l| !l.starts_with("driver-session "));
+    let session = after
+        .next()
+        .and_then(|l| l.strip_prefix("driver-session "))
         .unwrap_or_else(|| panic!("no driver-session line in {text}"));
     let (sid, pid) = session.split_once(' ').expect("session and pid");
     let has_terminal = std::fs::File::open("/dev/tty").is_ok();
@@ -517,12 +521,7 @@ fn a_job_that_runs_a_while_yields_to_younger_ones() {
     if autogroups && !has_terminal {
         let ours = std::fs::read_to_string("/proc/self/autogroup").expect("our autogroup");
         let ours = ours.split_whitespace().next().unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let at = lines
-            .iter()
-            .position(|l| l.starts_with("driver-session "))
-            .expect("driver-session line");
-        let group = lines.get(at + 1).copied().unwrap_or_default();
+        let group = after.next().unwrap_or_default();
         assert!(
             group.starts_with("/autogroup-") && group.ends_with(" nice 10"),
             "the autodriver's own autogroup was not reniced: {group:?} in {text}"
