@@ -171,6 +171,33 @@ async fn assign_update_and_finish(f: Fixture) {
     );
 }
 
+async fn finish_sent_again_after_it_took_effect_succeeds(f: Fixture) {
+    let job = add(&*f.a, "resent").await;
+    let mut held = f.b.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    held.trace("Success: Autodriver returned normally");
+    f.b.finish(&held, 0).await.unwrap();
+    // Its answer was lost and the caller sends it again: done, not a lost lease.
+    f.a.finish(&held, 0).await.unwrap();
+    assert_eq!(f.a.dead_jobs().await.unwrap().len(), 1);
+    assert!(f.a.live_job(job.id).await.unwrap().is_none());
+    // Anything else from the old holder is still refused: another text...
+    let mut other = held.clone();
+    other.trace("Error: something else");
+    assert!(matches!(
+        f.a.finish(&other, 0).await,
+        Err(StoreError::LeaseLost(id)) if id == job.id
+    ));
+    // ...and the same text once the dead entry has changed (its callback recorded).
+    let mut dead = f.a.dead_job(job.id).await.unwrap().unwrap();
+    dead.callback = Some(Default::default());
+    assert!(f.a.update_dead(&dead).await.unwrap());
+    assert!(matches!(
+        f.a.finish(&held, 0).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(f.a.dead_job(job.id).await.unwrap(), Some(dead));
+}
+
 async fn requeue_goes_to_the_front_unassigned(f: Fixture) {
     let first = add(&*f.a, "first").await;
     let second = add(&*f.a, "second").await;
@@ -637,6 +664,7 @@ every_backend!(
     queue_is_fifo,
     claim_waits_for_a_job_and_wakes_at_once,
     assign_update_and_finish,
+    finish_sent_again_after_it_took_effect_succeeds,
     requeue_goes_to_the_front_unassigned,
     writes_need_the_lease,
     rejected_jobs_go_straight_to_dead,

@@ -116,6 +116,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Moves a job held by `job.owner` from the live jobs to the dead ones, as given (the
     /// caller has appended the final trace line and cleared `assigned`). The oldest dead jobs
     /// are dropped beyond `max_dead` (0: keep all).
+    ///
+    /// The same call again after it took effect succeeds too: a caller that retried because
+    /// the answer was lost (Redis paused past the call's budget) must learn that the job is
+    /// finished, not that its lease is lost, or it would never send the job's callback.
     async fn finish(&self, job: &Job, max_dead: u64) -> Result<(), StoreError>;
 
     /// Records a job that never went live (rejected by validation) among the dead ones.

@@ -541,11 +541,20 @@ redis.call('LPUSH', key('queue'), id)
 return 1
 "#,
     ),
-    // ARGV: ns, id, owner, json, max_dead. Returns 1, or 0 when the lease is lost.
+    // ARGV: ns, id, owner, json, max_dead. Returns 1, or 0 when the lease is lost. A finish
+    // sent again after it took effect (its answer lost: Redis paused or slow past the
+    // call's budget, and the caller retried) finds the very text it sent among the dead,
+    // and succeeds, so that its caller goes on to the callback.
     finish: script(
         r#"
 local id, owner = ARGV[2], ARGV[3]
-if not held(id, owner) then return 0 end
+if not held(id, owner) then
+  if redis.call('HEXISTS', key('live'), id) == 0
+    and redis.call('HGET', key('dead'), id) == ARGV[4] then
+    return 1
+  end
+  return 0
+end
 redis.call('HDEL', key('live'), id)
 redis.call('HDEL', key('lease'), id)
 redis.call('SREM', key('assigned'), id)
