@@ -100,6 +100,16 @@ Changed because of what this harness showed (each in `src/`, with the tests pass
   text around its id (two Lua concatenations of about 1 KB) is about 3 µs a job, and
   turning the arguments into Lua strings about 1.5 µs (measured with `redis-benchmark`
   on the script alone, 1 and 16 jobs a call).
+- **`addJob` reads Autolab's body straight into typed fields** (`api/job_request.rs`; any
+  other shape goes to the JSON-tree reading, which alone decides refusals and their words,
+  and the fuzz tests hold the two to the same answers), spells a trace line's time field by
+  field instead of through chrono's pattern, finds the id's place in the job's JSON with a
+  searcher built once, and a request hashes its key once (the key check hands the digest to
+  the courselab's name). Instructions per request of the daemon's own code
+  (`scripts/instructions.sh`, callgrind, one connection): `addJob` with Redis 127,000 to
+  111,000, `open` 37,900 to 33,100 (the ceiling server: 15,300). Under `wrk -c16`, three
+  interleaved rounds each against the build before: 18,100-19,300 requests/s against
+  15,600-17,400, the daemon's CPU 50-51 µs per request against 55-69.
 - **The ratios are measured in alternating runs** (`scripts/bench.sh`'s `paired`): the
   ceiling was loaded once per concurrency, before five routes of 5 s each, and on this
   shared machine the CPU time it gets moves within seconds (`vmstat` showed 15-32% steal
@@ -131,7 +141,12 @@ Causes of what still falls short, found but not changed:
   its task switches per request from 0.6-0.7 to 0.2-0.3 (tokio's threads waking each
   other for a handful of tasks), but requests/s stayed the same (21,000-25,000 against
   20,000-24,000), one thread then being the limit; not kept, as a daemon on a larger
-  machine needs its threads.
+  machine needs its threads. Measured again at 0fd75fc with the whole API section
+  (`TOKIO_WORKER_THREADS=1 scripts/bench.sh --only api`, which gives the ceiling server one
+  thread too, then the same with two): `addJob` with Redis 0.24 of the ceiling at 16
+  connections against 0.25, but `open` at 16 and 64 connections 0.45-0.50 against
+  0.60-0.73 (both stores) and `poll` with Redis 0.44-0.49 against 0.58-0.73, so still not
+  kept.
 - **Redis `info` at one connection** passes or misses with the one-connection ceiling and
   the Redis round trip, both of which move from run to run: 0.47 at 9583323 (ceiling
   13,048 requests/s), 0.73 at 59898fe (7,998), 0.42 at 6163512 (8,523, a round trip of

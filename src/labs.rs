@@ -261,10 +261,13 @@ impl Labs {
 
     /// The tenant a key stands for: the first 16 hex digits of its SHA-256.
     pub fn tenant(key: &str) -> String {
-        let digest = Sha256::digest(key.as_bytes());
-        let mut hex = hex::encode(digest);
-        hex.truncate(TENANT_LEN);
-        hex
+        Self::tenant_of(&Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// The tenant of the key whose SHA-256 is `digest` (as the API's key check gives it).
+    pub fn tenant_of(digest: &[u8; 32]) -> String {
+        // Only the bytes shown are spelled out.
+        hex::encode(&digest[..TENANT_LEN / 2])
     }
 
     /// The largest upload accepted.
@@ -274,10 +277,17 @@ impl Labs {
 
     /// The courselab `name` of the client holding `key` (which the caller has checked).
     pub fn courselab(&self, key: &str, name: &str) -> Result<Courselab, LabsError> {
+        self.courselab_of(&Sha256::digest(key.as_bytes()).into(), name)
+    }
+
+    /// The courselab `name` of the client whose key has the SHA-256 `digest`: the handlers
+    /// have it from checking the key, and hashing the key once more cost a request as much
+    /// as reading its path.
+    pub fn courselab_of(&self, digest: &[u8; 32], name: &str) -> Result<Courselab, LabsError> {
         let name = SafeName::with_max("courselab", name, MAX_COURSELAB_LEN)?;
         let dir = self
             .root
-            .join(format!("{}-{}", Self::tenant(key), name.as_str()));
+            .join(format!("{}-{}", Self::tenant_of(digest), name.as_str()));
         Ok(Courselab { name, dir })
     }
 

@@ -155,8 +155,12 @@ impl Job {
 
     /// Appends a trace line with a given time.
     pub fn trace_at(&mut self, at: DateTime<Utc>, message: impl AsRef<str>) {
-        self.trace
-            .push(format!("{}|{}", ctime(at), message.as_ref()));
+        self.trace_stamped(&ctime(at), message);
+    }
+
+    /// Appends a trace line with a time already spelled by [`ctime`].
+    pub fn trace_stamped(&mut self, stamp: &str, message: impl AsRef<str>) {
+        self.trace.push(format!("{stamp}|{}", message.as_ref()));
     }
 
     /// The `/jobs` shape of this job.
@@ -275,11 +279,25 @@ fn number_like_python<S: serde::Serializer>(value: &Option<f64>, s: S) -> Result
 }
 
 /// Python's `time.ctime()` layout: `Sun Nov  1 09:05:03 2026` (day padded with a space).
-pub fn ctime<Tz: chrono::TimeZone>(at: DateTime<Tz>) -> String
-where
-    Tz::Offset: std::fmt::Display,
-{
-    at.format("%a %b %e %H:%M:%S %Y").to_string()
+///
+/// Spelled field by field: chrono's `format` reads its pattern again on each call, which
+/// cost an addJob three times what the fields do.
+pub fn ctime<Tz: chrono::TimeZone>(at: DateTime<Tz>) -> String {
+    use chrono::{Datelike, Timelike};
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        DAYS[at.weekday().num_days_from_monday() as usize],
+        MONTHS[at.month0() as usize],
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.year()
+    )
 }
 
 /// Now as Unix seconds, for [`Timings`].
@@ -395,6 +413,17 @@ mod tests {
         assert_eq!(ctime(t), "Sun Nov  1 09:05:03 2026");
         let t = Utc.with_ymd_and_hms(2026, 11, 29, 13, 8, 20).unwrap();
         assert_eq!(ctime(t), "Sun Nov 29 13:08:20 2026");
+    }
+
+    #[test]
+    fn ctime_spells_every_day_as_strftime_does() {
+        // Every day of four years (a leap year among them), at a time that moves through
+        // the hours, minutes and seconds.
+        let start = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        for day in 0..(4 * 366) {
+            let t = start + chrono::Duration::seconds(day * 86_400 + day * 3_637 % 86_400);
+            assert_eq!(ctime(t), t.format("%a %b %e %H:%M:%S %Y").to_string());
+        }
     }
 
     #[test]

@@ -165,6 +165,28 @@ fn any_json() -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// Values on the borders of what the typed reading of an addJob body takes: each type a
+/// field may meet, zero, negative, fractional, the longest timeout and one more.
+fn edge_values() -> Vec<Value> {
+    vec![
+        Value::Null,
+        json!(true),
+        json!(false),
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(1.5),
+        json!(MAX_TIMEOUT_SECS),
+        json!(MAX_TIMEOUT_SECS + 1),
+        json!(""),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!([{"localFile": "a", "destFile": "Makefile"}]),
+        json!([{"localFile": "a"}]),
+    ]
+}
+
 /// One change to Autolab's addJob body.
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -213,7 +235,16 @@ fn mutation() -> BoxedStrategy<Mutation> {
 
 fn mutated(mutation: &Mutation) -> Value {
     let mut job = autolab_job("course1");
-    let fields = job.as_object_mut().expect("an object");
+    mutate(&mut job, mutation);
+    job
+}
+
+/// Applies `mutation` to `job`; a file change where `files[i]` is no longer an object (an
+/// earlier change replaced it) changes nothing.
+fn mutate(job: &mut Value, mutation: &Mutation) {
+    let Some(fields) = job.as_object_mut() else {
+        return;
+    };
     match mutation {
         Mutation::Remove(field) => {
             fields.remove(*field);
@@ -222,14 +253,18 @@ fn mutated(mutation: &Mutation) -> Value {
             fields.insert(field.to_string(), value.clone());
         }
         Mutation::SetFile(i, field, value) => {
-            let file = fields["files"][*i].as_object_mut().expect("a file object");
-            match value {
-                Some(value) => file.insert(field.to_string(), value.clone()),
-                None => file.remove(*field),
-            };
+            let file = fields
+                .get_mut("files")
+                .and_then(|files| files.get_mut(*i))
+                .and_then(Value::as_object_mut);
+            if let Some(file) = file {
+                match value {
+                    Some(value) => file.insert(field.to_string(), value.clone()),
+                    None => file.remove(*field),
+                };
+            }
         }
     }
-    job
 }
 
 /// A rejection as a client reads it: a non-empty line of text, without control
@@ -255,6 +290,44 @@ fn assert_clear(message: &str, input_len: usize) -> Result<(), TestCaseError> {
 
 fn timeout_ok(timeout: Option<u64>) -> bool {
     timeout.is_none_or(|t| (1..=MAX_TIMEOUT_SECS).contains(&t))
+}
+
+/// Every change of one or two fields of Autolab's body to a border value (or their
+/// removal), each pair in both orders: the typed reading answers only what the tree walk
+/// would. Exhaustive, where a random pick would rarely meet, say, `timeout` 0 or a
+/// `notifyURL` beside a null `callback_url`.
+#[test]
+fn add_job_parser_reads_every_border_pair_as_the_tree_walk_does() {
+    let changes: Vec<Mutation> = TOP_FIELDS
+        .iter()
+        .flat_map(|field| {
+            edge_values()
+                .into_iter()
+                .map(|value| Mutation::Set(field, value))
+                .chain([Mutation::Remove(field)])
+        })
+        .collect();
+    let mut typical = 0;
+    for first in &changes {
+        for second in &changes {
+            let mut job = autolab_job("course1");
+            mutate(&mut job, first);
+            mutate(&mut job, second);
+            let body = serde_json::to_vec(&job).expect("serializable");
+            typical += usize::from(JobRequest::parse_typical(&body).is_some());
+            assert_eq!(
+                JobRequest::parse(&body),
+                JobRequest::parse_tree(&body),
+                "{first:?} then {second:?}"
+            );
+        }
+    }
+    // The comparison means something only if the typed reading answered many of them.
+    assert!(
+        typical > changes.len(),
+        "{typical} of {} read typed",
+        changes.len().pow(2)
+    );
 }
 
 proptest! {
@@ -332,6 +405,31 @@ proptest! {
                     prop_assert!(message.starts_with(&format!("files[{i}].{field} must be a string, not ")), "{message}");
                 }
             },
+        }
+    }
+
+    /// Two readings, one answer: the typed reading of Autolab's usual shape answers only
+    /// what the tree walk would, on Autolab's body changed in up to four places, on any JSON
+    /// value, and on a body with a field given twice.
+    #[test]
+    fn add_job_parser_reads_as_the_tree_walk_does(
+        mutations in prop::collection::vec(mutation(), 0..4),
+        value in any_json(),
+        (twice, again) in (prop::sample::select(TOP_FIELDS.to_vec()), any_json()),
+    ) {
+        let mut job = autolab_job("course1");
+        for mutation in &mutations {
+            mutate(&mut job, mutation);
+        }
+        let text = serde_json::to_string(&job).expect("serializable");
+        let doubled = format!("{{{}:{},{}", json!(twice), again, &text[1..]);
+        for body in [text.into_bytes(), serde_json::to_vec(&value).expect("serializable"), doubled.into_bytes()] {
+            prop_assert_eq!(
+                JobRequest::parse(&body),
+                JobRequest::parse_tree(&body),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 

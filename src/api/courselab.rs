@@ -29,8 +29,8 @@ pub async fn open(
     State(api): State<Arc<ApiState>>,
     Params((key, courselab)): Params<(String, String)>,
 ) -> Result<Response, ApiError> {
-    api.keys.check(&key)?;
-    let lab = api.labs.courselab(&key, &courselab)?;
+    let digest = api.keys.check(&key)?;
+    let lab = api.labs.courselab_of(&digest, &courselab)?;
     let opened = api.labs.open(&lab).await?;
     let msg = if opened.created {
         tracing::info!(courselab = %lab.name, "created courselab directory");
@@ -57,8 +57,8 @@ pub async fn upload(
     // Everything that can be refused without the body is checked first; the body is then
     // drained so a client that writes it all before reading still gets our answer.
     let checked = async {
-        api.keys.check(&key)?;
-        let lab = api.labs.courselab(&key, &courselab)?;
+        let digest = api.keys.check(&key)?;
+        let lab = api.labs.courselab_of(&digest, &courselab)?;
         let Some(filename) = header_text(&headers, "filename")? else {
             return Err(ApiError::Request(
                 "Missing Filename header: it names the file being uploaded".into(),
@@ -99,8 +99,8 @@ pub async fn poll(
     State(api): State<Arc<ApiState>>,
     Params((key, courselab, output_file)): Params<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    api.keys.check(&key)?;
-    let lab = api.labs.courselab(&key, &courselab)?;
+    let digest = api.keys.check(&key)?;
+    let lab = api.labs.courselab_of(&digest, &courselab)?;
     // Tango decoded the file name a second time (tango-cli quotes it before the URL is
     // encoded); the result is checked like any other name.
     let decoded = percent_decode_str(&output_file).decode_utf8_lossy();

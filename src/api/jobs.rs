@@ -36,8 +36,8 @@ pub async fn add_job(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = small_body(body, "addJob").await?;
-    api.keys.check(&key)?;
-    let lab = api.labs.courselab(&key, &courselab)?;
+    let digest = api.keys.check(&key)?;
+    let lab = api.labs.courselab_of(&digest, &courselab)?;
     let request = JobRequest::parse(&body).map_err(ApiError::Request)?;
     let mut job = build_job(&api, &lab, &request)?;
 

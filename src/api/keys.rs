@@ -21,8 +21,11 @@ impl Keys {
         }
     }
 
-    /// `Ok` when `key` is one of the configured keys; Tango's "Key not recognized" if not.
-    pub fn check(&self, key: &str) -> Result<(), ApiError> {
+    /// `Ok` with the key's SHA-256 (which names its tenant, see [`Labs::courselab_of`])
+    /// when `key` is one of the configured keys; Tango's "Key not recognized" if not.
+    ///
+    /// [`Labs::courselab_of`]: crate::labs::Labs::courselab_of
+    pub fn check(&self, key: &str) -> Result<[u8; 32], ApiError> {
         let sent: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Compare with every key, without stopping at the first match.
         let mut known = Choice::from(0);
@@ -30,7 +33,7 @@ impl Keys {
             known |= digest.ct_eq(&sent);
         }
         if bool::from(known) {
-            Ok(())
+            Ok(sent)
         } else {
             Err(ApiError::WrongKey)
         }
@@ -44,7 +47,10 @@ mod tests {
     #[test]
     fn only_configured_keys_pass() {
         let keys = Keys::new(&["test".to_string(), "other".to_string()]);
-        assert!(keys.check("test").is_ok());
+        assert_eq!(
+            keys.check("test").ok(),
+            Some(Sha256::digest(b"test").into())
+        );
         assert!(keys.check("other").is_ok());
         assert!(keys.check("tes").is_err());
         assert!(keys.check("test ").is_err());

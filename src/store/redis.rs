@@ -71,6 +71,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use memchr::memmem;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo,
@@ -86,7 +87,7 @@ mod adds;
 use super::flight::SharedRead;
 use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
+use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, ctime, unix_now};
 
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -1024,20 +1025,23 @@ const NEW_ID_MARK: &str = "\u{0}tango-new-job-id\u{0}";
 /// id: `{"id":` / everything up to the marker / the rest. `None` when the JSON does not
 /// start with the id, or the marker's JSON form appears other than once.
 fn new_job_parts(json: &str) -> Option<[&str; 3]> {
-    static MARK_JSON: LazyLock<String> = LazyLock::new(|| {
-        let quoted = serde_json::to_string(NEW_ID_MARK).unwrap_or_default();
-        quoted.trim_matches('"').to_string()
+    // The marker's JSON form, and a searcher for it, made once.
+    static MARK_JSON: LazyLock<Option<memmem::Finder<'static>>> = LazyLock::new(|| {
+        let quoted = serde_json::to_string(NEW_ID_MARK).ok()?;
+        let mark = quoted.trim_matches('"');
+        (!mark.is_empty()).then(|| memmem::Finder::new(mark.as_bytes()).into_owned())
     });
     const HEAD: &str = r#"{"id":"#;
     let rest = json.strip_prefix(HEAD)?.strip_prefix('0')?;
-    let mark = MARK_JSON.as_str();
-    if mark.is_empty() || !rest.starts_with(',') {
+    let finder = MARK_JSON.as_ref()?;
+    if !rest.starts_with(',') {
         return None;
     }
-    let mut pieces = rest.split(mark);
-    let (Some(before), Some(after), None) = (pieces.next(), pieces.next(), pieces.next()) else {
+    let at = finder.find(rest.as_bytes())?;
+    let (before, after) = (&rest[..at], &rest[at + finder.needle().len()..]);
+    if finder.find(after.as_bytes()).is_some() {
         return None;
-    };
+    }
     Some([HEAD, before, after])
 }
 
@@ -1122,7 +1126,8 @@ impl JobStore for RedisStore {
         stored.id = 0;
         stored.timings.added = Some(unix_now());
         let at = Utc::now();
-        stored.trace_at(at, added_line(&stored.name, NEW_ID_MARK));
+        let stamp = ctime(at);
+        stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
         let json = self.encode(&stored)?;
         // The usual case: Redis takes the id and writes it into the JSON, in one call with
         // the other jobs being added meanwhile.
@@ -1132,9 +1137,9 @@ impl JobStore for RedisStore {
                 return Err(StoreError::QueueFull(value));
             }
             stored.id = value;
-            if let Some(line) = stored.trace.last_mut() {
-                *line = line.replace(NEW_ID_MARK, &value.to_string());
-            }
+            // The line as Redis wrote it, made again rather than searched for the marker.
+            stored.trace.pop();
+            stored.trace_stamped(&stamp, added_line(&stored.name, value));
             *job = stored;
             return Ok(());
         }
