@@ -166,7 +166,8 @@ fn any_json() -> BoxedStrategy<Value> {
 }
 
 /// Values on the borders of what the typed reading of an addJob body takes: each type a
-/// field may meet, zero, negative, fractional, the longest timeout and one more.
+/// field may meet, zero, negative, fractional, the longest timeout and one more, a file
+/// with a key of its own, a value nested past the JSON tree's depth limit.
 fn edge_values() -> Vec<Value> {
     vec![
         Value::Null,
@@ -184,6 +185,9 @@ fn edge_values() -> Vec<Value> {
         json!({}),
         json!([{"localFile": "a", "destFile": "Makefile"}]),
         json!([{"localFile": "a"}]),
+        json!([{"localFile": "a", "destFile": "Makefile", "x": 1}]),
+        // Past serde_json's depth limit for a tree (128).
+        (0..130).fold(json!(1), |inner, _| json!([inner])),
     ]
 }
 
@@ -292,14 +296,15 @@ fn timeout_ok(timeout: Option<u64>) -> bool {
     timeout.is_none_or(|t| (1..=MAX_TIMEOUT_SECS).contains(&t))
 }
 
-/// Every change of one or two fields of Autolab's body to a border value (or their
-/// removal), each pair in both orders: the typed reading answers only what the tree walk
-/// would. Exhaustive, where a random pick would rarely meet, say, `timeout` 0 or a
-/// `notifyURL` beside a null `callback_url`.
+/// Every change of one or two fields of Autolab's body (or of a field no client sends) to a
+/// border value, or their removal, each pair in both orders: the typed reading answers only
+/// what the tree walk would. Exhaustive, where a random pick would rarely meet, say, `timeout`
+/// 0 or a `notifyURL` beside a null `callback_url`.
 #[test]
 fn add_job_parser_reads_every_border_pair_as_the_tree_walk_does() {
     let changes: Vec<Mutation> = TOP_FIELDS
         .iter()
+        .chain(&["unknown"])
         .flat_map(|field| {
             edge_values()
                 .into_iter()

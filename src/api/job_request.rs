@@ -12,7 +12,6 @@
 //! ([`JobRequest::parse_tree`]), which alone decides what is refused and with which words.
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 /// One input file as the client named it.
@@ -43,9 +42,12 @@ pub struct JobRequest {
 }
 
 /// The body in the shape Autolab sends: every field of the type it should have. Any other
-/// shape (a field missing, null or of another type, a key given twice) fails to read here
-/// and goes to the tree walk, so that this never decides an answer the tree walk would not.
+/// shape (a field missing, null or of another type, a key given twice, a field of no
+/// client's) fails to read here and goes to the tree walk, so that this never decides an
+/// answer the tree walk would not. No value is skipped unread: serde_json skips without the
+/// depth limit it reads a tree with, so a deep unknown field would pass here and not there.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Typical {
     #[serde(rename = "jobName")]
     name: Option<String>,
@@ -54,9 +56,10 @@ struct Typical {
     output_file: Option<String>,
     timeout: Option<u64>,
     callback_url: Option<String>,
-    /// Looked at only when `callback_url` is absent or null.
+    /// Looked at only when `callback_url` is absent or null; read (not skipped) for the
+    /// depth limit's sake.
     #[serde(rename = "notifyURL")]
-    notify_url: Option<IgnoredAny>,
+    notify_url: Option<Value>,
     max_kb: Option<u64>,
     disable_network: Option<bool>,
     #[serde(rename = "accessKey")]
@@ -66,6 +69,7 @@ struct Typical {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TypicalFile {
     #[serde(rename = "localFile")]
     local_file: String,
@@ -369,6 +373,15 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&body)
             );
+        }
+        // Deeper than the tree's depth limit, in a field no client sends, or in one that is
+        // otherwise ignored: refused by both.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for field in ["x", "notifyURL"] {
+            let body = format!("{{\"{field}\":{deep},{}", &AUTOLAB.trim_start()[1..]);
+            let body = body.into_bytes();
+            assert!(JobRequest::parse_typical(&body).is_none(), "{field}");
+            assert!(JobRequest::parse(&body).is_err(), "{field}");
         }
         // A key given twice: the last one counts, as in the tree.
         let twice =
