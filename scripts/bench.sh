@@ -79,10 +79,9 @@ if want jobs && command -v docker >/dev/null && docker info >/dev/null 2>&1; the
 fi
 
 # ---- processes of this run, stopped on exit ----
-pids=()
+source scripts/services.sh
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_pids
   if ((docker_ok)); then
     ids=$(docker ps -aq --filter label=tango.prefix=bench 2>/dev/null || true)
     [[ -z $ids ]] || docker rm -f $ids >/dev/null 2>&1 || true
@@ -91,18 +90,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 results=$run/results.jsonl
 : >"$results"
 # record SECTION NAME JSON: one result line.
 record() { jq -c --arg s "$1" --arg n "$2" '. + {section: $s, name: $n}' <<<"$3" >>"$results"; }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$run" --daemonize no >"$run/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$redis_port" ping >/dev/null
+start_redis "$run"
 
 key=test
 tenant=$(printf %s "$key" | sha256sum | cut -c1-16)

@@ -21,19 +21,14 @@ for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli
 done
 
 run=$(mktemp -d /tmp/tango-instr.XXXXXX)
-pids=()
+source scripts/services.sh
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_pids
   rm -rf "$run"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$run" \
-  >"$run/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$run"
 port=$(free_port)
 mkdir -p "$run/courselabs"
 cat >"$run/tango.toml" <<EOF

@@ -46,25 +46,14 @@ fi
 
 # ---- services, private to this run, stopped on exit ----
 run_dir=$(mktemp -d /tmp/tango-test.XXXXXX)
-pids=()
+source scripts/services.sh
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_pids
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$run_dir" --daemonize no >"$run_dir/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-redis-cli -p "$redis_port" ping >/dev/null
+start_redis "$run_dir"
 export TANGO_TEST_REDIS="127.0.0.1:$redis_port"
 log "redis on $TANGO_TEST_REDIS"
 

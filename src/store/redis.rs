@@ -1125,8 +1125,7 @@ impl JobStore for RedisStore {
         let mut stored = Self::released(job);
         stored.id = 0;
         stored.timings.added = Some(unix_now());
-        let at = Utc::now();
-        let stamp = ctime(at);
+        let stamp = ctime(Utc::now());
         stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
         let json = self.encode(&stored)?;
         // The usual case: Redis takes the id and writes it into the JSON, in one call with
@@ -1149,7 +1148,7 @@ impl JobStore for RedisStore {
         let mut whole = Self::released(job);
         whole.id = id;
         whole.timings = stored.timings;
-        whole.trace_at(at, added_line(&whole.name, id));
+        whole.trace_stamped(&stamp, added_line(&whole.name, id));
         let mut invocation = SCRIPTS.add_job.prepare_invoke();
         let keys = &self.keys;
         invocation
