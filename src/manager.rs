@@ -431,10 +431,14 @@ impl Shared {
     }
 
     async fn dispatch_loop(self: Arc<Self>, stop: CancellationToken) {
-        let slots = match self.app.config.vmms.max_concurrent_jobs {
-            0 => None,
-            n => Some(Arc::new(Semaphore::new(n as usize))),
+        // `vmms.max_concurrent_jobs`, and the backend's own bound where it has one (Docker:
+        // its engines' capacity), whichever is smaller; 0 and none mean no bound.
+        let configured = Some(self.app.config.vmms.max_concurrent_jobs).filter(|n| *n > 0);
+        let bound = match (configured, self.app.vmms.job_capacity()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
+        let slots = bound.map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
         loop {
             let permit = match &slots {
                 Some(slots) => tokio::select! {
@@ -487,6 +491,18 @@ impl Shared {
         let assignment = if job.access_key.is_some() {
             // Legacy per-job credentials: a machine of its own, never pooled (as in Tango).
             Assignment::Fresh
+        } else if !self.app.vmms.reusable() {
+            // Single-use machines: a spare if one is ready, else one made for the job; the job
+            // never waits for the pool, which only keeps spares (see preallocator.rs).
+            if config.vmms.reuse_vms
+                && let Err(e) = self.prealloc.ensure_pool(&job).await
+            {
+                tracing::warn!(job = job.id, error = %e, "cannot record the pool's target");
+            }
+            match self.prealloc.take_spare(&pool).await {
+                Ok(Some(vm)) => Assignment::Pooled(Box::new(vm)),
+                _ => Assignment::Fresh,
+            }
         } else if config.vmms.reuse_vms {
             let acquired = match self.prealloc.ensure_pool(&job).await {
                 Ok(()) => self.prealloc.acquire(&pool, stop).await,
@@ -523,7 +539,7 @@ impl Shared {
         } else {
             // Without reuse, a machine `/prealloc` made is used if one is free (Tango's
             // allocVM); otherwise one is made for the job.
-            match self.prealloc.try_take(&pool).await {
+            match self.prealloc.take_spare(&pool).await {
                 Ok(Some(vm)) => Assignment::Pooled(Box::new(vm)),
                 _ => Assignment::Fresh,
             }

@@ -8,20 +8,29 @@
 //!
 //! How pools move:
 //! - **Grow**: [`Preallocator::reconcile`] compares each target with our pool and starts one
-//!   *creator* task per pool that is short. A creator makes machines one at a time, pausing
-//!   `vmms.createvm_secs` between them (as Tango did), until the pool is full; with
-//!   `vmms.create_parallel` above 1 it makes up to that many at once, pausing between batches
-//!   (a Docker engine makes several containers in the time of one; a cloud API may not like
-//!   it, hence Tango's one at a time by default). A machine is
+//!   *creator* task per pool that is short. How fast a creator makes machines is the
+//!   backend's [`Pacing`]: VM backends keep Tango's, one at a time with `vmms.createvm_secs`
+//!   between them (`vmms.create_parallel` at once, with the pause between batches), which
+//!   is kind to a cloud API's rate limits; Docker makes containers with no pause, as many at
+//!   once as its engines' capacity. A machine is
 //!   entered in the pool (busy) *before* it is initialized, so that a manager that dies
 //!   half-way through leaves a machine the store knows about and the reaper destroys; it is
 //!   put on the free list once `initialize_vm` and `wait_vm` have succeeded.
+//! - **Single-use machines** (Docker's containers, [`Vmms::reusable`] false): a pool holds
+//!   *spares*, machines ready for a job's first step. A job takes one if one is free
+//!   ([`Preallocator::take_spare`]) and otherwise has one made for it alone
+//!   ([`Preallocator::make_one_off`]); it never waits for the pool. The spare it took leaves
+//!   the pool at once (it is the job's now, destroyed after it) and a replacement is started
+//!   at once, so a burst runs at the pace of the backend, bounded by its capacity, and the
+//!   pool's size is only how many machines wait ready between bursts.
 //! - **Shrink**: free machines beyond the target are destroyed at once; busy ones when their
 //!   job hands them back.
 //! - **Hand back** ([`Preallocator::release`]): a machine whose job ended normally goes back
 //!   on the free list (with `reuse_vms`); a machine that failed, or ran a job that hit an
 //!   OS error or had to be killed, is destroyed and replaced. Without `reuse_vms` every
-//!   machine is destroyed after its job, and pools made by `/prealloc` are refilled.
+//!   machine is destroyed after its job, and pools made by `/prealloc` are refilled. A
+//!   single-use machine is destroyed in the background once its job is over: its output is
+//!   already out, and its removal need not hold the job's slot.
 //!
 //! Waiting for a machine is event driven: [`Preallocator::acquire`] sleeps on a [`Notify`]
 //! rung whenever a machine is freed or made, or a creation fails.
@@ -46,7 +55,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::model::{Job, Machine, PoolTarget};
 use crate::store::StoreError;
-use crate::vmms::VmmsError;
+use crate::vmms::{Pacing, Vmms, VmmsError};
 use crate::worker::within;
 
 /// Extra time past `vmms.destroy_secs` before we stop waiting for a destroy: the backend
@@ -168,14 +177,43 @@ impl Preallocator {
     }
 
     /// A free machine of `pool` if there is one now (Tango's `allocVM`, used without
-    /// `reuse_vms` to take a machine `/prealloc` made).
-    pub async fn try_take(&self, pool: &str) -> Result<Option<Machine>, StoreError> {
-        self.app.store.pool_take(&self.owner, pool).await
+    /// `reuse_vms` to take a machine `/prealloc` made, and for single-use machines). A
+    /// single-use machine leaves its pool as it is taken (it is the job's alone, destroyed
+    /// after it), and a replacement is started at once.
+    pub async fn take_spare(self: &Arc<Self>, pool: &str) -> Result<Option<Machine>, StoreError> {
+        let Some(vm) = self.app.store.pool_take(&self.owner, pool).await? else {
+            return Ok(None);
+        };
+        if !self.app.vmms.reusable()
+            && let Some(id) = vm.id
+        {
+            self.track_one_off(id);
+            self.forget(pool, id).await;
+            self.kick(pool);
+        }
+        Ok(Some(vm))
+    }
+
+    /// Makes a machine for one job alone (in no pool), through `vmms` (the configured
+    /// backend, or one acting with the job's own credentials, whose machines are not in our
+    /// listing and need no guarding from the sweep). `vm` names the job's id, image and owner.
+    pub async fn make_one_off(
+        &self,
+        vmms: &Arc<dyn Vmms>,
+        vm: &mut Machine,
+    ) -> Result<(), VmmsError> {
+        if Arc::ptr_eq(vmms, &self.app.vmms)
+            && let Some(id) = vm.id
+        {
+            self.track_one_off(id);
+        }
+        let limit = Duration::from_secs(self.app.config.timeouts.initialize_vm);
+        within(limit, "initializeVM", vmms.initialize_vm(vm)).await
     }
 
     /// Notes a one-off machine (made for one job, in no pool) before it is made, so a sweep
     /// does not take it for a stray.
-    pub fn track_one_off(&self, id: u64) {
+    fn track_one_off(&self, id: u64) {
         lock(&self.one_off).insert(id);
     }
 
@@ -191,7 +229,19 @@ impl Preallocator {
         };
         let one_off = lock(&self.one_off).remove(&id);
         if one_off {
-            self.destroy(&vm).await;
+            if self.app.vmms.reusable() {
+                self.destroy(&vm).await;
+            } else {
+                // The job is over and its output out: the removal need not hold its slot.
+                let this = self.clone();
+                let kill = self.kill.clone();
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = kill.cancelled() => {}
+                        _ = this.destroy(&vm) => {}
+                    }
+                });
+            }
             return;
         }
         let store = &self.app.store;
@@ -336,6 +386,7 @@ impl Preallocator {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list machines at shutdown"),
         }
+        self.app.vmms.shutdown().await;
     }
 
     /// Destroys a machine within `vmms.destroy_secs` (plus a grace). False if that failed;
@@ -386,9 +437,15 @@ impl Preallocator {
         });
     }
 
-    /// A creator: makes machines for `pool` one at a time until it reaches its target.
+    /// A creator: makes machines for `pool`, at the backend's pace, until it reaches its
+    /// target.
     async fn create_until_full(self: &Arc<Self>, pool: &str) {
-        let pause = Duration::from_secs_f64(self.app.config.vmms.createvm_secs);
+        let pacing = self
+            .app
+            .vmms
+            .pacing()
+            .unwrap_or_else(|| Pacing::configured(&self.app.config));
+        let pause = pacing.pause;
         let mut backoff = pause.max(Duration::from_secs(1));
         loop {
             if let Some(again) = lock(&self.creators).get_mut(pool) {
@@ -410,7 +467,7 @@ impl Preallocator {
                 creators.remove(pool);
                 return;
             };
-            let batch = missing.min(u64::from(self.app.config.vmms.create_parallel.max(1)));
+            let batch = missing.min(u64::from(pacing.parallel.max(1)));
             let made =
                 futures::future::join_all((0..batch).map(|_| self.create_one(pool, &target))).await;
             let mut failed = false;

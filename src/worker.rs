@@ -279,11 +279,6 @@ impl Worker {
                 if vm.vmms.is_empty() {
                     vm.vmms = vmms.name().to_string();
                 }
-                // A machine in the job's own account is not in the listing the sweep
-                // reads (ours), so only our own one-offs need guarding from it.
-                if self.own_backend.is_none() {
-                    self.shared.prealloc.track_one_off(self.job.id);
-                }
                 let message = format!("Assigned job {label} new VM {}", vmms.instance_name(&vm));
                 self.job.vm = vm.clone();
                 self.vm = Some(vm.clone());
@@ -291,12 +286,7 @@ impl Worker {
                 if !self.save().await {
                     return Ending::Abandoned;
                 }
-                let made = within(
-                    secs(config.timeouts.initialize_vm),
-                    "initializeVM",
-                    vmms.initialize_vm(&mut vm),
-                )
-                .await;
+                let made = self.shared.prealloc.make_one_off(&vmms, &mut vm).await;
                 // Even a failed initialize may have made something to destroy.
                 self.vm = Some(vm.clone());
                 self.job.vm = vm.clone();

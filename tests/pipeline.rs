@@ -43,6 +43,14 @@ impl Rig {
         }
     }
 
+    /// A rig whose backend's machines are single-use, `capacity` jobs at once (as Docker's).
+    fn single_use(store: Arc<dyn JobStore>, capacity: u32) -> Rig {
+        Rig {
+            fake: FakeVmms::single_use("t", capacity),
+            ..Rig::new(store)
+        }
+    }
+
     fn app(&self, config: Config) -> Arc<App> {
         let vmms: Arc<dyn Vmms> = self.fake.clone();
         App::new(config, self.store.clone(), vmms)
@@ -929,6 +937,151 @@ async fn first_job_creates_a_pool_of_pool_size(store: Arc<dyn JobStore>) {
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Tango's pool settings as a school carries them over (pool of 2, one creation at a time,
+/// a second between them).
+fn tangos_pool_settings(mut c: Config) -> Config {
+    c.vmms.reuse_vms = true;
+    c.vmms.pool_size = 2;
+    c.vmms.createvm_secs = 1.0;
+    c.vmms.create_parallel = 1;
+    c.vmms.max_concurrent_jobs = 0;
+    c
+}
+
+/// On a backend of single-use machines, a burst runs as many jobs at once as the backend
+/// takes, each on a machine of its own, whatever the pool's size and Tango's pacing say: the
+/// pool only keeps spares.
+async fn single_use_machines_run_a_burst_at_the_backends_capacity(store: Arc<dyn JobStore>) {
+    let rig = Rig::single_use(store.clone(), 6);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let name = format!("burst{i}");
+        rig.fake.script(
+            &name,
+            JobScript {
+                run_time: Duration::from_millis(1500),
+                ..JobScript::default()
+            },
+        );
+        ids.push(rig.submit(&name).await);
+    }
+    let (_app, manager) = rig.start(tangos_pool_settings(config())).await;
+    let dead = rig.wait_dead(&ids).await;
+    for job in &dead {
+        assert_eq!(
+            last_message(job),
+            "Success: Autodriver returned normally",
+            "{:?}",
+            job.trace
+        );
+    }
+    let (max_running, run_on) = {
+        let s = rig.fake.state();
+        (s.max_running, s.run_on.clone())
+    };
+    assert_eq!(max_running, 6, "as many at once as the backend takes");
+    let machines: HashSet<&String> = run_on.iter().collect();
+    assert_eq!(
+        machines.len(),
+        run_on.len(),
+        "one job per machine: {run_on:?}"
+    );
+    eventually("every machine that ran a job destroyed", || async {
+        let destroyed = rig.fake.state().destroyed.clone();
+        run_on.iter().all(|m| destroyed.contains(m))
+    })
+    .await;
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A spare a job takes leaves the pool at once and is replaced at once, however long
+/// Tango's pause between creations; it is destroyed after its job, never put back.
+async fn single_use_spares_are_replaced_as_soon_as_taken(store: Arc<dyn JobStore>) {
+    let rig = Rig::single_use(store.clone(), 4);
+    let mut c = tangos_pool_settings(config());
+    c.vmms.createvm_secs = 3600.0;
+    let (_app, manager) = rig.start(c).await;
+    let first = rig.submit("first").await;
+    rig.wait_dead(&[first]).await;
+    let spares = || async {
+        store
+            .pools()
+            .await
+            .unwrap()
+            .get("img")
+            .map(|p| (p.total.clone(), p.free.clone()))
+            .unwrap_or_default()
+    };
+    eventually("two spares", || async {
+        let (total, free) = spares().await;
+        total.len() == 2 && free.len() == 2
+    })
+    .await;
+    let (before, _) = spares().await;
+    let second = rig.submit("second").await;
+    let dead = rig.wait_dead(&[second]).await;
+    let used = dead[0].vm.id.expect("the job's machine");
+    assert!(
+        before.contains(&used),
+        "it took a spare: {used} of {before:?}"
+    );
+    assert!(
+        messages(&dead[0])
+            .iter()
+            .any(|m| m.starts_with("Assigned job") && m.contains("existing VM")),
+        "{:?}",
+        dead[0].trace
+    );
+    eventually("two spares again, the used one not among them", || async {
+        let (total, free) = spares().await;
+        total.len() == 2 && free.len() == 2 && !total.contains(&used)
+    })
+    .await;
+    let instance = format!("t-{used}-img");
+    eventually("the used spare destroyed", || async {
+        rig.fake.state().destroyed.contains(&instance)
+    })
+    .await;
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A backend of reusable machines (a VM backend) keeps Tango's pause between creations.
+async fn reusable_machines_keep_tangos_pause(store: Arc<dyn JobStore>) {
+    let rig = Rig::new(store.clone());
+    let mut c = config();
+    c.vmms.createvm_secs = 1.0;
+    c.vmms.create_parallel = 1;
+    let (app, manager) = rig.start(c).await;
+    let target = PoolTarget {
+        image: "img".into(),
+        vmms: "fake".into(),
+        size: 3,
+        cores: None,
+        memory: None,
+    };
+    store.set_pool_target("img", &target).await.unwrap();
+    app.pools_changed.notify_waiters();
+    eventually("pool of 3", || async {
+        store
+            .pools()
+            .await
+            .unwrap()
+            .get("img")
+            .is_some_and(|p| p.free.len() == 3)
+    })
+    .await;
+    let times = rig.fake.state().created_at.clone();
+    assert_eq!(times.len(), 3);
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(950),
+            "paused {gap:?} between creations"
+        );
+    }
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
 async fn leftover_machines_are_destroyed_at_start(store: Arc<dyn JobStore>) {
     let rig = Rig::new(store.clone());
     let machine = |id: u64, owner: Option<&str>| Machine {
@@ -1264,6 +1417,9 @@ every_store!(
     a_dead_callback_server_delays_no_other_job,
     prealloc_grows_and_shrinks_pools,
     pools_are_made_as_many_at_once_as_configured,
+    single_use_machines_run_a_burst_at_the_backends_capacity,
+    single_use_spares_are_replaced_as_soon_as_taken,
+    reusable_machines_keep_tangos_pause,
     first_job_creates_a_pool_of_pool_size,
     leftover_machines_are_destroyed_at_start,
     a_dead_managers_pending_callback_is_sent_once,

@@ -91,6 +91,25 @@ impl RunOutcome {
     }
 }
 
+/// How fast a backend's machines may be made: the pause between two creations for one pool
+/// (between batches, when several are made at once) and how many are made at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    pub pause: Duration,
+    pub parallel: u32,
+}
+
+impl Pacing {
+    /// Tango's pacing, from `vmms.createvm_secs` and `vmms.create_parallel`: what a cloud
+    /// API's rate limits ask for.
+    pub fn configured(config: &Config) -> Pacing {
+        Pacing {
+            pause: Duration::from_secs_f64(config.vmms.createvm_secs.max(0.0)),
+            parallel: config.vmms.create_parallel.max(1),
+        }
+    }
+}
+
 /// A machine backend.
 #[async_trait]
 pub trait Vmms: Send + Sync + 'static {
@@ -105,6 +124,18 @@ pub trait Vmms: Send + Sync + 'static {
     /// its place in the pool) answers false.
     fn reusable(&self) -> bool {
         true
+    }
+
+    /// How fast machines may be made, when the backend knows better than Tango's
+    /// configured pacing (`None`: `vmms.createvm_secs` and `vmms.create_parallel` apply).
+    fn pacing(&self) -> Option<Pacing> {
+        None
+    }
+
+    /// Most jobs one manager should run at once on this backend, when it knows (Docker: its
+    /// engines' capacity). `None`: only `vmms.max_concurrent_jobs` and the pools bound them.
+    fn job_capacity(&self) -> Option<u32> {
+        None
     }
 
     /// Whether `run_job` sends the inputs that `copy_in` only checked (Docker: they travel on
@@ -166,6 +197,10 @@ pub trait Vmms: Send + Sync + 'static {
             self.name()
         )))
     }
+
+    /// At shutdown, after the manager destroyed its machines: removes what the backend keeps
+    /// for itself beside them (Docker's network holders).
+    async fn shutdown(&self) {}
 
     /// `/build`: loads an image tarball (`docker save` format) and tags it `<name>:latest`.
     async fn build_image(&self, name: &str, tarball: &Path) -> Result<(), VmmsError> {

@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tango::config::Config;
 use tango::model::{InputFile, Machine};
-use tango::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
+use tango::vmms::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -88,8 +88,11 @@ impl Default for JobScript {
 pub struct FakeState {
     /// Machines that exist now, by instance name.
     pub live: BTreeMap<String, Machine>,
-    /// Instance names of every machine made, in order.
+    /// Instance names of every machine made, in order, and when each was begun.
     pub created: Vec<String>,
+    pub created_at: Vec<Instant>,
+    /// The machine (instance name) of every run, in the order the runs started.
+    pub run_on: Vec<String>,
     /// Instance names of every machine destroyed, in order.
     pub destroyed: Vec<String>,
     /// Job ids in the order their runs started.
@@ -115,13 +118,27 @@ pub struct FakeState {
 pub struct FakeVmms {
     prefix: String,
     state: Mutex<FakeState>,
+    /// Set for a backend of single-use machines (as Docker's): how many jobs it takes at
+    /// once, which is also how many machines it makes at once, with no pause.
+    single_use: Option<u32>,
 }
 
 impl FakeVmms {
+    /// A backend of reusable machines (as a VM backend's), paced as configured.
     pub fn new(prefix: &str) -> Arc<FakeVmms> {
         Arc::new(FakeVmms {
             prefix: prefix.to_string(),
             state: Mutex::new(FakeState::default()),
+            single_use: None,
+        })
+    }
+
+    /// A backend of single-use machines that takes `capacity` jobs at once, as Docker does.
+    pub fn single_use(prefix: &str, capacity: u32) -> Arc<FakeVmms> {
+        Arc::new(FakeVmms {
+            prefix: prefix.to_string(),
+            state: Mutex::new(FakeState::default()),
+            single_use: Some(capacity),
         })
     }
 
@@ -236,6 +253,21 @@ impl Vmms for FakeVmms {
         self.name_of(vm)
     }
 
+    fn reusable(&self) -> bool {
+        self.single_use.is_none()
+    }
+
+    fn pacing(&self) -> Option<Pacing> {
+        self.single_use.map(|capacity| Pacing {
+            pause: Duration::ZERO,
+            parallel: capacity,
+        })
+    }
+
+    fn job_capacity(&self) -> Option<u32> {
+        self.single_use
+    }
+
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError> {
         let instance = self.name_of(vm);
         vm.instance = Some(instance.clone());
@@ -245,6 +277,7 @@ impl Vmms for FakeVmms {
             // something behind to clean up, as a real backend can.
             let mut s = self.state();
             s.created.push(instance.clone());
+            s.created_at.push(Instant::now());
             s.live.insert(instance, vm.clone());
             s.initializing += 1;
             s.max_initializing = s.max_initializing.max(s.initializing);
@@ -284,6 +317,7 @@ impl Vmms for FakeVmms {
         let script = {
             let mut s = self.state();
             s.runs.push(spec.job_id);
+            s.run_on.push(instance.clone());
             *s.runs_by_name.entry(spec.job_name.clone()).or_insert(0) += 1;
             s.running += 1;
             s.max_running = s.max_running.max(s.running);
