@@ -249,6 +249,10 @@ pub struct DockerConfig {
     pub autodriver: PathBuf,
     /// Seconds past the job's timeout after which a container is killed from the host.
     pub kill_margin_secs: u64,
+    /// Keep containers' network namespaces from job to job (one job at a time in each), so
+    /// that a container does not set up and tear down a network of its own; false gives
+    /// each container its own, as `docker run` does.
+    pub reuse_network: bool,
 }
 
 /// One Docker engine.
@@ -257,8 +261,9 @@ pub struct DockerConfig {
 pub struct DockerEngineConfig {
     /// `unix:///var/run/docker.sock`, `tcp://host:2376`, ...
     pub url: String,
-    /// Most jobs at once on this engine.
-    pub capacity: u32,
+    /// Most jobs (and containers being made) at once on this engine; absent means twice the
+    /// engine's CPUs.
+    pub capacity: Option<u32>,
     /// TLS client material for a remote engine; all three or none.
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
@@ -473,6 +478,7 @@ impl Default for DockerConfig {
             job_uid_count: 50_000,
             autodriver: PathBuf::new(),
             kill_margin_secs: 30,
+            reuse_network: true,
         }
     }
 }
@@ -481,7 +487,7 @@ impl Default for DockerEngineConfig {
     fn default() -> Self {
         DockerEngineConfig {
             url: "unix:///var/run/docker.sock".into(),
-            capacity: 8,
+            capacity: None,
             tls_ca: PathBuf::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -863,7 +869,7 @@ impl Config {
                     "tls_ca, tls_cert and tls_key go together: give all three or none".into(),
                 );
             }
-            if engine.capacity == 0 {
+            if engine.capacity == Some(0) {
                 return invalid(
                     &format!("docker.engines[{i}].capacity"),
                     "must be at least 1".into(),

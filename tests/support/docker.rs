@@ -109,11 +109,6 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Runs a shell command as root inside a container (to play a job that misbehaves).
-pub fn exec_root(container: &str, script: &str) -> String {
-    docker_ok(&["exec", "-u", "0", container, "sh", "-c", script])
-}
-
 /// Removes, when dropped, every container labelled with the prefix, every container and
 /// image it was told about, and its temporary files.
 pub struct Cleanup {

@@ -2,7 +2,10 @@
 //! containers each holds, and which ones have stopped answering.
 //!
 //! Placement is by free capacity: a new container goes to the answering engine with the most
-//! room (`capacity` minus the containers we have there or are creating there). An engine that
+//! room (`capacity` minus the containers we have there or are creating there). An engine's
+//! capacity is configured, or twice its CPUs (asked of the engine when it first answers):
+//! enough containers being made, started and removed at once to keep its CPUs busy, since
+//! each step waits on the kernel or a helper process part of the time. An engine that
 //! fails to answer (connection refused, timeout, broken stream) is taken out of placement and
 //! tried again after a back-off that doubles up to [`MAX_RETRY_AFTER`]; when every engine is
 //! out, they are all tried anyway, soonest first, so a lone engine that restarts is used the
@@ -10,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,10 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the probe of an engine that was out may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An engine's capacity when none is configured: this many per CPU it reports.
+const CAPACITY_PER_CPU: u32 = 2;
+/// The capacity of an engine with none configured, until it has said how many CPUs it has.
+const CAPACITY_UNTIL_KNOWN: u32 = 4;
 
 /// One Docker engine.
 pub struct Engine {
@@ -41,8 +49,11 @@ pub struct Engine {
     /// engine in `Machine.host`, in logs and in errors.
     pub url: String,
     pub client: Docker,
-    /// Most of our containers at once on this engine (placement weight).
-    pub capacity: u32,
+    /// Most of our containers at once on this engine: `capacity` as configured, else
+    /// [`CAPACITY_PER_CPU`] per CPU of the engine once it has answered.
+    capacity: AtomicU32,
+    /// Whether `capacity` was configured (else it is sized from the engine's CPUs).
+    capacity_configured: bool,
     state: Mutex<EngineState>,
 }
 
@@ -75,8 +86,13 @@ impl Engine {
         s.live.len() as u32 + s.creating
     }
 
+    /// Most of our containers (and jobs) at once on this engine.
+    pub fn capacity(&self) -> u32 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
     fn free(&self) -> i64 {
-        i64::from(self.capacity) - i64::from(self.load())
+        i64::from(self.capacity()) - i64::from(self.load())
     }
 
     /// Whether the engine is in placement (answered last time, or never failed).
@@ -134,6 +150,9 @@ impl Engine {
             Ok(Ok(_)) => {
                 self.state().negotiated = true;
                 self.mark_up();
+                if !self.capacity_configured {
+                    self.size_from_cpus().await;
+                }
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -150,6 +169,27 @@ impl Engine {
                 };
                 self.mark_down(&e.to_string());
                 Err(e)
+            }
+        }
+    }
+
+    /// Sets an unconfigured capacity from the CPUs the engine reports.
+    async fn size_from_cpus(&self) {
+        let info = tokio::time::timeout(PROBE_TIMEOUT, self.client.info()).await;
+        match info {
+            Ok(Ok(info)) => {
+                let cpus = info.ncpu.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+                if cpus > 0 {
+                    let capacity = cpus.saturating_mul(CAPACITY_PER_CPU);
+                    self.capacity.store(capacity, Ordering::Relaxed);
+                    tracing::info!(engine = %self.url, cpus, capacity, "Docker engine capacity set from its CPUs");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(engine = %self.url, "cannot ask the engine for its CPUs: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(engine = %self.url, "cannot ask the engine for its CPUs: no answer")
             }
         }
     }
@@ -196,7 +236,8 @@ impl Engines {
             list.push(Arc::new(Engine {
                 url: engine.url.clone(),
                 client,
-                capacity: engine.capacity.max(1),
+                capacity: AtomicU32::new(engine.capacity.unwrap_or(CAPACITY_UNTIL_KNOWN).max(1)),
+                capacity_configured: engine.capacity.is_some(),
                 state: Mutex::new(EngineState::default()),
             }));
         }

@@ -1,52 +1,58 @@
 //! The Docker backend: Tango's `localDocker` and `distDocker` in one, through the Docker
 //! Engine API (bollard), on one or more engines.
 //!
-//! A machine is a container, made ready before any job needs it: created from the job's image
-//! with our limits and started with an idle main process, nothing more. A job's run is then
-//! one exec with its standard streams attached: a short shell script writes our static
-//! autodriver (the first bytes on the exec's standard input) to `/tango/bin/autodriver` (a
-//! small tmpfs) and execs it with `--stdin-inputs`, which unpacks the job's files (a tar
-//! archive, the rest of standard input) into `/tango/job`; the autodriver's standard output
-//! is the job's output.
-//! `copy_in` only checks the input files on this host and `copy_out` writes what the run
-//! printed: no archive API call is on a job's path, because on some engines each costs tens
-//! of milliseconds (a helper process, and a mount of a stopped container's file system). The
-//! container is used once and removed. See `docs/backends.md` for the layout inside a
-//! container, the limits, and why each choice was made.
+//! A machine is a container made before any job needs it: created from the job's image with
+//! our limits and labels, and not started. Its main process is the run (`run.rs`): when a job
+//! comes, the backend attaches to the container, starts it, and writes our static autodriver
+//! and the job's inputs (a tar archive) on its standard input; the autodriver's standard
+//! output is the job's output. `copy_in` only checks the input files on this host and
+//! `copy_out` writes what the run printed: no archive API call is on a job's path, because on
+//! some engines each costs tens of milliseconds (a helper process, and a mount of the
+//! container's file system). A container runs one job: once its main process has ended it
+//! cannot run another, and it is removed. Its network namespace is a holder's, kept from job
+//! to job and never shared by two jobs at once (`netns.rs`), unless `docker.reuse_network` is
+//! off. See `docs/backends.md` for the layout inside a container, the limits, and why each
+//! choice was made.
 //!
-//! Every container we make is named `<prefix>-<id>-<image>` and labelled with our prefix and
-//! the manager that owns it; [`DockerVmms::get_vms`] lists only containers with both, so a
-//! container of anyone else is never listed, let alone removed.
+//! Every container we make is named `<prefix>-<id>-<image>` (holders `<prefix>-netns-<hex>`)
+//! and labelled with our prefix and the manager that owns it; [`DockerVmms::get_vms`] lists
+//! only containers with both, so a container of anyone else is never listed, let alone
+//! removed.
+//!
+//! Files: `engine.rs` (engines, capacity, placement), `error.rs` (engine errors, the bounded
+//! call), `container.rs` (what is created and removed), `netns.rs` (network holders),
+//! `run.rs` (a job's run), `archive.rs` (the inputs as a tar stream, partial output read
+//! back), `image.rs` (image names, `/build` tarballs), `build.rs` (`/build`).
 
 pub mod archive;
+mod build;
+mod container;
 pub mod engine;
+mod error;
 pub mod image;
+pub mod netns;
+mod run;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::container::LogOutput;
-use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkDisconnectRequest,
-};
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, ImportImageOptions, KillContainerOptions,
-    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions,
-    TagImageOptions,
+    DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 use self::archive::ArchiveError;
+pub use self::container::JobUser;
 use self::engine::{CONTROL_TIMEOUT, Engine, Engines};
-use super::{RunOutcome, RunSpec, Vmms, VmmsError};
+pub use self::error::DockerError;
+use self::error::{archive_error, call};
+pub use self::run::RUN_SCRIPT;
+use self::run::{RunEnd, RunFailure, RunPlan, limits_line};
+use super::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError};
 use crate::config::{Config, DockerConfig, LimitsConfig};
 use crate::model::{InputFile, Machine};
 
@@ -65,24 +71,6 @@ pub const JOB_DIR: &str = "/tango/job";
 /// Make's output as it is written, for `getPartialOutput`.
 pub const OUTPUT_LOG: &str = "/tango/output.log";
 
-/// What the run's exec does before the autodriver: the autodriver's bytes from standard input
-/// into [`AUTODRIVER`], then [`READY_MARK`] on standard error. The inputs archive is sent only
-/// once the mark is seen: `head -c` of GNU coreutils reads exactly its
-/// count from a pipe, but busybox's reads through stdio and may take bytes past it, which
-/// would eat the start of the archive; with nothing more in the pipe, any `head` stops at the
-/// count. `$1` is the autodriver's size and `$2` its path; the autodriver's arguments follow.
-/// A failure here
-/// exits 126, as the engine does for a command it cannot start, so it is never taken for the
-/// autodriver's own status. Needs `sh`, `head` and `chmod` in the image (`/tango` and the
-/// tmpfs at `/tango/bin` are made by the engine, root's).
-const RUN_SCRIPT: &str = "head -c \"$1\" > \"$2\" \
-&& chmod 0755 /tango \"$2\" && echo tango-autodriver-in >&2 || exit 126
-shift
-exec \"$@\"";
-
-/// What [`RUN_SCRIPT`] prints on standard error once the autodriver is in place.
-const READY_MARK: &[u8] = b"tango-autodriver-in\n";
-
 /// Labels on every container we make.
 pub const LABEL_PREFIX: &str = "tango.prefix";
 pub const LABEL_OWNER: &str = "tango.owner";
@@ -90,14 +78,12 @@ pub const LABEL_VM_ID: &str = "tango.vm_id";
 pub const LABEL_IMAGE: &str = "tango.image";
 pub const LABEL_NAME: &str = "tango.name";
 pub const LABEL_UID: &str = "tango.uid";
+/// On network holders only, with the value [`ROLE_NETNS`].
+pub const LABEL_ROLE: &str = "tango.role";
+pub const ROLE_NETNS: &str = "netns";
 
 /// Bytes allowed past the output cap: the autodriver's status line and its elision marker.
 pub const OUTPUT_SLACK: u64 = 4096;
-
-/// The container's main process: it only keeps the container alive for the execs that do
-/// the work. It needs `/bin/sh` and `sleep` in the image (any image that can run `make`
-/// has them). Docker's init runs as PID 1 above it and reaps orphans.
-const IDLE_COMMAND: &str = "while :; do sleep 86400; done";
 
 /// Capabilities left to root in the container: what the autodriver needs to give the grading
 /// directory to the job (CHOWN), remove what the job left (DAC_OVERRIDE for mode-000 files,
@@ -114,121 +100,9 @@ pub const CAPABILITIES: &[&str] = &[
     "KILL",
 ];
 
-/// The network containers are created on; `disable_network` jobs are disconnected from it
-/// before they run, which leaves them only `lo`.
+/// The network machines (or their holders) are on; a `disable_network` job's is disconnected
+/// from it before the job starts, which leaves it only `lo`.
 const NETWORK: &str = "bridge";
-
-/// A failure talking to an engine.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    /// The configuration of an engine cannot work.
-    #[error("Docker engine {engine}: {message}")]
-    Config { engine: String, message: String },
-    /// The engine did not answer (connection refused, timeout, broken stream).
-    #[error("Docker engine {engine} is not answering: {message}")]
-    Unreachable { engine: String, message: String },
-    /// The engine answered with an error.
-    #[error("Docker engine {engine}: {message}")]
-    Refused {
-        engine: String,
-        status: u16,
-        message: String,
-    },
-}
-
-impl DockerError {
-    /// Sorts a bollard error into "the engine answered no" and "the engine did not answer".
-    pub fn from_engine(engine: &str, e: BollardError) -> DockerError {
-        let engine = engine.to_string();
-        match e {
-            BollardError::DockerResponseServerError {
-                status_code,
-                message,
-            } => DockerError::Refused {
-                engine,
-                status: status_code,
-                message: message.trim().to_string(),
-            },
-            BollardError::DockerStreamError { error } => DockerError::Refused {
-                engine,
-                status: 500,
-                message: error,
-            },
-            e @ (BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. }) => {
-                DockerError::Refused {
-                    engine,
-                    status: 500,
-                    message: format!("unexpected answer: {e}"),
-                }
-            }
-            other => DockerError::Unreachable {
-                engine,
-                message: other.to_string(),
-            },
-        }
-    }
-
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, DockerError::Unreachable { .. })
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            DockerError::Refused { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    fn is_not_found(&self) -> bool {
-        self.status() == Some(404)
-    }
-
-    /// Adds what we were doing to the message.
-    fn doing(self, what: &str) -> DockerError {
-        match self {
-            DockerError::Config { engine, message } => DockerError::Config {
-                engine,
-                message: format!("{what}: {message}"),
-            },
-            DockerError::Unreachable { engine, message } => DockerError::Unreachable {
-                engine,
-                message: format!("{what}: {message}"),
-            },
-            DockerError::Refused {
-                engine,
-                status,
-                message,
-            } => DockerError::Refused {
-                engine,
-                status,
-                message: format!("{what}: {message}"),
-            },
-        }
-    }
-}
-
-impl From<DockerError> for VmmsError {
-    fn from(e: DockerError) -> Self {
-        VmmsError::Backend(e.to_string())
-    }
-}
-
-fn archive_error(e: ArchiveError) -> VmmsError {
-    match e {
-        ArchiveError::Input { .. } | ArchiveError::BadName(_) => VmmsError::Io(e.to_string()),
-        _ => VmmsError::Backend(e.to_string()),
-    }
-}
-
-/// Whom the job runs as inside the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobUser {
-    /// A numeric uid and gid of the machine's own (the default), so no two machines share a
-    /// process budget (RLIMIT_NPROC counts per uid across the whole host).
-    Id { uid: u32, gid: u32 },
-    /// A user named in the image's `/etc/passwd` (Tango's way: one user for every job).
-    Named(String),
-}
 
 /// The Docker backend.
 pub struct DockerVmms {
@@ -236,12 +110,14 @@ pub struct DockerVmms {
     vmms_name: String,
     prefix: String,
     engines: Engines,
-    /// Our static autodriver, read once: the first bytes every run sends to its exec.
+    /// Our static autodriver, read once: the first bytes every run sends.
     autodriver: Bytes,
-    /// What a job's steps hand to the next, by container id: the inputs `copy_in` checked,
-    /// for `run_job` to send, and the output `run_job` read, for `copy_out` to write. The run
+    /// What a job's steps hand to the next, by container: the inputs `copy_in` checked, for
+    /// `run_job` to send, and the output `run_job` read, for `copy_out` to write. The run
     /// takes the inputs; a container's entry goes when it is destroyed.
     staged: Mutex<HashMap<String, Staged>>,
+    /// Network namespaces kept between jobs.
+    holders: netns::Holders,
     limits: LimitsConfig,
     docker: DockerConfig,
     destroy_secs: f64,
@@ -257,43 +133,6 @@ struct Staged {
     inputs: Option<Vec<InputFile>>,
     /// What the autodriver printed (the output), already cut to the cap.
     output: Option<Vec<u8>>,
-}
-
-/// What one run's exec is given.
-struct RunPlan {
-    /// The exec's command ([`DockerVmms::run_command`]).
-    cmd: Vec<String>,
-    /// Sent first on its standard input.
-    autodriver: Bytes,
-    /// Sent once the autodriver is in place.
-    inputs: archive::ArchiveStream,
-    /// Most bytes of standard output kept.
-    output_cap: u64,
-    /// How long after the inputs are sent the run may take before its container is killed.
-    guard: Duration,
-    /// How long sending the autodriver and the inputs may take.
-    send_limit: Duration,
-}
-
-/// How the run's exec ended.
-enum ExecEnd {
-    /// The exec exited with this code; what it printed on standard output (cut to the cap)
-    /// and the tail of its standard error.
-    Exited {
-        code: i64,
-        stdout: Vec<u8>,
-        stdout_size: u64,
-        said: String,
-    },
-    /// The host-side guard ran out before it ended.
-    GuardFired,
-}
-
-/// Why the run's exec failed.
-enum ExecFailure {
-    Engine(DockerError),
-    /// An input file on this host could not be read while it was being sent.
-    Input(std::io::Error),
 }
 
 impl DockerVmms {
@@ -325,6 +164,7 @@ impl DockerVmms {
             engines,
             autodriver: Bytes::from(autodriver),
             staged: Mutex::new(HashMap::new()),
+            holders: netns::Holders::default(),
             limits: config.limits.clone(),
             docker: config.docker.clone(),
             destroy_secs: config.vmms.destroy_secs,
@@ -352,17 +192,6 @@ impl DockerVmms {
             * MIB
     }
 
-    /// Whom a machine's job runs as.
-    pub fn job_user(&self, vm: &Machine) -> JobUser {
-        if self.docker.job_uid_count == 0 {
-            return JobUser::Named(self.docker.user.clone());
-        }
-        let id = vm.id.unwrap_or(0);
-        let offset = (id % u64::from(self.docker.job_uid_count)) as u32;
-        let uid = self.docker.job_uid_base.saturating_add(offset);
-        JobUser::Id { uid, gid: uid }
-    }
-
     /// The engine a machine lives on.
     fn engine_of(&self, vm: &Machine) -> Result<&Arc<Engine>, VmmsError> {
         self.engines.by_url(vm.host.as_deref()).ok_or_else(|| {
@@ -381,231 +210,15 @@ impl DockerVmms {
             .unwrap_or_else(|| self.instance_name(vm))
     }
 
-    fn labels(&self, vm: &Machine) -> HashMap<String, String> {
-        let mut labels = HashMap::new();
-        labels.insert(LABEL_PREFIX.to_string(), self.prefix.clone());
-        labels.insert(
-            LABEL_OWNER.to_string(),
-            vm.owner.clone().unwrap_or_default(),
-        );
-        labels.insert(
-            LABEL_VM_ID.to_string(),
-            vm.id.map(|i| i.to_string()).unwrap_or_default(),
-        );
-        labels.insert(LABEL_IMAGE.to_string(), vm.image.clone());
-        labels.insert(LABEL_NAME.to_string(), vm.name.clone());
-        if let JobUser::Id { uid, .. } = self.job_user(vm) {
-            labels.insert(LABEL_UID.to_string(), uid.to_string());
-        }
-        labels
-    }
-
-    /// The limits of a machine: its own cores and memory when it names them, else config's.
-    fn host_config(&self, vm: &Machine) -> HostConfig {
-        let memory_mb = vm.memory.unwrap_or(self.limits.memory_mb);
-        let memory = (memory_mb > 0).then(|| (memory_mb as i64).saturating_mul(1024 * 1024));
-        let cores = vm.cores.or(self.limits.cores).filter(|c| *c > 0.0);
-        HostConfig {
-            memory,
-            // Equal to the memory limit: no swap on top, so a memory hog is stopped, not
-            // slowed to a crawl.
-            memory_swap: memory,
-            nano_cpus: cores.map(|c| (c * 1e9) as i64),
-            pids_limit: (self.limits.pids > 0).then_some(self.limits.pids as i64),
-            cap_drop: Some(vec!["ALL".to_string()]),
-            cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
-            security_opt: Some(vec!["no-new-privileges".to_string()]),
-            init: Some(true),
-            network_mode: Some(NETWORK.to_string()),
-            // Root's, executable, just big enough for the autodriver (its pages count against
-            // the container's memory limit, as any tmpfs's do).
-            tmpfs: Some(HashMap::from([(
-                BIN_DIR.to_string(),
-                format!(
-                    "rw,exec,nosuid,nodev,mode=0755,uid=0,gid=0,size={}",
-                    self.bin_dir_size()
-                ),
-            )])),
-            // The idle process prints nothing and exec output is not logged: no log driver.
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("none".to_string()),
-                config: None,
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn create_body(&self, vm: &Machine, image: &str) -> ContainerCreateBody {
-        ContainerCreateBody {
-            image: Some(image.to_string()),
-            // Our own entrypoint, whatever the image's: the image's CMD is not run.
-            entrypoint: Some(vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                IDLE_COMMAND.to_string(),
-            ]),
-            cmd: Some(Vec::new()),
-            user: Some("0".to_string()),
-            working_dir: Some("/".to_string()),
-            labels: Some(self.labels(vm)),
-            host_config: Some(self.host_config(vm)),
-            ..Default::default()
-        }
-    }
-
-    /// Creates, fills and starts a machine's container on one engine; returns its id.
-    async fn create_on(&self, engine: &Engine, vm: &Machine) -> Result<String, DockerError> {
-        let name = self.instance_name(vm);
-        let id = match self.create_container(engine, vm, &name, &vm.image).await {
-            Err(e) if e.is_not_found() => {
-                // Jobs name images the way Tango listed them (`gcc` for `course/gcc:12`):
-                // find the tag the name stands for on this engine.
-                match self.resolve_image(engine, &vm.image).await? {
-                    Some(reference) if reference != vm.image => {
-                        self.create_container(engine, vm, &name, &reference).await?
-                    }
-                    _ => return Err(e),
-                }
-            }
-            other => other?,
-        };
-        // Until the container is ready and handed over, it is removed if this call fails or
-        // is abandoned (the worker's step timeout drops the future): no orphan is left for a
-        // live manager, which would not clean it until it restarts.
-        let mut orphan = OrphanGuard {
-            client: engine.client.clone(),
-            id: Some(id.clone()),
-        };
-        if let Err(e) = self.start(engine, &id).await {
-            orphan.id = None;
-            let _ = self.remove(engine, &id).await;
-            return Err(e);
-        }
-        orphan.id = None;
-        Ok(id)
-    }
-
-    /// Creates the container; when a container of ours with that name is left from an
-    /// earlier attempt by the same manager, removes it and tries once more.
-    async fn create_container(
-        &self,
-        engine: &Engine,
-        vm: &Machine,
-        name: &str,
-        image: &str,
-    ) -> Result<String, DockerError> {
-        let create = || {
-            call(
-                engine,
-                "create container",
-                Some(CONTROL_TIMEOUT),
-                engine.client.create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(name.to_string()),
-                        ..Default::default()
-                    }),
-                    self.create_body(vm, image),
-                ),
-            )
-        };
-        match create().await {
-            Ok(created) => Ok(created.id),
-            Err(e) if e.status() == Some(409) => {
-                let existing = call(
-                    engine,
-                    "inspect container",
-                    Some(CONTROL_TIMEOUT),
-                    engine.client.inspect_container(name, None),
-                )
-                .await?;
-                let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
-                let ours = labels.get(LABEL_PREFIX) == Some(&self.prefix)
-                    && vm.owner.is_some()
-                    && labels.get(LABEL_OWNER) == vm.owner.as_ref();
-                if !ours {
-                    return Err(e.doing(&format!(
-                        "the name {name} is taken by a container this manager did not make"
-                    )));
-                }
-                tracing::info!(
-                    container = name,
-                    "removing our leftover container of the same name"
-                );
-                if let Some(old) = existing.id {
-                    self.remove(engine, &old).await?;
-                }
-                Ok(create().await?.id)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Starts the idle main process. Nothing is copied in: the run brings the autodriver
-    /// and the inputs itself, on the exec's standard input.
-    async fn start(&self, engine: &Engine, id: &str) -> Result<(), DockerError> {
-        call(
-            engine,
-            "start container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.start_container(id, None),
-        )
-        .await
-    }
-
-    /// The tag a job's image name stands for on an engine, if any.
-    async fn resolve_image(
-        &self,
-        engine: &Engine,
-        wanted: &str,
-    ) -> Result<Option<String>, DockerError> {
-        let images = call(
-            engine,
-            "list images",
-            Some(CONTROL_TIMEOUT),
-            engine
-                .client
-                .list_images(Some(ListImagesOptions::default())),
-        )
-        .await?;
-        let tags = images
+    /// Most jobs (and containers being made) at once on all engines: the sum of their
+    /// capacities.
+    fn capacity(&self) -> u32 {
+        self.engines
+            .all()
             .iter()
-            .flat_map(|i| i.repo_tags.iter().map(String::as_str));
-        Ok(image::resolve(wanted, tags))
-    }
-
-    /// Removes a container (killing it first), bounded by `docker.rm_timeout`. A container
-    /// that is already gone is not an error.
-    async fn remove(&self, engine: &Engine, id: &str) -> Result<(), DockerError> {
-        let timeout = Duration::from_secs(self.docker.rm_timeout.max(1));
-        let result = call(
-            engine,
-            "remove container",
-            Some(timeout),
-            engine.client.remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            ),
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                engine.remove_container(id);
-                Ok(())
-            }
-            Err(e) if e.is_not_found() => {
-                engine.remove_container(id);
-                Ok(())
-            }
-            // Docker answers 409 while a removal of the same container is under way.
-            Err(e) if e.status() == Some(409) && e.to_string().contains("already in progress") => {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+            .map(|e| e.capacity())
+            .sum::<u32>()
+            .max(1)
     }
 
     /// Reads the first `max_bytes` of one regular file in a container.
@@ -641,310 +254,6 @@ impl DockerVmms {
             Err(archive::ReadError::Archive(e)) => Err(ReadFailure::Refused(e)),
         }
     }
-
-    /// The autodriver's command line for a job.
-    pub fn autodriver_command(&self, vm: &Machine, spec: &RunSpec) -> Vec<String> {
-        let mut cmd: Vec<String> = vec![
-            AUTODRIVER.into(),
-            "-u".into(),
-            spec.ulimit_user_proc.to_string(),
-            "-f".into(),
-            spec.ulimit_file_size.to_string(),
-            "-t".into(),
-            spec.timeout.to_string(),
-            "-o".into(),
-            spec.max_output.to_string(),
-        ];
-        match self.job_user(vm) {
-            JobUser::Id { uid, gid } => {
-                cmd.extend([
-                    "--uid".into(),
-                    uid.to_string(),
-                    "--gid".into(),
-                    gid.to_string(),
-                ]);
-            }
-            JobUser::Named(name) => cmd.extend(["--user".into(), name]),
-        }
-        // No --output: the output is the autodriver's standard output, which the run reads.
-        cmd.extend([
-            "--stdin-inputs".into(),
-            "--output-log".into(),
-            OUTPUT_LOG.into(),
-            JOB_DIR.into(),
-        ]);
-        cmd
-    }
-
-    /// The run's exec: [`RUN_SCRIPT`], given the autodriver's size and then its command line
-    /// (whose first word, the autodriver's path, is where the script puts it).
-    pub fn run_command(&self, vm: &Machine, spec: &RunSpec) -> Vec<String> {
-        let mut cmd: Vec<String> = vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            RUN_SCRIPT.into(),
-            // `$0` of the script, for its error messages.
-            "tango-run".into(),
-            self.autodriver.len().to_string(),
-        ];
-        cmd.extend(self.autodriver_command(vm, spec));
-        cmd
-    }
-
-    /// Runs the autodriver as an exec and waits for it. Its standard input gets the
-    /// autodriver, then, once the exec says it has it, the inputs archive, while its
-    /// standard output (the job's output,
-    /// kept up to `output_cap` bytes) and standard error (the tail of its diagnostics) are
-    /// read at the same time, so neither side can block the other. The guard starts once the
-    /// inputs are sent: sending a large handin is not the job's time.
-    async fn exec_autodriver(
-        &self,
-        engine: &Engine,
-        id: &str,
-        run: RunPlan,
-    ) -> Result<ExecEnd, ExecFailure> {
-        let RunPlan {
-            cmd,
-            autodriver: first,
-            inputs: rest,
-            output_cap,
-            guard,
-            send_limit,
-        } = run;
-        let exec = call(
-            engine,
-            "create exec",
-            Some(CONTROL_TIMEOUT),
-            engine.client.create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(cmd),
-                    user: Some("0".to_string()),
-                    // The grading directory is made by the run itself.
-                    working_dir: Some("/".to_string()),
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .map_err(ExecFailure::Engine)?;
-        let started = call(
-            engine,
-            "start exec",
-            Some(CONTROL_TIMEOUT),
-            engine.client.start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: None,
-                }),
-            ),
-        )
-        .await
-        .map_err(ExecFailure::Engine)?;
-        let StartExecResults::Attached { mut output, input } = started else {
-            return Err(ExecFailure::Engine(DockerError::Refused {
-                engine: engine.url.clone(),
-                status: 500,
-                message: "the engine started the run detached".to_string(),
-            }));
-        };
-
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        // Standard error until the ready mark is seen (it may come in pieces).
-        let mut before_ready: Vec<u8> = Vec::new();
-        let feed = feed(input, first, ready_rx, rest);
-        tokio::pin!(feed);
-        let mut feeding = true;
-        let mut input_failure = None;
-        // First the sending's own bound, then, once everything is sent, the job's.
-        let deadline = tokio::time::sleep(send_limit);
-        tokio::pin!(deadline);
-        let mut stdout = Vec::new();
-        let mut stdout_size = 0u64;
-        let mut said = TailBuffer::new(8 * 1024);
-        loop {
-            tokio::select! {
-                fed = &mut feed, if feeding => {
-                    feeding = false;
-                    match fed {
-                        Ok(()) => {}
-                        Err(FeedError::Input(e)) => input_failure = Some(e),
-                        // The exec stopped reading (it failed, or ended early): its exit
-                        // code and diagnostics tell why.
-                        Err(FeedError::Write(e)) => {
-                            tracing::debug!(container = id, "the run stopped reading its input: {e}");
-                        }
-                    }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + guard);
-                }
-                item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        stdout_size += message.len() as u64;
-                        let room = output_cap.saturating_sub(stdout.len() as u64) as usize;
-                        stdout.extend_from_slice(&message[..message.len().min(room)]);
-                    }
-                    Some(Ok(other)) => {
-                        let bytes = other.into_bytes();
-                        if ready_tx.is_some() {
-                            before_ready.extend_from_slice(&bytes);
-                            if let Some(at) = find(&before_ready, READY_MARK) {
-                                if let Some(tx) = ready_tx.take() {
-                                    let _ = tx.send(());
-                                }
-                                // The mark is ours, not the autodriver's diagnostics.
-                                said.push(&before_ready[..at]);
-                                said.push(&before_ready[at + READY_MARK.len()..]);
-                                before_ready = Vec::new();
-                            }
-                        } else {
-                            said.push(&bytes);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let e = DockerError::from_engine(&engine.url, e);
-                        return Err(ExecFailure::Engine(e.doing("follow the autodriver")));
-                    }
-                    // The stream ends when the exec exits: no polling.
-                    None => break,
-                },
-                () = &mut deadline => {
-                    if feeding {
-                        // Nothing of the job ran yet: a stalled copy, which a fresh machine
-                        // may not have.
-                        return Err(ExecFailure::Engine(DockerError::Unreachable {
-                            engine: engine.url.clone(),
-                            message: format!(
-                                "sending the inputs took more than {} s",
-                                send_limit.as_secs()
-                            ),
-                        }));
-                    }
-                    return Ok(ExecEnd::GuardFired);
-                }
-            }
-        }
-        said.push(&before_ready);
-        if let Some(e) = input_failure {
-            return Err(ExecFailure::Input(e));
-        }
-        // The exit code is recorded as the process is reaped, a moment after its output
-        // closes; look until it is there (under the same guard).
-        let mut pause = Duration::from_millis(5);
-        let code = loop {
-            let inspect = call(
-                engine,
-                "inspect exec",
-                Some(CONTROL_TIMEOUT),
-                engine.client.inspect_exec(&exec.id),
-            );
-            let inspect = tokio::select! {
-                inspect = inspect => inspect.map_err(ExecFailure::Engine)?,
-                () = &mut deadline => return Ok(ExecEnd::GuardFired),
-            };
-            if inspect.running != Some(true)
-                && let Some(code) = inspect.exit_code
-            {
-                break code;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
-        };
-        Ok(ExecEnd::Exited {
-            code,
-            stdout,
-            stdout_size,
-            said: said.text(),
-        })
-    }
-
-    /// Kills a container from the host (the guard against a job that outlives its timeout).
-    async fn kill(&self, engine: &Engine, id: &str) {
-        let result = call(
-            engine,
-            "kill container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.kill_container(
-                id,
-                Some(KillContainerOptions {
-                    signal: "SIGKILL".to_string(),
-                }),
-            ),
-        )
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(container = id, "could not kill the container: {e}");
-        }
-    }
-}
-
-/// Why feeding an exec's standard input stopped.
-enum FeedError {
-    /// Reading what was to be sent failed (an input file on this host).
-    Input(std::io::Error),
-    /// Writing to the exec failed.
-    Write(std::io::Error),
-}
-
-/// Writes `first` to an exec's standard input, waits for `ready`, writes `stream`, then
-/// closes the input, so the exec sees end of file after the last byte. When reading the
-/// stream fails, the input is closed all the same: the autodriver then finds its archive cut
-/// short and says so, instead of waiting for ever.
-async fn feed(
-    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    first: Bytes,
-    ready: tokio::sync::oneshot::Receiver<()>,
-    mut stream: archive::ArchiveStream,
-) -> Result<(), FeedError> {
-    input.write_all(&first).await.map_err(FeedError::Write)?;
-    input.flush().await.map_err(FeedError::Write)?;
-    if ready.await.is_err() {
-        // The exec ended (or failed) before it took the autodriver: nothing more to send.
-        let _ = input.shutdown().await;
-        return Ok(());
-    }
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(bytes) => input.write_all(&bytes).await.map_err(FeedError::Write)?,
-            Err(e) => {
-                let _ = input.shutdown().await;
-                return Err(FeedError::Input(e));
-            }
-        }
-    }
-    input.shutdown().await.map_err(FeedError::Write)
-}
-
-/// Removes a container whose creation was abandoned half way, in the background.
-struct OrphanGuard {
-    client: bollard::Docker,
-    /// Set while the container is not yet handed over.
-    id: Option<String>,
-}
-
-impl Drop for OrphanGuard {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        let client = self.client.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let options = RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                };
-                let removal = client.remove_container(&id, Some(options));
-                if let Ok(Err(e)) = tokio::time::timeout(CONTROL_TIMEOUT, removal).await {
-                    tracing::warn!(container = %id, "could not remove an abandoned container: {e}");
-                }
-            });
-        }
-    }
 }
 
 /// Why a file could not be read from a container.
@@ -963,77 +272,6 @@ impl From<ReadFailure> for VmmsError {
             ReadFailure::Missing(e) | ReadFailure::Docker(e) => e.into(),
             ReadFailure::Refused(e) => archive_error(e),
         }
-    }
-}
-
-/// Runs one call to an engine with a bound, sorts its error, and keeps the engine's standing
-/// up to date: a call that gets no answer takes the engine out of placement.
-async fn call<T>(
-    engine: &Engine,
-    what: &str,
-    bound: Option<Duration>,
-    fut: impl Future<Output = Result<T, BollardError>>,
-) -> Result<T, DockerError> {
-    let result = match bound {
-        Some(bound) => match tokio::time::timeout(bound, fut).await {
-            Ok(result) => result,
-            Err(_) => {
-                let e = DockerError::Unreachable {
-                    engine: engine.url.clone(),
-                    message: format!("{what}: no answer within {} s", bound.as_secs()),
-                };
-                engine.mark_down(&e.to_string());
-                return Err(e);
-            }
-        },
-        None => fut.await,
-    };
-    match result {
-        Ok(value) => {
-            engine.mark_up();
-            Ok(value)
-        }
-        Err(e) => {
-            let e = DockerError::from_engine(&engine.url, e).doing(what);
-            if e.is_unreachable() {
-                engine.mark_down(&e.to_string());
-            } else {
-                engine.mark_up();
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Where `needle` first starts in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Keeps the last bytes of a stream.
-struct TailBuffer {
-    bytes: Vec<u8>,
-    max: usize,
-}
-
-impl TailBuffer {
-    fn new(max: usize) -> Self {
-        TailBuffer {
-            bytes: Vec::new(),
-            max,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > self.max {
-            let cut = self.bytes.len() - self.max;
-            self.bytes.drain(..cut);
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).trim().to_string()
     }
 }
 
@@ -1119,18 +357,31 @@ impl Vmms for DockerVmms {
         false
     }
 
+    /// Containers are made as fast as the engines take them: no pause, and as many at once
+    /// as the engines' capacity. Tango's pause between creations is for cloud APIs.
+    fn pacing(&self) -> Option<Pacing> {
+        Some(Pacing {
+            pause: Duration::ZERO,
+            parallel: self.capacity(),
+        })
+    }
+
+    fn job_capacity(&self) -> Option<u32> {
+        Some(self.capacity())
+    }
+
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError> {
         let mut failures: Vec<String> = Vec::new();
         for engine in self.engines.placement_order() {
             let _place = engine.reserve();
-            match self.create_on(&engine, vm).await {
+            match self.create_machine(&engine, vm).await {
                 Ok(id) => {
                     engine.add_container(&id);
                     tracing::debug!(
                         container = %self.instance_name(vm),
                         id = %id,
                         engine = %engine.url,
-                        "container ready"
+                        "container made"
                     );
                     vm.instance = Some(id);
                     vm.host = Some(engine.url.clone());
@@ -1153,60 +404,42 @@ impl Vmms for DockerVmms {
         Err(VmmsError::Backend(failures.join("; ")))
     }
 
-    async fn wait_vm(&self, vm: &Machine, max: Duration) -> Result<(), VmmsError> {
+    /// A machine is ready once its container exists and has not been started: its main
+    /// process is the run, so a container that started already ran (or is running) a job.
+    async fn wait_vm(&self, vm: &Machine, _max: Duration) -> Result<(), VmmsError> {
         let engine = self.engine_of(vm)?;
         self.engines.ready(engine).await;
         let id = self.container_ref(vm);
-        let deadline = Instant::now() + max;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let inspect = call(
-                engine,
-                "inspect container",
-                Some(CONTROL_TIMEOUT),
-                engine.client.inspect_container(&id, None),
-            )
-            .await;
-            match inspect {
-                Ok(info) => {
-                    let state = info.state.unwrap_or_default();
-                    if state.running == Some(true) {
-                        return Ok(());
-                    }
-                    use bollard::models::ContainerStateStatusEnum as Status;
-                    if matches!(
-                        state.status,
-                        Some(Status::EXITED | Status::DEAD | Status::REMOVING)
-                    ) {
-                        return Err(VmmsError::Backend(format!(
-                            "container {id} stopped before any job ran (exit code {}{})",
-                            state.exit_code.unwrap_or(-1),
-                            state
-                                .error
-                                .filter(|e| !e.is_empty())
-                                .map(|e| format!(": {e}"))
-                                .unwrap_or_default()
-                        )));
-                    }
-                }
-                Err(e) if e.is_not_found() => {
-                    return Err(VmmsError::NotFound(self.instance_name(vm)));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if Instant::now() + pause > deadline {
-                return Err(VmmsError::Timeout {
-                    step: "waitVM",
-                    secs: max.as_secs(),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+        let inspect = call(
+            engine,
+            "inspect container",
+            Some(CONTROL_TIMEOUT),
+            engine.client.inspect_container(&id, None),
+        )
+        .await;
+        let state = match inspect {
+            Ok(info) => info.state.unwrap_or_default(),
+            Err(e) if e.is_not_found() => return Err(VmmsError::NotFound(self.instance_name(vm))),
+            Err(e) => return Err(e.into()),
+        };
+        use bollard::models::ContainerStateStatusEnum as Status;
+        match state.status {
+            Some(Status::CREATED) => Ok(()),
+            other => Err(VmmsError::Backend(format!(
+                "container {id} is {} (exit code {}{}): it can take no job",
+                other.map_or_else(|| "in no known state".to_string(), |s| s.to_string()),
+                state.exit_code.unwrap_or(-1),
+                state
+                    .error
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))),
         }
     }
 
     async fn copy_in(&self, vm: &Machine, inputs: &[InputFile]) -> Result<(), VmmsError> {
-        // No engine call: the files travel with the run, on its exec's standard input. They
+        // No engine call: the files travel with the run, on its standard input. They
         // are checked here so a missing or unreadable input is still a copy-in failure.
         archive::check_inputs(inputs).await.map_err(archive_error)?;
         self.staged()
@@ -1219,27 +452,10 @@ impl Vmms for DockerVmms {
     async fn run_job(&self, vm: &Machine, spec: &RunSpec) -> Result<RunOutcome, VmmsError> {
         let engine = self.engine_of(vm)?;
         let id = self.container_ref(vm);
-        if spec.disable_network {
-            let result = call(
-                engine,
-                "disconnect the network",
-                Some(CONTROL_TIMEOUT),
-                engine.client.disconnect_network(
-                    NETWORK,
-                    NetworkDisconnectRequest {
-                        container: id.clone(),
-                        force: Some(true),
-                    },
-                ),
-            )
-            .await;
-            match result {
-                Ok(()) => {}
-                Err(e) if e.to_string().contains("is not connected") => {}
-                // Never run a job that asked for no network with one.
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let name = self.instance_name(vm);
+        // Never run a job that asked for no network with one: a failure here fails the run.
+        self.set_network(engine, &name, &id, !spec.disable_network)
+            .await?;
         let inputs = self
             .staged()
             .get_mut(&id)
@@ -1254,17 +470,17 @@ impl Vmms for DockerVmms {
         let archive = archive::inputs(&inputs, uid, gid)
             .await
             .map_err(archive_error)?;
-        let cmd = self.run_command(vm, spec);
+        let line = limits_line(spec);
+        let inputs = Box::pin(futures::stream::once(async move { Ok(line) }).chain(archive));
         let guard = Duration::from_secs(spec.timeout.saturating_add(self.docker.kill_margin_secs));
         let output_cap = spec.max_output.saturating_add(OUTPUT_SLACK);
         let ended = self
-            .exec_autodriver(
+            .run_attached(
                 engine,
                 &id,
                 RunPlan {
-                    cmd,
                     autodriver: self.autodriver.clone(),
-                    inputs: archive,
+                    inputs,
                     output_cap,
                     guard,
                     send_limit: self.send_limit,
@@ -1272,7 +488,7 @@ impl Vmms for DockerVmms {
             )
             .await;
         match ended {
-            Ok(ExecEnd::Exited {
+            Ok(RunEnd::Exited {
                 code,
                 stdout,
                 stdout_size,
@@ -1281,8 +497,7 @@ impl Vmms for DockerVmms {
                 let code = i32::try_from(code).unwrap_or(-1);
                 if code == 126 || code == 127 {
                     return Err(VmmsError::Backend(format!(
-                        "the autodriver could not be started in {} (exit {code}): {said}",
-                        self.instance_name(vm)
+                        "the autodriver could not be started in {name} (exit {code}): {said}"
                     )));
                 }
                 if !said.is_empty() {
@@ -1290,7 +505,7 @@ impl Vmms for DockerVmms {
                 }
                 if stdout_size > output_cap {
                     tracing::warn!(
-                        container = %self.instance_name(vm),
+                        container = %name,
                         size = stdout_size,
                         cap = output_cap,
                         "output larger than the cap; keeping its first {output_cap} bytes"
@@ -1299,9 +514,9 @@ impl Vmms for DockerVmms {
                 self.staged().entry(id).or_default().output = Some(stdout);
                 Ok(RunOutcome::Exited(code))
             }
-            Ok(ExecEnd::GuardFired) => {
+            Ok(RunEnd::GuardFired) => {
                 tracing::warn!(
-                    container = %self.instance_name(vm),
+                    container = %name,
                     timeout = spec.timeout,
                     margin = self.docker.kill_margin_secs,
                     "job outlived its timeout by the margin; killing its container"
@@ -1309,14 +524,24 @@ impl Vmms for DockerVmms {
                 self.kill(engine, &id).await;
                 Ok(RunOutcome::Killed)
             }
-            Err(ExecFailure::Input(e)) => Err(VmmsError::Io(format!(
+            Err(RunFailure::Input(e)) => Err(VmmsError::Io(format!(
                 "an input file could not be read while it was sent: {e}"
             ))),
-            Err(ExecFailure::Engine(e)) => Err(if e.is_not_found() {
-                VmmsError::NotFound(self.instance_name(vm))
-            } else {
-                e.into()
-            }),
+            Err(RunFailure::Engine(e)) => {
+                // A holder that cannot lend its network (it stopped, or was removed) is not
+                // handed to another machine.
+                if let Some(holder) = self.holders.of(&name)
+                    && e.to_string().contains(&holder.id)
+                {
+                    self.holders.discard(Some(&name), None);
+                    self.drop_holder(engine, &holder).await;
+                }
+                Err(if e.is_not_found() {
+                    VmmsError::NotFound(name)
+                } else {
+                    e.into()
+                })
+            }
         }
     }
 
@@ -1348,7 +573,11 @@ impl Vmms for DockerVmms {
         let id = self.container_ref(vm);
         self.staged().remove(&id);
         let engine = self.engine_of(vm)?;
-        self.remove(engine, &id).await.map_err(Into::into)
+        self.remove(engine, &id).await?;
+        // Every process of the job is gone with its container: its network holder may serve
+        // another machine.
+        self.release_holder(engine, &self.instance_name(vm)).await;
+        Ok(())
     }
 
     async fn safe_destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {
@@ -1422,6 +651,23 @@ impl Vmms for DockerVmms {
                 };
                 let label = |key: &str| labels.get(key).filter(|v| !v.is_empty()).cloned();
                 let image = label(LABEL_IMAGE).or(c.image).unwrap_or_default();
+                if label(LABEL_ROLE).as_deref() == Some(ROLE_NETNS) {
+                    // A network holder: ours are in use and not listed; another manager's
+                    // is, so that a sweep removes it once that manager is gone.
+                    if c.id.as_deref().is_some_and(|id| self.holders.is_ours(id)) {
+                        continue;
+                    }
+                    machines.push(Machine {
+                        name: ROLE_NETNS.to_string(),
+                        image,
+                        vmms: self.vmms_name.clone(),
+                        instance: c.id,
+                        host: Some(engine.url.clone()),
+                        owner: label(LABEL_OWNER),
+                        ..Default::default()
+                    });
+                    continue;
+                }
                 machines.push(Machine {
                     name: label(LABEL_NAME).unwrap_or_else(|| Machine::pool_name(&image)),
                     image,
@@ -1513,200 +759,26 @@ impl Vmms for DockerVmms {
     }
 
     async fn build_image(&self, name: &str, tarball: &Path) -> Result<(), VmmsError> {
-        check_image_name(name)?;
-        let path = tarball.to_path_buf();
-        let saved = tokio::task::spawn_blocking(move || image::read_saved_image(&path))
-            .await
-            .map_err(|e| VmmsError::Io(e.to_string()))?
-            .map_err(|e| VmmsError::Backend(format!("image build failed: {e}")))?;
-        let bound = Duration::from_secs(self.docker.image_build_timeout.max(1));
-        let mut loaded = 0;
-        let mut errors = Vec::new();
-        for engine in self.engines.all() {
-            let load = self.load_image(engine, name, tarball, &saved);
-            match tokio::time::timeout(bound, load).await {
-                Ok(Ok(())) => loaded += 1,
-                Ok(Err(e)) => errors.push(e.to_string()),
-                Err(_) => errors.push(format!(
-                    "Docker engine {}: loading the image took more than {} s",
-                    engine.url,
-                    bound.as_secs()
-                )),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(VmmsError::Backend(format!(
-                "image build failed on {} of {} engines: {}",
-                errors.len(),
-                loaded + errors.len(),
-                errors.join("; ")
-            )));
-        }
-        tracing::info!(image = %format!("{name}:latest"), id = %saved.id, "image loaded");
-        Ok(())
+        self.build(name, tarball).await
     }
-}
 
-impl DockerVmms {
-    /// `docker load` of one tarball on one engine, then the tag `<name>:latest`. The tags the
-    /// tarball carries are undone: a tag that did not exist before is removed, and one that
-    /// named another image names that image again, so loading never changes what any other
-    /// name means.
-    async fn load_image(
-        &self,
-        engine: &Engine,
-        name: &str,
-        tarball: &Path,
-        saved: &image::SavedImage,
-    ) -> Result<(), DockerError> {
-        let target = format!("{name}:latest");
-        let mut before: Vec<(String, Option<String>)> = Vec::new();
-        for tag in saved.repo_tags.iter().filter(|t| **t != target) {
-            let previous = match call(
-                engine,
-                "inspect image",
-                Some(CONTROL_TIMEOUT),
-                engine.client.inspect_image(tag),
-            )
-            .await
-            {
-                Ok(info) => info.id,
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e),
-            };
-            before.push((tag.clone(), previous));
-        }
-
-        let file = tokio::fs::File::open(tarball)
-            .await
-            .map_err(|e| DockerError::Config {
-                engine: engine.url.clone(),
-                message: format!("cannot open the image tarball: {e}"),
-            })?;
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
-        let mut progress = Box::pin(engine.client.import_image(
-            ImportImageOptions {
-                quiet: true,
-                ..Default::default()
-            },
-            body,
-            None,
-        ));
-        while let Some(item) = progress.next().await {
-            if let Err(e) = item {
-                let e = DockerError::from_engine(&engine.url, e).doing("load the image");
-                if e.is_unreachable() {
-                    engine.mark_down(&e.to_string());
+    async fn shutdown(&self) {
+        let holders = self.holders.drain();
+        let removals = holders.iter().filter_map(|holder| {
+            let engine = self.engines.by_url(Some(&holder.engine))?;
+            Some(async move {
+                if let Err(e) = self.remove(engine, &holder.id).await {
+                    tracing::warn!(holder = %holder.id, "could not remove a network holder: {e}");
                 }
-                return Err(e);
-            }
-        }
-        call(
-            engine,
-            "inspect the loaded image",
-            Some(CONTROL_TIMEOUT),
-            engine.client.inspect_image(&saved.id),
-        )
-        .await?;
-        call(
-            engine,
-            "tag the image",
-            Some(CONTROL_TIMEOUT),
-            engine.client.tag_image(
-                &saved.id,
-                Some(TagImageOptions {
-                    repo: Some(name.to_string()),
-                    tag: Some("latest".to_string()),
-                }),
-            ),
-        )
-        .await?;
-        for (tag, previous) in before {
-            let undo = match previous {
-                Some(old) if old == saved.id => continue,
-                Some(old) => {
-                    let (repo, version) = image::split_reference(&tag);
-                    call(
-                        engine,
-                        "restore a tag",
-                        Some(CONTROL_TIMEOUT),
-                        engine.client.tag_image(
-                            &old,
-                            Some(TagImageOptions {
-                                repo: Some(repo.to_string()),
-                                tag: Some(version.unwrap_or("latest").to_string()),
-                            }),
-                        ),
-                    )
-                    .await
-                }
-                None => call(
-                    engine,
-                    "remove a tag the tarball added",
-                    Some(CONTROL_TIMEOUT),
-                    engine.client.remove_image(
-                        &tag,
-                        Some(RemoveImageOptions {
-                            noprune: true,
-                            ..Default::default()
-                        }),
-                        None,
-                    ),
-                )
-                .await
-                .map(|_| ()),
-            };
-            if let Err(e) = undo {
-                tracing::warn!(engine = %engine.url, tag = %tag, "could not undo the tarball's tag: {e}");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A Docker repository name, as Autolab checks it: lowercase letters and digits, with
-/// `_`, `.`, `-` and `/` between them.
-fn check_image_name(name: &str) -> Result<(), VmmsError> {
-    let separator = |c: char| matches!(c, '_' | '.' | '-' | '/');
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separator(c))
-        && !name.starts_with(separator)
-        && !name.ends_with(separator)
-        && !name.contains("//");
-    if ok {
-        Ok(())
-    } else {
-        Err(VmmsError::Backend(format!(
-            "image build failed: {name:?} is not a valid image name (lowercase letters, \
-             digits, and _ . - / between them)"
-        )))
+            })
+        });
+        futures::future::join_all(removals).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_names_are_checked_like_autolab_does() {
-        for good in ["gcc", "course/gcc", "my_image.v2", "a-b"] {
-            assert!(check_image_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "GCC", "gcc:12", "../x", "/x", "x/", "a//b", "a b"] {
-            assert!(check_image_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_tail_buffer_keeps_the_end() {
-        let mut t = TailBuffer::new(5);
-        t.push(b"hello ");
-        t.push(b"world");
-        assert_eq!(t.text(), "world");
-    }
 
     #[test]
     fn dynamic_linking_is_seen() {
