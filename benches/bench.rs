@@ -10,6 +10,9 @@
 //! - `jobs`: runs a job (a directory with a Makefile) COUNT times end to end, from sending
 //!   `addJob` to its output file being present, one at a time or all at once.
 //! - `hostile`: the same for a normal job, while hostile jobs are kept running beside it.
+//! - `burst`: COUNT jobs sent at once (or one after another), each timed from `addJob` to
+//!   its callback; and `docker-run`: bare `docker run --rm IMAGE true`, COUNT times,
+//!   PARALLEL at once, the engine's own pace (`bench/burst.rs`).
 //!
 //! Times are taken here, on the client side, with the monotonic clock.
 
@@ -20,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+
+#[path = "bench/burst.rs"]
+mod burst;
 
 #[derive(Parser)]
 #[command(about = "tango-rs benchmarks (run through scripts/bench.sh)")]
@@ -63,6 +69,33 @@ enum Command {
         /// Jobs run (and not timed) before the measured ones.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+    },
+    /// COUNT jobs sent at once (or one after another), each timed to its callback.
+    Burst {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long, default_value_t = 40)]
+        count: usize,
+        /// One after another (each sent when the last one's callback came) instead.
+        #[arg(long)]
+        sequential: bool,
+        /// Jobs run (and not timed) before the measured ones.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+    /// `docker run --rm IMAGE true`, COUNT times, PARALLEL at once.
+    DockerRun {
+        #[arg(long, default_value = "autograding_image")]
+        image: String,
+        #[arg(long, default_value_t = 40)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Every run joins one idle container's network namespace.
+        #[arg(long)]
+        shared_netns: bool,
     },
     /// End-to-end time of a normal job alone, then beside hostile jobs kept running.
     Hostile {
@@ -145,6 +178,19 @@ fn main() {
                 wait_pool,
                 warmup,
             } => run_jobs(&target, &job, count, all_at_once, wait_pool, warmup).await,
+            Command::Burst {
+                target,
+                job,
+                count,
+                sequential,
+                warmup,
+            } => burst::burst(&target, &job, count, sequential, warmup).await,
+            Command::DockerRun {
+                image,
+                count,
+                parallel,
+                shared_netns,
+            } => burst::docker_run(&image, count, parallel, shared_netns).await,
             Command::Hostile {
                 target,
                 job,

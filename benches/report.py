@@ -247,11 +247,17 @@ METHOD = """\
   `/prealloc`), and each job sent only once the pool has a free container again (a Docker
   container serves one job, then a new one is made in the background). *No pool*:
   `vmms.reuse_vms = false`, a container made for each job. *docker run*: `hyperfine -N
-  'docker run --rm autograding_image true'` on the same engine. *Throughput*: {batch} trivial
-  jobs sent at once to a pool of 1, 4 or 8 warm containers; wall time from the first `addJob`
-  to the last output. Pools refill with `vmms.createvm_secs = 0` (Tango's default pause of 1 s
-  between two creations would cap a single-use pool at one job a second) and
-  `vmms.create_parallel` equal to the pool size (as many containers made at once).
+  'docker run --rm autograding_image true'` on the same engine.
+- **Deadline bursts on Docker** (`bench burst`, `bench docker-run`): {bursts} trivial jobs
+  (and the `hello` job) sent at once, every `addJob` in flight together, to a daemon with the
+  default configuration; each job is timed from its `addJob` to its callback (a receiver in
+  the bench tool), and the burst's rate is its jobs over the time from the first `addJob` to
+  the last callback. Before each burst, the engine's own pace: 40 (quick: 12) bare `docker run
+  --rm autograding_image true` at 4, 8 and 16 at once (the `docker` CLI, the engine's default
+  network and log driver); the engine's limit is the best of those rates in the run, and each
+  burst is compared with it. The rounds alternate, so that both meet the machine in the same
+  state. *One after another*: 10 jobs, each sent when the last one's callback came, beside 10
+  `docker run` one at a time. Tuned and non-default runs are labelled as such.
 - **Hostile beside normal** (`bench hostile`, `local` backend, pool of 8, `limits.memory_mb =
   256`): the `hello` job {hcount} times alone, then {hcount} times while `forkbomb`, `flood`,
   `memhog` and `forever` (timeout 10 s) are kept running (each resubmitted as soon as it ends);
@@ -409,15 +415,6 @@ def jobs_section(rows, out):
             out.append(f"| {label} | {r['n']} | {r['p50_ms']:.0f} | {fmt(r.get('p90_ms'), 0)} | "
                        f"{r['min_ms']:.0f} | {r['max_ms']:.0f} |")
     out.append("")
-    batches = sorted((r for k, r in section.items() if k.startswith("docker-batch-pool")),
-                     key=lambda r: int(r["name"].removeprefix("docker-batch-pool")))
-    if batches:
-        out.append("| Docker pool size | jobs sent at once | wall s | jobs/s | median end to end ms | max ms |")
-        out.append("|---:|---:|---:|---:|---:|---:|")
-        for r in batches:
-            out.append(f"| {r['name'].removeprefix('docker-batch-pool')} | {r['n']} | {r['wall_s']:.1f} | "
-                       f"{r['jobs_per_s']:.2f} | {r['p50_ms']:.0f} | {r['max_ms']:.0f} |")
-        out.append("")
     phases = {r["name"]: r for r in rows.get("phases", [])}
     if phases:
         out.append("Where a Docker job's time goes (medians over the same runs and the warm-up job, from the daemon's "
@@ -445,6 +442,91 @@ def jobs_section(rows, out):
             out.append(f"| no pool ≤ 1.15 × docker run | {cold['p50_ms']:.0f} ms vs {run['p50_ms']:.0f} ms "
                        f"({cold['p50_ms'] / run['p50_ms']:.2f}x) | "
                        f"{verdict(cold['p50_ms'] <= 1.15 * run['p50_ms'])} |")
+        out.append("")
+
+
+def burst_section(rows, out):
+    section = rows.get("burst", [])
+    if not section:
+        return
+    by_name = {r["name"]: r for r in section}
+    engine = [r for r in section if r["name"].startswith("docker-run-p")]
+    out.append("## Deadline bursts on Docker\n")
+    out.append("The daemon with the **default configuration** (only `vmms.name = \"localDocker\"`, a "
+               "port, a courselabs directory and the static autodriver's path: pool of 2, Tango's "
+               "`createvm_secs = 1`), jobs timed from `addJob` to their callback; between its runs, "
+               "the engine's own pace, bare `docker run --rm autograding_image true`.\n")
+    if engine:
+        limit = max(r["runs_per_s"] for r in engine)
+        out.append("| bare `docker run --rm … true` | round | runs | runs/s | median ms |")
+        out.append("|---|---:|---:|---:|---:|")
+        for r in engine:
+            out.append(f"| {r['parallel']} at once | {r.get('round', '–')} | {r['n']} | "
+                       f"{r['runs_per_s']:.2f} | {r['p50_ms']:.0f} |")
+        shared = by_name.get("docker-run-shared-netns")
+        if shared:
+            out.append(f"| 8 at once, all in one container's network namespace | – | {shared['n']} | "
+                       f"{shared['runs_per_s']:.2f} | {shared['p50_ms']:.0f} |")
+        out.append("")
+        out.append(f"The engine's limit in this run (the best of those rates): **{limit:.2f} runs/s**.\n")
+    else:
+        limit = None
+    rows_burst = [r for r in section if not r["name"].startswith("docker-run") and "jobs_per_s" in r
+                  and not r["name"].endswith("-seq")]
+    if rows_burst:
+        out.append("| jobs sent at once | configuration | jobs | jobs/s | of the engine's limit | "
+                   "first output ms | p50 ms | p99 ms |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        labels = {
+            "default": "default",
+            "nopool": "default but `reuse_vms = false`",
+            "tuned": "tuned: 8 spares made ahead, capacity 8",
+            "ownnet": "not default: `docker.reuse_network = false`",
+        }
+        for r in rows_burst:
+            kind = r["name"].split("-")[0]
+            job = "hello" if "-hello-" in r["name"] else "trivial"
+            ratio = r["jobs_per_s"] / limit if limit else None
+            out.append(f"| {job}, {r['n']} | {labels.get(kind, kind)} | {r['n']} | {r['jobs_per_s']:.2f} | "
+                       f"{fmt(ratio, 2)}x | {r['first_ms']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
+        out.append("")
+    seq = [(by_name.get(a), by_name.get(b), label) for a, b, label in (
+        ("default-trivial-seq", "docker-run-seq", "trivial, default configuration"),
+        ("default-hello-seq", "docker-run-seq", "`hello` (a shell script run by make), default configuration"),
+        ("nopool-trivial-seq", "docker-run-seq-nopool", "trivial, no pool (`reuse_vms = false`)"),
+    )]
+    if any(a for a, _, _ in seq):
+        out.append("| one job after another | jobs | median ms | p90 ms | bare `docker run` median ms | ratio |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for a, b, label in seq:
+            if a and b:
+                out.append(f"| {label} | {a['n']} | {a['p50_ms']:.0f} | {a['p90_ms']:.0f} | {b['p50_ms']:.0f} | "
+                           f"{a['p50_ms'] / b['p50_ms']:.2f}x |")
+        out.append("")
+    targets = []
+    if limit:
+        for n in sorted({int(r["name"].split("-")[2]) for r in rows_burst
+                         if r["name"].startswith("default-trivial-")}):
+            runs = [r for r in rows_burst if r["name"].startswith(f"default-trivial-{n}-")]
+            worst = min(r["jobs_per_s"] for r in runs) / limit
+            targets.append((f"defaults, {n} trivial jobs at once ≥ 1.0x the engine's limit (worst round)",
+                            f"{worst:.2f}x", worst >= 1.0))
+    a, b = by_name.get("default-trivial-seq"), by_name.get("docker-run-seq")
+    if a and b:
+        targets.append(("defaults, one after another: median below `docker run`'s",
+                        f"{a['p50_ms']:.0f} vs {b['p50_ms']:.0f} ms ({a['p50_ms'] / b['p50_ms']:.2f}x)",
+                        a["p50_ms"] < b["p50_ms"]))
+    a, b = by_name.get("nopool-trivial-seq"), by_name.get("docker-run-seq-nopool")
+    if a and b:
+        targets.append(("no pool: median at most 1.0x `docker run`'s",
+                        f"{a['p50_ms']:.0f} vs {b['p50_ms']:.0f} ms ({a['p50_ms'] / b['p50_ms']:.2f}x)",
+                        a["p50_ms"] <= b["p50_ms"]))
+    if targets:
+        out.append("Targets (issue 18):\n")
+        out.append("| target | figure | |")
+        out.append("|---|---|---|")
+        for label, figure, ok in targets:
+            out.append(f"| {label} | {figure} | {verdict(ok)} |")
         out.append("")
 
 
@@ -481,8 +563,8 @@ def main():
     m = json.loads(a.machine)
     conns = sorted({r["conns"] for s in rows for r in rows[s] if "conns" in r})
     scale = rows.get("scale", [{}])[0] if rows.get("scale") else {}
-    jobs = {r["name"]: r for r in rows.get("jobs", [])}
-    batch = next((r["n"] for k, r in jobs.items() if k.startswith("docker-batch")), 200)
+    bursts = sorted({r["n"] for r in rows.get("burst", []) if r["name"].startswith("default-trivial-")
+                     and not r["name"].endswith("-seq")}) or [40, 200]
     hostile = rows.get("hostile", [{}])[0] if rows.get("hostile") else {}
 
     out = ["# Benchmarks\n"]
@@ -507,6 +589,7 @@ def main():
     api_section(rows, out)
     scale_section(rows, out)
     jobs_section(rows, out)
+    burst_section(rows, out)
     hostile_section(rows, out)
     out.append(METHOD.format(
         conns=",".join(str(c) for c in conns) or "1,16,64",
@@ -514,7 +597,7 @@ def main():
         rounds=a.wrk_rounds,
         sample=f"{scale.get('addjob_start', {}).get('n', 1000):,}",
         jobs=f"{scale.get('queued', 10000):,}",
-        batch=batch,
+        bursts=" and ".join(str(n) for n in bursts),
         hcount=hostile.get("alone", {}).get("n", 15),
     ))
     out.append(NOTES)

@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh                  # everything (about 25 minutes on two cores)
 #   scripts/bench.sh --quick          # a smoke pass: short runs, small counts
-#   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, hostile
+#   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, burst, hostile
 #   scripts/bench.sh --out FILE       # write the report elsewhere (default docs/benchmarks.md)
 #
 # Needs root (the local backend runs jobs as their own uids) and, for the Docker figures, a
@@ -17,7 +17,7 @@ root=$(pwd)
 command_line="scripts/bench.sh${*:+ $*}"
 
 quick=0
-all_sections=api,scale,jobs,hostile
+all_sections=api,scale,jobs,burst,hostile
 only=$all_sections
 out=docs/benchmarks.md
 while (($#)); do
@@ -34,11 +34,11 @@ want() { [[ ,$only, == *,$1,* ]]; }
 
 # Sizes: the full run, or a quick smoke pass.
 if ((quick)); then
-  wrk_secs=2 wrk_rounds=1 conns=(1 16) scale_jobs=1000 scale_sample=200 e2e_count=3 batch=20 pools=(1 4)
-  hostile_count=3 hyperfine_runs=3
+  wrk_secs=2 wrk_rounds=1 conns=(1 16) scale_jobs=1000 scale_sample=200 e2e_count=3
+  hostile_count=3 hyperfine_runs=3 bursts=(10 20) burst_rounds=1 engine_runs=12 seq_count=3
 else
-  wrk_secs=2 wrk_rounds=3 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20 batch=200
-  pools=(1 4 8) hostile_count=40 hyperfine_runs=20
+  wrk_secs=2 wrk_rounds=3 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20
+  hostile_count=40 hyperfine_runs=20 bursts=(40 200) burst_rounds=2 engine_runs=40 seq_count=10
 fi
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -71,7 +71,7 @@ bench_bin=$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "be
 [[ -x $bench_bin ]] || { echo "bench.sh: the bench tool was not built" >&2; exit 1; }
 
 docker_ok=0
-if want jobs && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+if { want jobs || want burst; } && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   log "the static autodriver and the Docker test image"
   static_autodriver=$(scripts/build-autodriver.sh)
   scripts/build-test-image.sh >/dev/null
@@ -83,8 +83,10 @@ source scripts/services.sh
 cleanup() {
   stop_pids
   if ((docker_ok)); then
-    ids=$(docker ps -aq --filter label=tango.prefix=bench 2>/dev/null || true)
-    [[ -z $ids ]] || docker rm -f $ids >/dev/null 2>&1 || true
+    for prefix in bench local; do
+      ids=$(docker ps -aq --filter label=tango.prefix=$prefix 2>/dev/null || true)
+      [[ -z $ids ]] || docker rm -f $ids >/dev/null 2>&1 || true
+    done
   fi
   rm -rf "$run"
 }
@@ -376,7 +378,6 @@ autodriver = \"$static_autodriver\""
 name = \"localDocker\"
 prefix = \"bench\"
 pool_size = 1
-createvm_secs = 0.0
 $docker_common"
     curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/1/" | jq -e '.statusId == 0' >/dev/null
     wait_pool 1
@@ -400,23 +401,116 @@ $docker_common"
     record jobs docker-run "$(jq -c '.results[0] | {n: (.times | length), p50_ms: (.median * 1000),
       mean_ms: (.mean * 1000), min_ms: (.min * 1000), max_ms: (.max * 1000)}' "$run/hyperfine.json")"
 
-    for p in "${pools[@]}"; do
-      log "jobs: $batch trivial jobs at once, Docker pool of $p (warm at the start)"
-      start_tango "jobs-docker-pool$p" memory "[vmms]
-name = \"localDocker\"
-prefix = \"bench\"
-pool_size = $p
-createvm_secs = 0.0
-create_parallel = $p
-$docker_common"
-      curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/$p/" | jq -e '.statusId == 0' >/dev/null
-      wait_pool "$p"
-      jobs_bench jobs "docker-batch-pool$p" --job "$run/trivial" --count "$batch" --all-at-once --patience 1200 \
-        --warmup 0 --expect trivial-ok
-      stop_tango
-    done
   else
     log "jobs: no Docker engine here: the Docker figures are left out"
+  fi
+fi
+
+# ---- deadline bursts on Docker ----
+# The daemon as an admin has it: the default configuration, with only what this machine needs
+# (a port, a courselabs directory, the Docker backend and where the static autodriver is).
+# start_default NAME VMMS_TOML DOCKER_TOML: a fresh daemon, like start_tango but nothing else
+# set; the two arguments are more lines for the [vmms] and [docker] tables.
+start_default() {
+  local name=$1 vmms=$2 docker=${3:-} dir=$run/$1 port
+  port=$(free_port)
+  mkdir -p "$dir/courselabs"
+  cat >"$dir/tango.toml" <<EOF
+[server]
+bind = "127.0.0.1"
+port = $port
+courselabs = "$dir/courselabs"
+
+[vmms]
+name = "localDocker"
+$vmms
+
+[docker]
+autodriver = "$static_autodriver"
+$docker
+EOF
+  "$tango_bin" serve --config "$dir/tango.toml" >"$dir/stderr.log" 2>&1 &
+  tango_pid=$!
+  pids+=("$tango_pid")
+  tango_url=http://127.0.0.1:$port
+  tango_labs=$dir/courselabs
+  for _ in $(seq 300); do
+    curl -sf "$tango_url/" >/dev/null 2>&1 && return 0
+    kill -0 "$tango_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench.sh: tango ($name) did not start:" >&2
+  cat "$dir/stderr.log" >&2 || true
+  exit 1
+}
+# burst_bench NAME JOB EXPECT ARGS...: `bench burst` against the daemon now running.
+burst_bench() {
+  local name=$1 job=$2 expect=$3 line; shift 3
+  line=$("$bench_bin" burst --url "$tango_url" --key "$key" --courselabs "$tango_labs" \
+    --job "$job" --expect "$expect" --patience 1200 "$@")
+  record burst "$name" "$line"
+  printf '  %-28s %s\n' "$name" "$line" >&2
+}
+# engine ROUND: the engine's own pace, bare `docker run --rm autograding_image true` at 4, 8
+# and 16 at once.
+engine() {
+  local p line
+  for p in 4 8 16; do
+    line=$("$bench_bin" docker-run --count "$engine_runs" --parallel "$p")
+    record burst "docker-run-p$p" "$(jq -c --argjson r "$1" '. + {round: $r}' <<<"$line")"
+    printf '  %-28s %s\n' "docker run, $p at once" "$line" >&2
+  done
+}
+
+if want burst; then
+  if ((docker_ok)); then
+    log "burst: the default configuration on Docker, alternating with bare docker run"
+    start_default burst-default ''
+    for ((round = 1; round <= burst_rounds; round++)); do
+      for n in "${bursts[@]}"; do
+        engine "$round"
+        burst_bench "default-trivial-$n-r$round" "$run/trivial" trivial-ok --count "$n"
+      done
+      burst_bench "default-hello-${bursts[0]}-r$round" tests/jobs/hello "hello from" --count "${bursts[0]}"
+    done
+    line=$("$bench_bin" docker-run --count "$engine_runs" --parallel 8 --shared-netns)
+    record burst docker-run-shared-netns "$line"
+    printf '  %-28s %s\n' "docker run, shared netns" "$line" >&2
+    log "burst: one after another, default configuration, beside docker run one at a time"
+    line=$("$bench_bin" docker-run --count "$seq_count" --parallel 1)
+    record burst docker-run-seq "$line"
+    printf '  %-28s %s\n' "docker run, one at a time" "$line" >&2
+    burst_bench default-trivial-seq "$run/trivial" trivial-ok --count "$seq_count" --sequential
+    burst_bench default-hello-seq tests/jobs/hello "hello from" --count "$seq_count" --sequential
+    stop_tango
+
+    log "burst: no pool (reuse_vms = false: a container made for each job)"
+    start_default burst-nopool 'reuse_vms = false'
+    line=$("$bench_bin" docker-run --count "$seq_count" --parallel 1)
+    record burst docker-run-seq-nopool "$line"
+    printf '  %-28s %s\n' "docker run, one at a time" "$line" >&2
+    burst_bench nopool-trivial-seq "$run/trivial" trivial-ok --count "$seq_count" --sequential
+    burst_bench "nopool-trivial-${bursts[0]}" "$run/trivial" trivial-ok --count "${bursts[0]}"
+    stop_tango
+
+    n=${bursts[-1]}
+    log "burst (tuned): 8 spares made ahead by /prealloc, engine capacity 8"
+    start_default burst-tuned 'pool_size = 8' '
+[[docker.engines]]
+url = "unix:///var/run/docker.sock"
+capacity = 8'
+    curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/8/" | jq -e '.statusId == 0' >/dev/null
+    wait_pool 8
+    engine 0
+    burst_bench "tuned-spares8-trivial-$n" "$run/trivial" trivial-ok --count "$n" --warmup 0
+    stop_tango
+
+    log "burst (not default): a network of its own for every container"
+    start_default burst-ownnet '' 'reuse_network = false'
+    burst_bench "ownnet-trivial-$n" "$run/trivial" trivial-ok --count "$n"
+    stop_tango
+  else
+    log "burst: no Docker engine here: the burst figures are left out"
   fi
 fi
 
