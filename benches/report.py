@@ -480,7 +480,8 @@ def burst_section(rows, out):
         labels = {
             "default": "default",
             "nopool": "default but `reuse_vms = false`",
-            "tuned": "tuned: 8 spares made ahead, capacity 8",
+            "spares": "tuned: 8 spares made ahead (`/prealloc`)",
+            "capacity8": "tuned: engine capacity 8 (default: twice its CPUs)",
             "ownnet": "not default: `docker.reuse_network = false`",
         }
         for r in rows_burst:

@@ -494,15 +494,20 @@ if want burst; then
     stop_tango
 
     n=${bursts[-1]}
-    log "burst (tuned): 8 spares made ahead by /prealloc, engine capacity 8"
-    start_default burst-tuned 'pool_size = 8' '
-[[docker.engines]]
-url = "unix:///var/run/docker.sock"
-capacity = 8'
+    log "burst (tuned): 8 spares made ahead by /prealloc"
+    start_default burst-spares 'pool_size = 8'
     curl -sf -X POST "$tango_url/prealloc/$key/autograding_image/8/" | jq -e '.statusId == 0' >/dev/null
     wait_pool 8
     engine 0
-    burst_bench "tuned-spares8-trivial-$n" "$run/trivial" trivial-ok --count "$n" --warmup 0
+    burst_bench "spares-trivial-$n" "$run/trivial" trivial-ok --count "$n" --warmup 0
+    stop_tango
+
+    log "burst (tuned): engine capacity 8 instead of twice its CPUs"
+    start_default burst-capacity '' '
+[[docker.engines]]
+url = "unix:///var/run/docker.sock"
+capacity = 8'
+    burst_bench "capacity8-trivial-$n" "$run/trivial" trivial-ok --count "$n"
     stop_tango
 
     log "burst (not default): a network of its own for every container"
