@@ -2,8 +2,8 @@
 //! call is on its way go in the next one, in the order they came.
 //!
 //! Each call to Redis costs both sides a write, a read and the script's start, whatever it
-//! carries; under a burst of submissions (a deadline) most of an `addJob`'s store time was
-//! that. One task sends, so a client that goes away cannot take other clients' jobs with
+//! carries; under a burst of submissions (a deadline) that is most of an `addJob`'s store
+//! time. One task sends, so a client that goes away cannot take other clients' jobs with
 //! it: a job handed over is sent, and its caller learns the outcome if still there.
 
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use redis::Value;
 use tokio::sync::oneshot;
 
-use super::{Keys, Link, Retry, SCRIPTS, convert};
+use super::keys::Keys;
+use super::link::{Link, Retry};
+use super::scripts::SCRIPTS;
 use crate::model::Counter;
 use crate::store::StoreError;
 
@@ -26,7 +28,6 @@ type Outcome = Result<(bool, u64), StoreError>;
 pub(super) struct Adds {
     link: Arc<Link>,
     keys: Keys,
-    addr: String,
     waiting: Mutex<Waiting>,
 }
 
@@ -37,7 +38,7 @@ struct Waiting {
     sending: bool,
 }
 
-/// A job's JSON in its two parts (see `new_job_parts`), and where its outcome goes.
+/// A job's JSON in its two parts (see `values::new_job_parts`), and where its outcome goes.
 struct Pending {
     before: String,
     after: String,
@@ -46,11 +47,10 @@ struct Pending {
 }
 
 impl Adds {
-    pub(super) fn new(link: Arc<Link>, keys: Keys, addr: String) -> Adds {
+    pub(super) fn new(link: Arc<Link>, keys: Keys) -> Adds {
         Adds {
             link,
             keys,
-            addr,
             waiting: Mutex::default(),
         }
     }
@@ -103,10 +103,9 @@ impl Adds {
             tokio::spawn(self.clone().send_all());
         }
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "redis at {}: the call adding this job ended without an answer",
-                self.addr
-            )))
+            Err(self
+                .link
+                .unavailable("the call adding this job ended without an answer"))
         })
     }
 
@@ -132,10 +131,8 @@ impl Adds {
             }
         };
         let error = failed.unwrap_or_else(|| {
-            StoreError::Unavailable(format!(
-                "redis at {}: the job was not sent (shutting down)",
-                self.addr
-            ))
+            self.link
+                .unavailable("the job was not sent (shutting down)")
         });
         fail(unsent, &error);
     }
@@ -210,19 +207,15 @@ impl Adds {
             invocation.arg(*before).arg(*after);
         }
         let invocation = &invocation;
-        let value = self
+        let flat: Vec<u64> = self
             .link
-            .call(
-                &keys.ns,
-                &self.addr,
-                Retry::IfUnsent,
-                |mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await },
-            )
+            .call(Retry::IfUnsent, |mut conn| async move {
+                invocation.invoke_async::<Value>(&mut conn).await
+            })
             .await?;
-        let flat: Vec<u64> = convert(&keys.ns, value)?;
         if flat.len() != 2 * jobs.len() {
             return Err(StoreError::Corrupt {
-                key: format!("{}:*", keys.ns),
+                key: keys.all(),
                 message: format!(
                     "redis answered {} values for {} jobs added",
                     flat.len(),
@@ -263,10 +256,11 @@ struct Sender<'a> {
 impl Drop for Sender<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.adds.hand_over(Some(StoreError::Unavailable(format!(
-                "redis at {}: the job was not sent (the sender stopped)",
-                self.adds.addr
-            ))));
+            self.adds.hand_over(Some(
+                self.adds
+                    .link
+                    .unavailable("the job was not sent (the sender stopped)"),
+            ));
         }
     }
 }
