@@ -24,7 +24,7 @@ pub struct App {
     /// once (managers in other processes see it at their next heartbeat).
     pub pools_changed: Arc<Notify>,
     /// What this process's workers count and time (see [`crate::metrics`]).
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -35,7 +35,7 @@ impl App {
             vmms,
             started: Instant::now(),
             pools_changed: Arc::new(Notify::new()),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 }

@@ -18,16 +18,119 @@
 //!   fails inside, so a retry could not help;
 //! - TLS certificates are checked only when `callback.verify_tls` is set (Tango: never).
 //!
-//! Delivery runs in its own task (the manager spawns it), so a slow or dead callback server
+//! Delivery runs in its own task ([`Callbacks::spawn`]), so a slow or dead callback server
 //! never delays other jobs; the outcome is recorded on the dead job as a [`CallbackState`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 use reqwest::multipart::{Form, Part};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::CallbackConfig;
-use crate::model::CallbackState;
+use crate::metrics::Metrics;
+use crate::model::{CallbackState, Job, unix_now};
+use crate::store::{JobStore, persist};
+
+/// The callbacks one manager is delivering: each in a task of its own, the outcome recorded
+/// on the dead job, the count in flight known (shutdown reads it).
+pub struct Callbacks {
+    notifier: Notifier,
+    store: Arc<dyn JobStore>,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    /// Cancelled when the manager stops hard: deliveries end at their next await.
+    kill: CancellationToken,
+    in_flight: AtomicUsize,
+}
+
+impl Callbacks {
+    pub fn new(
+        notifier: Notifier,
+        store: Arc<dyn JobStore>,
+        metrics: Arc<Metrics>,
+        kill: CancellationToken,
+    ) -> Arc<Callbacks> {
+        Arc::new(Callbacks {
+            notifier,
+            store,
+            metrics,
+            tasks: TaskTracker::new(),
+            kill,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Callbacks being delivered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Delivers a finished job's callback in its own task, then records the outcome on the
+    /// dead job. `content` is the output file's content.
+    pub fn spawn(self: &Arc<Self>, mut job: Job, content: Vec<u8>) {
+        let Some(url) = job.notify_url.clone().filter(|u| !u.is_empty()) else {
+            return;
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight(self.clone());
+        let this = self.clone();
+        let span = crate::logging::job_span(&job);
+        let task = async move {
+            let _in_flight = in_flight;
+            let name = std::path::Path::new(&job.output_file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = this.kill.cancelled() => {}
+                _ = async {
+                    let state = this.notifier.deliver(&url, &name, &content).await;
+                    let delivered = state.delivered;
+                    job.callback = Some(state);
+                    job.timings.called_back = Some(unix_now());
+                    this.metrics.callback_done(&job, delivered);
+                    let store = this.store.clone();
+                    persist(&this.kill, "record callback", || {
+                        let store = store.clone();
+                        let job = job.clone();
+                        async move {
+                            if !store.update_dead(&job).await? {
+                                tracing::debug!(job = job.id, "dead job already dropped");
+                            }
+                            Ok(())
+                        }
+                    })
+                    .await;
+                } => {}
+            }
+        };
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    /// No more deliveries will be started.
+    pub fn close(&self) {
+        self.tasks.close();
+    }
+
+    /// Until every delivery started has ended.
+    pub async fn wait(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+/// Counts a delivery while it lives.
+struct InFlight(Arc<Callbacks>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why the callback client could not be built.
 #[derive(Debug, thiserror::Error)]

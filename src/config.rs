@@ -133,6 +133,9 @@ pub struct TimeoutConfig {
     pub copy_in: u64,
     pub run_job: u64,
     pub copy_out: u64,
+    /// Seconds past a job's timeout after which the host kills a run the autodriver has not
+    /// ended (every backend: the container, the process, the SSH session).
+    pub kill_margin_secs: u64,
 }
 
 /// What one job may use.
@@ -247,8 +250,10 @@ pub struct DockerConfig {
     /// Where our static autodriver is, to inject into images that lack one; empty means the
     /// one next to the `tango` binary.
     pub autodriver: PathBuf,
-    /// Seconds past the job's timeout after which a container is killed from the host.
-    pub kill_margin_secs: u64,
+    /// Moved to `timeouts.kill_margin_secs` (it applies to every backend); accepted here so
+    /// that a configuration that sets it still starts, and copied there at load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill_margin_secs: Option<u64>,
     /// Keep containers' network namespaces from job to job (one job at a time in each), so
     /// that a container does not set up and tear down a network of its own; false gives
     /// each container its own, as `docker run` does.
@@ -401,6 +406,7 @@ impl Default for TimeoutConfig {
             copy_in: 30,
             run_job: 60,
             copy_out: 30,
+            kill_margin_secs: 30,
         }
     }
 }
@@ -477,7 +483,7 @@ impl Default for DockerConfig {
             job_uid_base: 200_000,
             job_uid_count: 50_000,
             autodriver: PathBuf::new(),
-            kill_margin_secs: 30,
+            kill_margin_secs: None,
             reuse_network: true,
         }
     }
@@ -637,8 +643,29 @@ impl Config {
         };
         config.apply_env(env)?;
         config.apply_overrides(overrides);
+        config.adopt_moved_keys();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Keys that moved: their value goes where it is read now (see [`Config::notices`]).
+    fn adopt_moved_keys(&mut self) {
+        if let Some(margin) = self.docker.kill_margin_secs {
+            self.timeouts.kill_margin_secs = margin;
+        }
+    }
+
+    /// What an admin should hear about this configuration at start (keys that moved).
+    pub fn notices(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        if self.docker.kill_margin_secs.is_some() {
+            notices.push(
+                "docker.kill_margin_secs is now timeouts.kill_margin_secs (it applies to every \
+                 backend); its value was used"
+                    .to_string(),
+            );
+        }
+        notices
     }
 
     /// Parses TOML text. `origin` names it in errors (a file name).
@@ -906,7 +933,7 @@ impl Config {
     }
 
     /// The per-job output cap: the job's `max_kb` when given and smaller than the maximum.
-    pub fn output_cap(&self, max_kb: Option<u64>) -> u64 {
+    pub fn max_output(&self, max_kb: Option<u64>) -> u64 {
         let max = self.limits.max_output_file_size;
         match max_kb {
             Some(kb) if kb > 0 => kb.saturating_mul(1024).min(max),
@@ -1137,12 +1164,12 @@ mod tests {
     }
 
     #[test]
-    fn output_cap_honours_max_kb_but_never_exceeds_the_maximum() {
+    fn max_output_honours_max_kb_but_never_exceeds_the_maximum() {
         let c = Config::default();
-        assert_eq!(c.output_cap(None), 1_024_000);
-        assert_eq!(c.output_cap(Some(0)), 1_024_000);
-        assert_eq!(c.output_cap(Some(10)), 10_240);
-        assert_eq!(c.output_cap(Some(1_000_000)), 1_024_000);
-        assert_eq!(c.output_cap(Some(u64::MAX)), 1_024_000);
+        assert_eq!(c.max_output(None), 1_024_000);
+        assert_eq!(c.max_output(Some(0)), 1_024_000);
+        assert_eq!(c.max_output(Some(10)), 10_240);
+        assert_eq!(c.max_output(Some(1_000_000)), 1_024_000);
+        assert_eq!(c.max_output(Some(u64::MAX)), 1_024_000);
     }
 }

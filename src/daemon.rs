@@ -87,6 +87,9 @@ pub async fn manager(config: Config) -> Result<(), String> {
 
 /// The store, the backend and the shared services, checked to work.
 async fn open_app(config: Config) -> Result<Arc<App>, String> {
+    for notice in config.notices() {
+        tracing::warn!("configuration: {notice}");
+    }
     let store = crate::store::open(&config)
         .await
         .map_err(|e| format!("tango: store: {e}"))?;

@@ -15,6 +15,11 @@
 //! filesystem, so the final rename is atomic) while it is hashed, in constant memory
 //! whatever its size, then renamed into place. An identical file already in place is left
 //! alone, as Tango did ("File exists").
+//!
+//! Output files are written here too ([`write_output_file`]): through a temporary file in
+//! the output directory and a rename, so a poll never sees half a file; what a backend
+//! copies out goes first to a temporary file there ([`output_temp`]), read back within the
+//! job's output cap ([`read_capped`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -765,9 +770,63 @@ fn md5_of_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The directory an output file goes in.
+fn output_file_dir(output_file: &str) -> PathBuf {
+    Path::new(output_file)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A temporary file beside the output file `output_file`, for what a backend copies out (the
+/// same filesystem as the output file, so nothing is copied twice). Gone when dropped.
+pub fn output_temp(output_file: &str) -> io::Result<TempPath> {
+    let dir = output_file_dir(output_file);
+    std::fs::create_dir_all(&dir)?;
+    Ok(tempfile::Builder::new()
+        .prefix(".tango-output-")
+        .tempfile_in(&dir)?
+        .into_temp_path())
+}
+
+/// At most `cap` bytes of a file: a backend that ignores its cap cannot make us read more.
+pub async fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(cap).read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// Writes a job's output file: `content` to `path` through a temporary file in the same
+/// directory and a rename, so a reader sees either the old file or the whole new one.
+pub async fn write_output_file(path: &str, content: &[u8]) -> io::Result<()> {
+    let path = PathBuf::from(path);
+    let content = content.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let dir = output_file_dir(&path.to_string_lossy());
+        std::fs::create_dir_all(&dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tango-write-")
+            .tempfile_in(&dir)?;
+        temp.write_all(&content)?;
+        temp.as_file().sync_data()?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_directory_of_a_bare_name_is_here() {
+        assert_eq!(output_file_dir("x.txt"), PathBuf::from("."));
+        assert_eq!(output_file_dir("/a/b/x.txt"), PathBuf::from("/a/b"));
+    }
 
     #[test]
     fn a_cached_only_listing_never_reads_a_file() {

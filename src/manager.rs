@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,10 +52,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::callback::{Notifier, NotifierError};
+use crate::callback::{Callbacks, Notifier, NotifierError};
 use crate::model::{CallbackState, Job, JobId, unix_now};
 use crate::preallocator::{AcquireError, Preallocator};
-use crate::store::{Reaped, StoreError};
+use crate::store::{Reaped, StoreError, persist};
 use crate::worker::{self, Assignment};
 
 /// The longest one `claim_next` call blocks. Dispatch does not depend on it (a queued job
@@ -81,22 +81,20 @@ pub struct Manager {
     housekeeper: JoinHandle<()>,
 }
 
-/// What the manager's tasks share: the manager itself as its workers see it.
-pub struct Shared {
-    pub app: Arc<App>,
+/// What the manager's tasks share.
+struct Shared {
+    app: Arc<App>,
     /// This manager's owner id.
-    pub owner: String,
-    pub prealloc: Arc<Preallocator>,
-    notifier: Notifier,
+    owner: String,
+    prealloc: Arc<Preallocator>,
+    /// What each worker is given (the store, the backend, the pools, the callbacks).
+    workers_ctx: Arc<worker::Context>,
     /// One task per running job.
     workers: TaskTracker,
-    /// One task per callback being delivered.
-    callbacks: TaskTracker,
     /// Pool creators.
     background: TaskTracker,
     /// Cancelled when the manager stops hard: every task ends at its next await.
     kill: CancellationToken,
-    callbacks_in_flight: AtomicUsize,
     /// A sweep for leftover machines is due (at start, after a reap, after a failed one).
     sweep_due: AtomicBool,
     /// Jobs this process is handling now (claimed, until put back, given up or finished),
@@ -120,16 +118,30 @@ impl Manager {
         let prealloc =
             Preallocator::new(app.clone(), owner.clone(), background.clone(), kill.clone());
         let notifier = Notifier::new(&app.config.callback)?;
+        let callbacks = Callbacks::new(
+            notifier,
+            app.store.clone(),
+            app.metrics.clone(),
+            kill.clone(),
+        );
+        let workers_ctx = Arc::new(worker::Context {
+            config: app.config.clone(),
+            store: app.store.clone(),
+            vmms: app.vmms.clone(),
+            prealloc: prealloc.clone(),
+            callbacks,
+            metrics: app.metrics.clone(),
+            owner: owner.clone(),
+            kill: kill.clone(),
+        });
         let shared = Arc::new(Shared {
             app,
             owner,
             prealloc,
-            notifier,
+            workers_ctx,
             workers: TaskTracker::new(),
-            callbacks: TaskTracker::new(),
             background,
             kill,
-            callbacks_in_flight: AtomicUsize::new(0),
             sweep_due: AtomicBool::new(true),
             held: Mutex::new(HashMap::new()),
             orphan_suspects: Mutex::new(HashSet::new()),
@@ -170,7 +182,7 @@ impl Manager {
 
     /// Callbacks being delivered now.
     pub fn callbacks_in_flight(&self) -> usize {
-        self.shared.callbacks_in_flight.load(Ordering::Acquire)
+        self.shared.workers_ctx.callbacks.in_flight()
     }
 
     /// Jobs running now.
@@ -190,12 +202,13 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + grace;
         shared.workers.close();
         let _ = tokio::time::timeout_at(deadline, shared.workers.wait()).await;
-        shared.callbacks.close();
-        let _ = tokio::time::timeout_at(deadline, shared.callbacks.wait()).await;
-        let undelivered = shared.callbacks_in_flight.load(Ordering::Acquire);
+        let callbacks = &shared.workers_ctx.callbacks;
+        callbacks.close();
+        let _ = tokio::time::timeout_at(deadline, callbacks.wait()).await;
+        let undelivered = callbacks.in_flight();
         shared.kill.cancel();
         shared.workers.wait().await;
-        shared.callbacks.wait().await;
+        callbacks.wait().await;
         shared.background.close();
         shared.background.wait().await;
         let _ = self.housekeeper.await;
@@ -234,14 +247,13 @@ impl Manager {
         let _ = self.dispatcher.await;
         let _ = self.heartbeat.await;
         let _ = self.housekeeper.await;
-        for tracker in [
-            &self.shared.workers,
-            &self.shared.callbacks,
-            &self.shared.background,
-        ] {
+        for tracker in [&self.shared.workers, &self.shared.background] {
             tracker.close();
             tracker.wait().await;
         }
+        let callbacks = &self.shared.workers_ctx.callbacks;
+        callbacks.close();
+        callbacks.wait().await;
     }
 }
 
@@ -366,7 +378,7 @@ impl Shared {
             }
             tracing::info!(job = job.id, "sending the callback of a dead manager");
             match tokio::fs::read(&job.output_file).await {
-                Ok(content) => self.spawn_callback(job, content),
+                Ok(content) => self.workers_ctx.callbacks.spawn(job, content),
                 Err(e) => {
                     job.callback = Some(CallbackState {
                         error: Some(format!("cannot read the output file: {e}")),
@@ -516,9 +528,9 @@ impl Shared {
                         job.label(),
                         job.retries
                     ));
-                    let shared = self.clone();
+                    let ctx = self.workers_ctx.clone();
                     self.spawn_worker(job.id, permit, held, async move {
-                        worker::run_failed(shared, job, error).await
+                        worker::run_failed(ctx, job, error).await
                     });
                     return;
                 }
@@ -562,10 +574,10 @@ impl Shared {
             }
             tracing::warn!(job = job.id, error = %e, "cannot record dispatch");
         }
-        let shared = self.clone();
+        let ctx = self.workers_ctx.clone();
         let id = job.id;
         self.spawn_worker(id, permit, held, async move {
-            worker::run(shared, job, assignment).await
+            worker::run(ctx, job, assignment).await
         });
     }
 
@@ -577,7 +589,7 @@ impl Shared {
         held: Held,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let shared = self.clone();
+        let ctx = self.workers_ctx.clone();
         let kill = self.kill.clone();
         self.workers.spawn(async move {
             let _slot = permit;
@@ -587,7 +599,7 @@ impl Shared {
                 result = AssertUnwindSafe(work).catch_unwind() => {
                     if result.is_err() {
                         tracing::error!(job = id, "worker panicked; giving the job up");
-                        worker::recover_from_panic(shared, id).await;
+                        worker::recover_from_panic(ctx, id).await;
                     }
                 }
             }
@@ -597,7 +609,7 @@ impl Shared {
     /// Puts a claimed job back at the front of the queue, as it was (not a retry).
     async fn put_back(&self, job: &Job) {
         let store = self.app.store.clone();
-        self.persist("put back", || {
+        persist(&self.kill, "put back", || {
             let store = store.clone();
             let job = job.clone();
             async move { store.requeue(&job).await }
@@ -625,77 +637,6 @@ impl Shared {
             }
         }
     }
-
-    /// Delivers a finished job's callback in its own task, then records the outcome on the
-    /// dead job. `content` is the output file's content.
-    pub fn spawn_callback(self: &Arc<Self>, mut job: Job, content: Vec<u8>) {
-        let Some(url) = job.notify_url.clone().filter(|u| !u.is_empty()) else {
-            return;
-        };
-        let shared = self.clone();
-        let kill = self.kill.clone();
-        self.callbacks_in_flight.fetch_add(1, Ordering::AcqRel);
-        let in_flight = InFlight(self.clone());
-        let span = crate::logging::job_span(&job);
-        let task = async move {
-            let _in_flight = in_flight;
-            let name = std::path::Path::new(&job.output_file)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            tokio::select! {
-                _ = kill.cancelled() => {}
-                _ = async {
-                    let state = shared.notifier.deliver(&url, &name, &content).await;
-                    let delivered = state.delivered;
-                    job.callback = Some(state);
-                    job.timings.called_back = Some(unix_now());
-                    shared.app.metrics.callback_done(&job, delivered);
-                    let store = shared.app.store.clone();
-                    shared.persist("record callback", || {
-                        let store = store.clone();
-                        let job = job.clone();
-                        async move {
-                            if !store.update_dead(&job).await? {
-                                tracing::debug!(job = job.id, "dead job already dropped");
-                            }
-                            Ok(())
-                        }
-                    })
-                    .await;
-                } => {}
-            }
-        };
-        self.callbacks.spawn(task.instrument(span));
-    }
-
-    /// Runs a store write until it succeeds, retrying while the store is unavailable.
-    /// False when it cannot succeed (the lease is lost, the entry is corrupt) or the
-    /// manager is stopping hard.
-    pub async fn persist<F, Fut>(&self, what: &str, op: F) -> bool
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>>,
-    {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match op().await {
-                Ok(()) => return true,
-                Err(e @ (StoreError::LeaseLost(_) | StoreError::Corrupt { .. })) => {
-                    tracing::warn!(error = %e, "{what}: giving up");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what}: store unavailable, retrying");
-                    tokio::select! {
-                        _ = self.kill.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
 }
 
 /// A job marked as handled by this process, unmarked when dropped.
@@ -715,15 +656,6 @@ impl Drop for Held {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Counts a callback task while it lives.
-struct InFlight(Arc<Shared>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.callbacks_in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// `<hostname>-<pid>-<4 hex digits>`: unique per process, and says where it runs.

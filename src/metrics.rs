@@ -14,8 +14,8 @@
 //!
 //! The body is OpenMetrics text (Prometheus reads it; counters end in `_total`).
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
@@ -24,9 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::app::App;
 use crate::model::{Counter as InfoCounter, Job};
-use crate::store::StoreError;
+use crate::store::{JobStore, StoreError};
 
 /// The `Content-Type` of the metrics body.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -194,21 +193,25 @@ pub fn final_status(message: &str) -> &'static str {
     }
 }
 
-/// The whole metrics body: the state read from the store now, then this process's events.
-pub async fn render(app: &Arc<App>) -> Result<String, StoreError> {
-    let (counters, stats) = app.store.overview().await?;
-    let running = app
-        .store
+/// The whole metrics body: the state read from `store` now, then this process's events.
+/// `started`: when this process started.
+pub async fn render(
+    store: &dyn JobStore,
+    started: Instant,
+    events: &Metrics,
+) -> Result<String, StoreError> {
+    let (counters, stats) = store.overview().await?;
+    let running = store
         .live_jobs()
         .await?
         .iter()
         .filter(|job| job.assigned)
         .count() as i64;
-    let pools = app.store.pools().await?;
+    let pools = store.pools().await?;
 
     let mut state = Registry::default();
     let uptime = Gauge::<f64, AtomicU64>::default();
-    uptime.set(app.started.elapsed().as_secs_f64());
+    uptime.set(started.elapsed().as_secs_f64());
     state.register(
         "tango_elapsed_seconds",
         "Seconds since this server started (/info elapsed_secs)",
@@ -270,7 +273,7 @@ pub async fn render(app: &Arc<App>) -> Result<String, StoreError> {
     let mut body = String::new();
     // Writing to a String cannot fail; the encoder's Result is for other writers.
     let _ = encode_registry(&mut body, &state);
-    let _ = encode_registry(&mut body, &app.metrics.registry);
+    let _ = encode_registry(&mut body, &events.registry);
     let _ = encode_eof(&mut body);
     Ok(body)
 }

@@ -122,8 +122,10 @@ pub struct Job {
     pub notify_url: Option<String>,
     /// Seconds the job may run.
     pub timeout: u64,
-    /// Bytes of output kept.
-    pub max_output_file_size: u64,
+    /// Bytes of output kept: the request's `max_kb` in bytes, at most
+    /// `limits.max_output_file_size` (stored under Tango's name).
+    #[serde(rename = "max_output_file_size")]
+    pub max_output: u64,
     /// True once a manager has dispatched it to a machine.
     pub assigned: bool,
     /// How often it was retried after a machine error.
@@ -170,7 +172,7 @@ impl Job {
             output_file: &self.output_file,
             name: &self.name,
             notify_url: self.notify_url.as_deref(),
-            max_output_file_size: self.max_output_file_size,
+            max_output_file_size: self.max_output,
             assigned: self.assigned,
             timeout: self.timeout,
             id: self.id,
@@ -455,7 +457,7 @@ mod tests {
             output_file: "/srv/courselabs/x-course1-hello/output/o.txt".into(),
             notify_url: Some("http://a/b?dave=X&submission_id=9".into()),
             timeout: 180,
-            max_output_file_size: 1_024_000,
+            max_output: 1_024_000,
             assigned: true,
             access_key: Some("SECRET".into()),
             access_key_id: Some("AKIA".into()),

@@ -55,8 +55,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::model::{Job, Machine, PoolTarget};
 use crate::store::StoreError;
-use crate::vmms::{Pacing, Vmms, VmmsError};
-use crate::worker::within;
+use crate::vmms::{Pacing, Vmms, VmmsError, within};
 
 /// Extra time past `vmms.destroy_secs` before we stop waiting for a destroy: the backend
 /// itself retries within `destroy_secs`, this only keeps a wedged backend from holding us.

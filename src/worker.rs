@@ -3,8 +3,9 @@
 //! the same trace lines, final messages, counters and output-file header.
 //!
 //! Every step is bounded: `initialize_vm`, `wait_vm`, `copy_in` and `copy_out` by their
-//! `timeouts.*`; `run_job` by the job's timeout plus `docker.kill_margin_secs` (the
-//! host-side guard backends use) plus [`RUN_GRACE`]. No step can keep a job live for ever.
+//! `timeouts.*`; `run_job` by the host-side guard every backend keeps (the job's timeout
+//! plus `timeouts.kill_margin_secs`, [`RunSpec::kill_after`]) plus [`RUN_GRACE`]. No step can
+//! keep a job live for ever.
 //!
 //! Which failure takes which path, and why:
 //!
@@ -34,10 +35,13 @@
 //! and destroyed through that backend, never through the pools. A backend without accounts
 //! refuses, and the job is given up at once (docs/backends.md).
 //!
-//! The output file (PROTOCOL.md section 7) is Tango's header lines, stamped in local time
-//! like Tango's, then the autodriver's output, so the job's own last line stays last. It
-//! is written to a temporary file in the output directory and renamed onto the output
-//! path, so a poll never sees half a file.
+//! The output file (Tango's format) is its header lines, stamped in local time like Tango's,
+//! then the autodriver's output, so the job's own last line stays last. `labs.rs` writes it
+//! (a temporary file in the output directory renamed onto the output path, so a poll never
+//! sees half a file).
+//!
+//! A worker stands alone: it gets a [`Context`] (the store, the backend, the pools, the
+//! callbacks, this manager's owner id), never the manager itself.
 //!
 //! Order at the end, for exactly-once under crashes: (1) fenced write of the job (is it
 //! still ours?), (2) output file written and renamed, (3) `store.finish` (fenced), with the
@@ -48,22 +52,37 @@
 //! the manager that reaps us sends (see `manager.rs`). A callback that was on the wire when
 //! we died may be delivered twice; Autolab ignores the second (its `dave` key is spent).
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::manager::Shared;
+use crate::callback::Callbacks;
+use crate::config::Config;
+use crate::labs;
+use crate::metrics::Metrics;
 use crate::model::{CallbackState, Counter, Job, Machine, ctime, unix_now};
-use crate::store::StoreError;
-use crate::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
+use crate::preallocator::Preallocator;
+use crate::store::{JobStore, StoreError, persist};
+use crate::vmms::{RUN_GRACE, RunOutcome, RunSpec, Vmms, VmmsError, run, within};
 
-/// Time past the job's timeout and the backend's kill margin before we stop waiting for
-/// `run_job`: the backend's own guard should have ended it long before.
-pub const RUN_GRACE: Duration = Duration::from_secs(5);
+/// What a worker works with: the services of its manager, and nothing of the manager itself.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn JobStore>,
+    /// The configured backend (a job with its own credentials gets one acting with them).
+    pub vmms: Arc<dyn Vmms>,
+    /// Where machines come from and go back to.
+    pub prealloc: Arc<Preallocator>,
+    pub callbacks: Arc<Callbacks>,
+    pub metrics: Arc<Metrics>,
+    /// This manager's owner id: the owner of the jobs it runs and the machines it makes.
+    pub owner: String,
+    /// Cancelled when the manager stops hard: a write being retried gives up.
+    pub kill: CancellationToken,
+}
 
 /// How a job gets its machine.
 pub enum Assignment {
@@ -73,27 +92,15 @@ pub enum Assignment {
     Fresh,
 }
 
-/// Runs `step` within `limit`, turning an overrun into [`VmmsError::Timeout`].
-pub async fn within<T>(
-    limit: Duration,
-    step: &'static str,
-    future: impl Future<Output = Result<T, VmmsError>>,
-) -> Result<T, VmmsError> {
-    match tokio::time::timeout(limit, future).await {
-        Ok(result) => result,
-        Err(_) => Err(VmmsError::Timeout {
-            step,
-            secs: limit.as_secs(),
-        }),
-    }
-}
-
 /// Runs a dispatched job to its end (see the module doc).
-pub async fn run(shared: Arc<Shared>, job: Job, assignment: Assignment) {
+pub async fn run(ctx: Arc<Context>, job: Job, assignment: Assignment) {
     let span = crate::logging::job_span(&job);
     async move {
-        let mut worker = Worker::new(shared, job);
-        let ending = worker.steps(assignment).await;
+        let mut worker = Worker::new(ctx, job);
+        let ending = match worker.steps(assignment).await {
+            Ok(finished) => finished,
+            Err(ending) => ending,
+        };
         worker.end(ending).await;
     }
     .instrument(span)
@@ -102,9 +109,9 @@ pub async fn run(shared: Arc<Shared>, job: Job, assignment: Assignment) {
 
 /// Charges a job that never got a machine (making one for its pool failed) with the
 /// failure: retried or given up exactly like a machine failure in a step.
-pub async fn run_failed(shared: Arc<Shared>, job: Job, error: String) {
+pub async fn run_failed(ctx: Arc<Context>, job: Job, error: String) {
     let span = crate::logging::job_span(&job);
-    let mut worker = Worker::new(shared, job);
+    let mut worker = Worker::new(ctx, job);
     worker
         .end(Ending::MachineFailed {
             error: format!("Internal error: {error}"),
@@ -116,13 +123,13 @@ pub async fn run_failed(shared: Arc<Shared>, job: Job, error: String) {
 
 /// After a worker task panicked (a bug): the job is given up with an internal error and
 /// its machine destroyed, rather than left live and assigned for ever as in Tango.
-pub async fn recover_from_panic(shared: Arc<Shared>, id: u64) {
-    let job = match shared.app.store.live_job(id).await {
-        Ok(Some(job)) if job.owner.as_deref() == Some(&shared.owner) => job,
+pub async fn recover_from_panic(ctx: Arc<Context>, id: u64) {
+    let job = match ctx.store.live_job(id).await {
+        Ok(Some(job)) if job.owner.as_deref() == Some(&ctx.owner) => job,
         _ => return,
     };
     let span = crate::logging::job_span(&job);
-    let mut worker = Worker::new(shared.clone(), job);
+    let mut worker = Worker::new(ctx, job);
     // A machine made with the job's own credentials is destroyed through them.
     if let Err(e) = worker.backend() {
         tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
@@ -178,8 +185,16 @@ enum Ending {
     Abandoned,
 }
 
+/// What the run step hands to copy-out: its final message, whether the machine may serve
+/// another job, and its status.
+struct Ran {
+    message: String,
+    reusable: bool,
+    status: i32,
+}
+
 struct Worker {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     job: Job,
     /// The machine, once it is ours (released exactly once, in `end`).
     vm: Option<Machine>,
@@ -193,9 +208,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>, job: Job) -> Worker {
+    fn new(ctx: Arc<Context>, job: Job) -> Worker {
         let mut worker = Worker {
-            shared,
+            ctx,
             job,
             vm: None,
             header: Vec::new(),
@@ -218,7 +233,7 @@ impl Worker {
 
     /// Writes the job back (fenced). False when the job is no longer ours.
     async fn save(&mut self) -> bool {
-        match self.shared.app.store.update_live(&self.job).await {
+        match self.ctx.store.update_live(&self.job).await {
             Ok(()) => true,
             Err(StoreError::LeaseLost(_)) => {
                 tracing::warn!(
@@ -235,29 +250,42 @@ impl Worker {
         }
     }
 
+    /// [`Worker::save`], as a step's early end when the job is no longer ours.
+    async fn saved(&mut self) -> Result<(), Ending> {
+        if self.save().await {
+            Ok(())
+        } else {
+            Err(Ending::Abandoned)
+        }
+    }
+
     async fn count(&self, counter: Counter) {
-        if let Err(e) = self.shared.app.store.incr(counter, 1).await {
+        if let Err(e) = self.ctx.store.incr(counter, 1).await {
             tracing::warn!(counter = counter.name(), error = %e, "cannot count");
         }
     }
 
-    /// The five steps. Returns how they ended; releasing the machine and the rest is `end`.
-    async fn steps(&mut self, assignment: Assignment) -> Ending {
-        let app = self.shared.app.clone();
-        let config = &app.config;
-        let vmms = match self.backend() {
-            Ok(vmms) => vmms,
+    /// The five steps, each ending the job early (`Err`) or handing on to the next.
+    async fn steps(&mut self, assignment: Assignment) -> Result<Ending, Ending> {
+        let vmms = self.backend().map_err(|e| Ending::MachineFailed {
             // A retry would be refused the same way.
-            Err(e) => {
-                return Ending::MachineFailed {
-                    error: format!("Internal error: initializeVM failed: {e}"),
-                    retry: false,
-                };
-            }
-        };
-        let label = self.job.label();
+            error: format!("Internal error: initializeVM failed: {e}"),
+            retry: false,
+        })?;
+        let vm = self.initialize(&vmms, assignment).await?;
+        self.wait(&vmms, &vm).await?;
+        self.copy_in(&vmms, &vm).await?;
+        let ran = self.run(&vmms, &vm).await?;
+        self.copy_out(&vmms, &vm, ran).await
+    }
 
-        // ---- a machine ----
+    /// initializeVM: a pool's machine, or one made for this job alone.
+    async fn initialize(
+        &mut self,
+        vmms: &Arc<dyn Vmms>,
+        assignment: Assignment,
+    ) -> Result<Machine, Ending> {
+        let label = self.job.label();
         let vm = match assignment {
             Assignment::Pooled(vm) => {
                 let vm = *vm;
@@ -273,7 +301,7 @@ impl Worker {
             Assignment::Fresh => {
                 let mut vm = self.job.vm.clone();
                 vm.id = Some(self.job.id);
-                vm.owner = Some(self.shared.owner.clone());
+                vm.owner = Some(self.ctx.owner.clone());
                 vm.instance = None;
                 vm.host = None;
                 if vm.vmms.is_empty() {
@@ -283,109 +311,89 @@ impl Worker {
                 self.job.vm = vm.clone();
                 self.vm = Some(vm.clone());
                 self.trace(message);
-                if !self.save().await {
-                    return Ending::Abandoned;
-                }
-                let made = self.shared.prealloc.make_one_off(&vmms, &mut vm).await;
+                self.saved().await?;
+                let made = self.ctx.prealloc.make_one_off(vmms, &mut vm).await;
                 // Even a failed initialize may have made something to destroy.
                 self.vm = Some(vm.clone());
                 self.job.vm = vm.clone();
-                if let Err(e) = made {
-                    return self.machine_failed("initializeVM", e);
-                }
+                made.map_err(|e| machine_failed("initializeVM", e))?;
                 vm
             }
         };
-        let instance = vmms.instance_name(&vm);
+        Ok(vm)
+    }
 
-        // ---- wait ----
+    /// waitVM: the machine can take the job.
+    async fn wait(&mut self, vmms: &Arc<dyn Vmms>, vm: &Machine) -> Result<(), Ending> {
+        let label = self.job.label();
+        let instance = vmms.instance_name(vm);
         self.trace(format!("Job {label} waiting for VM {instance}"));
-        if !self.save().await {
-            return Ending::Abandoned;
-        }
-        let wait = secs(config.timeouts.wait_vm);
-        match within(wait, "waitVM", vmms.wait_vm(&vm, wait)).await {
+        self.saved().await?;
+        let wait_secs = self.ctx.config.timeouts.wait_vm;
+        let wait = secs(wait_secs);
+        match within(wait, "waitVM", vmms.wait_vm(vm, wait)).await {
             Ok(()) => self.statuses.wait_vm = Some(0),
             Err(e) => {
                 self.statuses.wait_vm = Some(-1);
                 if matches!(e, VmmsError::Timeout { .. }) {
                     self.count(Counter::WaitvmTimeouts).await;
-                    return Ending::MachineFailed {
-                        error: format!(
-                            "Internal error: waitVM timeout after {} secs",
-                            config.timeouts.wait_vm
-                        ),
+                    return Err(Ending::MachineFailed {
+                        error: format!("Internal error: waitVM timeout after {wait_secs} secs"),
                         retry: true,
-                    };
+                    });
                 }
-                return self.machine_failed("waitVM", e);
+                return Err(machine_failed("waitVM", e));
             }
         }
         self.job.timings.machine_ready = Some(unix_now());
         self.trace(format!("VM {instance} ready for job {label}"));
-        if !self.save().await {
-            return Ending::Abandoned;
-        }
+        self.saved().await
+    }
 
-        // ---- copy in ----
-        let copied = within(
-            secs(config.timeouts.copy_in),
-            "copyIn",
-            vmms.copy_in(&vm, &self.job.input),
-        )
-        .await;
-        let copy_in_status = if copied.is_ok() { 0 } else { -1 };
-        self.statuses.copy_in = Some(copy_in_status);
+    /// copyIn: the job's files into the machine. A file that cannot be read on this host
+    /// ends the job (a retry elsewhere would fail the same way).
+    async fn copy_in(&mut self, vmms: &Arc<dyn Vmms>, vm: &Machine) -> Result<(), Ending> {
+        let label = self.job.label();
+        let limit = secs(self.ctx.config.timeouts.copy_in);
+        let copied = within(limit, "copyIn", vmms.copy_in(vm, &self.job.input)).await;
+        let status = if copied.is_ok() { 0 } else { -1 };
+        self.statuses.copy_in = Some(status);
         if let Err(e) = copied {
             self.count(Counter::CopyinErrors).await;
             if let VmmsError::Io(detail) = &e {
-                // This host's side: a retry on another machine would fail the same way.
                 tracing::warn!(job = self.job.id, %detail, "cannot copy the input in");
-                self.trace(format!(
-                    "Input copied for job {label} [status={copy_in_status}]"
-                ));
-                return Ending::Finished {
-                    message: format!("Error: Copy in to VM failed (status={copy_in_status})"),
+                self.trace(format!("Input copied for job {label} [status={status}]"));
+                return Err(Ending::Finished {
+                    message: format!("Error: Copy in to VM failed (status={status})"),
                     output: None,
                     reusable: true,
-                };
+                });
             }
-            return self.machine_failed("copyIn", e);
+            return Err(machine_failed("copyIn", e));
         }
         self.job.timings.copied_in = Some(unix_now());
         self.trace(format!("Input copied for job {label} [status=0]"));
-        if !self.save().await {
-            return Ending::Abandoned;
-        }
+        self.saved().await
+    }
 
-        // ---- run ----
-        let timeout = if self.job.timeout > 0 {
-            self.job.timeout
-        } else {
-            config.timeouts.run_job
-        };
-        let spec = RunSpec {
-            job_id: self.job.id,
-            job_name: self.job.name.clone(),
-            timeout,
-            max_output: self.job.max_output_file_size,
-            ulimit_user_proc: config.limits.ulimit_user_proc,
-            ulimit_file_size: config.limits.ulimit_file_size,
-            disable_network: self.job.disable_network,
-        };
-        let mut bound = secs(timeout) + secs(config.docker.kill_margin_secs) + RUN_GRACE;
+    /// runJob: the autodriver under the job's limits, bounded by the host-side guard.
+    async fn run(&mut self, vmms: &Arc<dyn Vmms>, vm: &Machine) -> Result<Ran, Ending> {
+        let label = self.job.label();
+        let spec = RunSpec::for_job(&self.job, &self.ctx.config);
+        let timeout = spec.timeout;
+        let mut bound = spec.kill_after + RUN_GRACE;
         if vmms.run_sends_inputs() {
             // The copy happens inside the run, under its own bound.
-            bound += secs(config.timeouts.copy_in);
+            bound += secs(self.ctx.config.timeouts.copy_in);
         }
-        let outcome = match within(bound, "runJob", vmms.run_job(&vm, &spec)).await {
+        let outcome = match within(bound, "runJob", vmms.run_job(vm, &spec)).await {
             Ok(outcome) => outcome,
             // Our bound, or the backend's guard reporting its kill as an error.
             Err(VmmsError::Timeout { .. }) => RunOutcome::Killed,
             Err(e) => {
                 self.statuses.run_job = Some(-1);
                 self.count(Counter::RunjobErrors).await;
-                return self.machine_failed("runJob", e);
+                return Err(machine_failed("runJob", e));
             }
         };
         let status = outcome.status();
@@ -398,10 +406,8 @@ impl Worker {
         }
         self.job.timings.ran = Some(unix_now());
         self.trace(format!("Job {label} executed [status={status}]"));
-        if !self.save().await {
-            return Ending::Abandoned;
-        }
-        let (mut message, reusable) = match outcome {
+        self.saved().await?;
+        let (message, reusable) = match outcome {
             RunOutcome::Exited(0) => ("Success: Autodriver returned normally".to_string(), true),
             RunOutcome::Exited(1) => ("Error: Autodriver usage error (status=1)".into(), true),
             RunOutcome::Exited(2) => (
@@ -419,14 +425,34 @@ impl Worker {
                 false,
             ),
         };
-        let machine_trusted = reusable;
+        Ok(Ran {
+            message,
+            reusable,
+            status,
+        })
+    }
 
-        // ---- copy out ----
-        let copied = match self.output_temp() {
+    /// copyOut: the autodriver's output to a temporary file beside the output file. A
+    /// failure of the machine is retried unless the run was killed or hit an OS error (a
+    /// retry would run a runaway or damaging job again).
+    async fn copy_out(
+        &mut self,
+        vmms: &Arc<dyn Vmms>,
+        vm: &Machine,
+        ran: Ran,
+    ) -> Result<Ending, Ending> {
+        let label = self.job.label();
+        let Ran {
+            mut message,
+            reusable,
+            status,
+        } = ran;
+        let limit = secs(self.ctx.config.timeouts.copy_out);
+        let copied = match labs::output_temp(&self.job.output_file) {
             Ok(temp) => within(
-                secs(config.timeouts.copy_out),
+                limit,
                 "copyOut",
-                vmms.copy_out(&vm, &temp, self.job.max_output_file_size),
+                vmms.copy_out(vm, &temp, self.job.max_output),
             )
             .await
             .map(|()| temp),
@@ -441,8 +467,8 @@ impl Worker {
             Err(e) => {
                 self.count(Counter::CopyoutErrors).await;
                 let host_side = matches!(e, VmmsError::Io(_));
-                if !host_side && machine_trusted {
-                    return self.machine_failed("copyOut", e);
+                if !host_side && reusable {
+                    return Err(machine_failed("copyOut", e));
                 }
                 tracing::warn!(job = self.job.id, error = %e, "cannot copy the output out");
                 if status == 0 {
@@ -457,25 +483,24 @@ impl Worker {
         self.trace(format!(
             "Output copied for job {label} [status={copy_out_status}]"
         ));
-        Ending::Finished {
+        Ok(Ending::Finished {
             message,
             output,
             reusable,
-        }
+        })
     }
 
     /// The backend this job runs on: the configured one, or for a job that brings its own
     /// cloud credentials (Tango's `accessKeyId`/`accessKey`) one acting with them, so its
     /// machine (and, on EC2, a fresh key pair) is made in the job's account.
     fn backend(&mut self) -> Result<Arc<dyn Vmms>, VmmsError> {
-        let app = &self.shared.app;
         match (&self.job.access_key_id, &self.job.access_key) {
             (Some(id), Some(key)) if !key.is_empty() => {
-                let backend = app.vmms.with_credentials(id, key)?;
+                let backend = self.ctx.vmms.with_credentials(id, key)?;
                 self.own_backend = Some(backend.clone());
                 Ok(backend)
             }
-            _ => Ok(app.vmms.clone()),
+            _ => Ok(self.ctx.vmms.clone()),
         }
     }
 
@@ -483,36 +508,16 @@ impl Worker {
     /// job's own credentials, destroyed through that backend (with its key pair).
     async fn release(&self, vm: Machine, reusable: bool) {
         let Some(backend) = &self.own_backend else {
-            self.shared.prealloc.release(vm, reusable).await;
+            self.ctx.prealloc.release(vm, reusable).await;
             return;
         };
-        let limit = Duration::from_secs_f64(self.shared.app.config.vmms.destroy_secs.max(1.0))
-            + secs(self.shared.app.config.timeouts.initialize_vm);
+        let config = &self.ctx.config;
+        let limit = Duration::from_secs_f64(config.vmms.destroy_secs.max(1.0))
+            + secs(config.timeouts.initialize_vm);
         if let Err(e) = within(limit, "safeDestroyVM", backend.safe_destroy_vm(&vm)).await {
             tracing::error!(job = self.job.id, vm = %backend.instance_name(&vm), error = %e,
                 "cannot destroy the machine made with the job's own credentials");
         }
-    }
-
-    /// A machine-level failure of `step`.
-    fn machine_failed(&self, step: &str, error: VmmsError) -> Ending {
-        let retry = !matches!(error, VmmsError::Unsupported(_));
-        let error = match error {
-            VmmsError::Timeout { .. } => format!("Internal error: {error}"),
-            other => format!("Internal error: {step} failed: {other}"),
-        };
-        Ending::MachineFailed { error, retry }
-    }
-
-    /// A temporary file in the output directory for the autodriver's output (same
-    /// filesystem as the output file, so nothing is copied twice).
-    fn output_temp(&self) -> std::io::Result<tempfile::TempPath> {
-        let dir = output_dir(&self.job.output_file);
-        std::fs::create_dir_all(&dir)?;
-        Ok(tempfile::Builder::new()
-            .prefix(".tango-output-")
-            .tempfile_in(&dir)?
-            .into_temp_path())
     }
 
     async fn end(&mut self, ending: Ending) {
@@ -528,9 +533,9 @@ impl Worker {
                 output,
                 reusable,
             } => {
-                let cap = self.job.max_output_file_size.saturating_add(OUTPUT_SLACK);
+                let cap = run::output_cap(self.job.max_output);
                 let autodriver_output = match &output {
-                    Some(path) => match read_capped(path, cap).await {
+                    Some(path) => match labs::read_capped(path, cap).await {
                         Ok(bytes) => bytes,
                         Err(e) => {
                             tracing::warn!(job = self.job.id, error = %e, "cannot read the output");
@@ -550,30 +555,33 @@ impl Worker {
                     self.release(vm, reusable).await;
                 }
             }
-            Ending::MachineFailed { error, retry } => {
-                let label = self.job.label();
-                self.trace(format!("Job {label} failed: {error}"));
-                if let Some(vm) = self.vm.take() {
-                    self.release(vm, false).await;
-                }
-                let retries = self.shared.app.config.jobs.retries;
-                if retry && self.job.retries < retries {
-                    self.retry().await;
-                    return;
-                }
-                if retry {
-                    self.header(&format!(
-                        "Internal error: Unable to complete job after {retries} tries. Pleae resubmit"
-                    ));
-                } else {
-                    self.header(&error);
-                }
-                let statuses = self.statuses;
-                self.header(&format!("Job status: {statuses}"));
-                self.header("Here is the output from the autograder:\n---");
-                self.complete(error, Vec::new()).await;
-            }
+            Ending::MachineFailed { error, retry } => self.machine_ended(error, retry).await,
         }
+    }
+
+    /// After a machine failure: the machine goes, and the job is retried or given up.
+    async fn machine_ended(&mut self, error: String, retry: bool) {
+        let label = self.job.label();
+        self.trace(format!("Job {label} failed: {error}"));
+        if let Some(vm) = self.vm.take() {
+            self.release(vm, false).await;
+        }
+        let retries = self.ctx.config.jobs.retries;
+        if retry && self.job.retries < retries {
+            self.retry().await;
+            return;
+        }
+        if retry {
+            self.header(&format!(
+                "Internal error: Unable to complete job after {retries} tries. Pleae resubmit"
+            ));
+        } else {
+            self.header(&error);
+        }
+        let statuses = self.statuses;
+        self.header(&format!("Job status: {statuses}"));
+        self.header("Here is the output from the autograder:\n---");
+        self.complete(error, Vec::new()).await;
     }
 
     /// Back to the front of the queue for another try on a fresh machine.
@@ -582,15 +590,13 @@ impl Worker {
         self.job.assigned = false;
         self.count(Counter::JobRetries).await;
         let job = self.job.clone();
-        let store = self.shared.app.store.clone();
-        let done = self
-            .shared
-            .persist("requeue", || {
-                let store = store.clone();
-                let job = job.clone();
-                async move { store.requeue(&job).await }
-            })
-            .await;
+        let store = self.ctx.store.clone();
+        let done = persist(&self.ctx.kill, "requeue", || {
+            let store = store.clone();
+            let job = job.clone();
+            async move { store.requeue(&job).await }
+        })
+        .await;
         if done {
             tracing::info!(
                 job = self.job.id,
@@ -611,13 +617,12 @@ impl Worker {
         if !self.save().await {
             return;
         }
-        if let Err(e) = write_atomically(&self.job.output_file, &content).await {
+        if let Err(e) = labs::write_output_file(&self.job.output_file, &content).await {
             tracing::error!(job = self.job.id, path = %self.job.output_file, error = %e,
                 "cannot write the output file");
-            // Say so in the trace (it used to be only in the log): the job still ends, once,
-            // but no output file is in place (the temporary file is gone, nothing truncated
-            // was renamed), and `poll` answers "Output file not found". A full disk is the
-            // usual cause (docs/resilience.md).
+            // The job still ends, once, but no output file is in place (the temporary file
+            // is gone, nothing truncated was renamed), and `poll` answers "Output file not
+            // found". A full disk is the usual cause (docs/resilience.md).
             self.trace(format!(
                 "Error: Cannot write the output file {}: {e}",
                 self.job.output_file
@@ -635,81 +640,44 @@ impl Worker {
             .is_some_and(|url| !url.is_empty());
         if notify {
             self.job.callback = Some(CallbackState {
-                sender: Some(self.shared.owner.clone()),
+                sender: Some(self.ctx.owner.clone()),
                 ..CallbackState::default()
             });
         }
         let job = self.job.clone();
-        let store = self.shared.app.store.clone();
-        let max_dead = self.shared.app.config.jobs.max_dead;
-        let finished = self
-            .shared
-            .persist("finish", || {
-                let store = store.clone();
-                let job = job.clone();
-                async move { store.finish(&job, max_dead).await }
-            })
-            .await;
+        let store = self.ctx.store.clone();
+        let max_dead = self.ctx.config.jobs.max_dead;
+        let finished = persist(&self.ctx.kill, "finish", || {
+            let store = store.clone();
+            let job = job.clone();
+            async move { store.finish(&job, max_dead).await }
+        })
+        .await;
         if !finished {
             return;
         }
-        self.shared
-            .app
-            .metrics
-            .job_finished(&self.job, &status_message);
-        if self.shared.app.config.log.timing {
+        self.ctx.metrics.job_finished(&self.job, &status_message);
+        if self.ctx.config.log.timing {
             log_timings(&self.job);
         }
         if notify {
-            self.shared.spawn_callback(self.job.clone(), content);
+            self.ctx.callbacks.spawn(self.job.clone(), content);
         }
     }
 }
 
-/// Bytes past `max_output_file_size` accepted from a backend's copy-out: the autodriver's
-/// status line and elision marker come on top of the job's output.
-const OUTPUT_SLACK: u64 = 64 * 1024;
-
-/// At most `cap` bytes of a file: a backend that ignores its cap cannot make us read more.
-async fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path).await?;
-    let mut bytes = Vec::new();
-    file.take(cap).read_to_end(&mut bytes).await?;
-    Ok(bytes)
+/// A machine-level failure of `step`: retried, unless the backend cannot do the step at all.
+fn machine_failed(step: &str, error: VmmsError) -> Ending {
+    let retry = !matches!(error, VmmsError::Unsupported(_));
+    let error = match error {
+        VmmsError::Timeout { .. } => format!("Internal error: {error}"),
+        other => format!("Internal error: {step} failed: {other}"),
+    };
+    Ending::MachineFailed { error, retry }
 }
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-/// The directory an output file goes in.
-fn output_dir(output_file: &str) -> PathBuf {
-    Path::new(output_file)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// Writes `content` to `path` through a temporary file in the same directory and a rename,
-/// so a reader sees either the old file or the whole new one.
-pub async fn write_atomically(path: &str, content: &[u8]) -> std::io::Result<()> {
-    let path = PathBuf::from(path);
-    let content = content.to_vec();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let dir = output_dir(&path.to_string_lossy());
-        std::fs::create_dir_all(&dir)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tango-write-")
-            .tempfile_in(&dir)?;
-        temp.write_all(&content)?;
-        temp.as_file().sync_data()?;
-        temp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 /// `log.timing`: how long each phase of a job took (Tango's `LOG_TIMING`).
@@ -745,11 +713,5 @@ mod tests {
             s.to_string(),
             "waitVM=-1 copyIn=None runJob=None copyOut=None"
         );
-    }
-
-    #[test]
-    fn output_dir_of_a_bare_name_is_here() {
-        assert_eq!(output_dir("x.txt"), PathBuf::from("."));
-        assert_eq!(output_dir("/a/b/x.txt"), PathBuf::from("/a/b"));
     }
 }

@@ -234,7 +234,7 @@ impl Rig {
             output_file: self.output_path(name).to_string_lossy().into_owned(),
             notify_url: notify_url.map(str::to_string),
             timeout: 10,
-            max_output_file_size: 4 << 20,
+            max_output: 4 << 20,
             ..Job::default()
         };
         job.timings.added = Some(tango::model::unix_now());

@@ -21,7 +21,8 @@ use support::docker::{
 };
 use tango::config::{Config, DockerEngineConfig};
 use tango::model::{InputFile, Machine};
-use tango::vmms::docker::{DockerVmms, OUTPUT_SLACK};
+use tango::vmms::OUTPUT_SLACK;
+use tango::vmms::docker::DockerVmms;
 use tango::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
 
 const OWNER: &str = "manager-under-test";
@@ -113,6 +114,7 @@ fn spec(timeout: u64) -> RunSpec {
         ulimit_user_proc: 100,
         ulimit_file_size: 100 * 1024 * 1024,
         disable_network: false,
+        kill_after: tango::vmms::run::kill_after(timeout, 30),
     }
 }
 
@@ -558,7 +560,6 @@ async fn the_host_guard_kills_a_job_that_outlives_its_timeout() {
     let fake = Fake::new();
     let mut config = config(&prefix);
     config.docker.autodriver = fake.path();
-    config.docker.kill_margin_secs = 1;
     let backend = real_backend(&config).await;
     let vm = ready_machine(&backend, 13, image).await;
     let dir = tempfile::tempdir().unwrap();
@@ -566,8 +567,11 @@ async fn the_host_guard_kills_a_job_that_outlives_its_timeout() {
         .copy_in(&vm, &inputs(dir.path(), &[("mode", b"sleep")]))
         .await
         .unwrap();
+    // A timeout of 1 s and a margin of 1 s: killed 2 s after the inputs are in.
+    let mut spec = spec(1);
+    spec.kill_after = tango::vmms::run::kill_after(1, 1);
     let started = Instant::now();
-    let outcome = backend.run_job(&vm, &spec(1)).await.expect("run_job");
+    let outcome = backend.run_job(&vm, &spec).await.expect("run_job");
     assert_eq!(outcome, RunOutcome::Killed);
     assert_eq!(outcome.status(), -1);
     assert!(
@@ -1252,6 +1256,7 @@ async fn run_job_folder(job: support::jobs::Job, timeout: u64, disable_network: 
         ulimit_user_proc: config.limits.ulimit_user_proc,
         ulimit_file_size: config.limits.ulimit_file_size,
         disable_network,
+        kill_after: tango::vmms::run::kill_after(timeout, config.timeouts.kill_margin_secs),
     };
     let watch_partial = !job.expect.partial_output_contains_while_running.is_empty();
     let run = backend.run_job(&vm, &spec);

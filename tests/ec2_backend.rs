@@ -252,7 +252,7 @@ async fn an_instance_is_launched_as_configured_used_over_ssh_and_terminated() {
     backend.copy_out(&vm, &out, 1000).await.unwrap();
     assert_eq!(
         fs::metadata(&out).unwrap().len(),
-        1000 + tango::vmms::ssh::OUTPUT_SLACK
+        1000 + tango::vmms::OUTPUT_SLACK
     );
 
     // A second machine of another shape gets Tango's type for it.

@@ -100,6 +100,7 @@ fn spec(config: &Config, timeout: u64, disable_network: bool) -> RunSpec {
         ulimit_user_proc: config.limits.ulimit_user_proc,
         ulimit_file_size: config.limits.ulimit_file_size,
         disable_network,
+        kill_after: tango::vmms::run::kill_after(timeout, config.timeouts.kill_margin_secs),
     }
 }
 
@@ -584,10 +585,11 @@ async fn an_autodriver_that_overruns_is_killed_from_the_host() {
     // Ignores its arguments and never ends.
     std::fs::write(&fake, "#!/bin/sh\nexec sleep 1000\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let b = backend_with(|c| c.local.autodriver = fake.clone());
-    let vmms = LocalVmms::new(&b.config)
-        .unwrap()
-        .with_kill_margin(Duration::from_secs(1));
+    let b = backend_with(|c| {
+        c.local.autodriver = fake.clone();
+        c.timeouts.kill_margin_secs = 1;
+    });
+    let vmms = LocalVmms::new(&b.config).unwrap();
     let mut vm = machine(next_id());
     vmms.initialize_vm(&mut vm).await.unwrap();
     let started = Instant::now();

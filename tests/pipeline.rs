@@ -91,7 +91,7 @@ impl Rig {
             output_file: self.output_path(name),
             notify_url: notify_url.map(|u| u.replace("{id}", &id.to_string())),
             timeout: 10,
-            max_output_file_size: 1 << 20,
+            max_output: 1 << 20,
             ..Job::default()
         };
         job.timings.added = Some(tango::model::unix_now());
@@ -556,7 +556,7 @@ async fn copy_and_run_timeouts(store: Arc<dyn JobStore>) {
     rig.fake
         .on(Step::Run, When::Job("hangrun".into()), Action::Hang);
     let mut c = fast_timeouts(one_off(config()));
-    c.docker.kill_margin_secs = 0;
+    c.timeouts.kill_margin_secs = 0;
     let (_app, manager) = rig.start(c).await;
     let mut ids = Vec::new();
     for name in ["hangin", "hangout", "hangrun"] {

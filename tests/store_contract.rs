@@ -41,7 +41,7 @@ async fn new_job(store: &dyn JobStore, name: &str) -> Job {
         id,
         name: name.to_string(),
         timeout: 10,
-        max_output_file_size: 1024,
+        max_output: 1024,
         vm: Machine {
             name: "img".into(),
             image: "img".into(),
@@ -504,7 +504,7 @@ fn unnumbered(name: &str) -> Job {
     Job {
         name: name.to_string(),
         timeout: 10,
-        max_output_file_size: 1024,
+        max_output: 1024,
         vm: Machine {
             name: "img".into(),
             image: "img".into(),

@@ -31,7 +31,7 @@ fn job(id: JobId, name: &str) -> Job {
         id,
         name: name.to_string(),
         timeout: 10,
-        max_output_file_size: 1024,
+        max_output: 1024,
         vm: Machine {
             name: "img".into(),
             image: "img".into(),

@@ -234,7 +234,7 @@ async fn copy_out_caps_the_output_and_never_follows_a_link() {
     let got = fs::read(&out).unwrap();
     assert_eq!(
         got.len() as u64,
-        10_000 + tango::vmms::ssh::OUTPUT_SLACK,
+        10_000 + tango::vmms::OUTPUT_SLACK,
         "cut to the cap plus the slack"
     );
     assert_eq!(got[..], big[..got.len()]);

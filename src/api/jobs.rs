@@ -112,7 +112,7 @@ fn build_job(api: &ApiState, lab: &Courselab, request: &JobRequest) -> Result<Jo
             .into_owned(),
         notify_url: request.notify_url.clone(),
         timeout: request.timeout.unwrap_or(config.timeouts.run_job),
-        max_output_file_size: config.output_cap(request.max_kb),
+        max_output: config.max_output(request.max_kb),
         disable_network: request.disable_network,
         access_key_id: request.access_key_id.clone(),
         access_key: request.access_key.clone(),
@@ -209,9 +209,7 @@ pub async fn partial_output(
     }
     let output = tokio::time::timeout(
         PARTIAL_OUTPUT_TIMEOUT,
-        api.app
-            .vmms
-            .get_partial_output(&job.vm, job.max_output_file_size),
+        api.app.vmms.get_partial_output(&job.vm, job.max_output),
     )
     .await
     .map_err(|_| {

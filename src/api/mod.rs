@@ -163,7 +163,7 @@ async fn hello() -> Response {
 /// body holds counts only, never a key, a path or a job's name).
 async fn metrics_text(axum::extract::State(api): axum::extract::State<Arc<ApiState>>) -> Response {
     use axum::response::IntoResponse;
-    match crate::metrics::render(&api.app).await {
+    match crate::metrics::render(api.app.store.as_ref(), api.app.started, &api.app.metrics).await {
         Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -21,7 +21,7 @@ pub struct Options {
     pub timeout: u64,
     /// Bytes of output kept: the first and last halves of a longer output.
     #[arg(short = 'o', long = "osize", value_name = "BYTES", default_value = "0", value_parser = parse_c_uint)]
-    pub osize: u64,
+    pub max_output: u64,
     /// CPU seconds the whole job may use before it is killed (exit 2).
     #[arg(short = 'c', long = "cpu", value_name = "SECS", default_value = "0", value_parser = parse_c_uint)]
     pub cpu: u64,
@@ -105,7 +105,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (o.nproc, o.fsize, o.timeout, o.osize),
+            (o.nproc, o.fsize, o.timeout, o.max_output),
             (100, 104857600, 20, 1024000)
         );
         assert_eq!(o.directory, PathBuf::from("autolab"));

@@ -141,7 +141,7 @@ pub fn run(
     }
 
     let own_session = take_own_session();
-    let capture = Capture::new(log, opts.osize);
+    let capture = Capture::new(log, opts.max_output);
     // The files are cleaned whether or not watching went well.
     let watched = watch(opts, &identity, &dir, capture, own_session);
     let cleanup = clean_up(opts, &identity, &dir, &dir_meta, &own_files);

@@ -1,13 +1,13 @@
 //! The job's output: the status line, and make's stdout and stderr cut to the output limit
 //! the way Tango's C autodriver cut it.
 //!
-//! Tango keeps the first `osize / 2` bytes and the last `osize / 2` bytes of an output longer
-//! than `osize`, with [`ELISION`] between them (integer division, so an odd `osize` keeps one
-//! byte less). The tail is kept because Autolab reads the score from the output's last line.
+//! Under `-o max_output` (Tango's `osize`), Tango keeps the first `max_output / 2` bytes and
+//! the last `max_output / 2` bytes of an output longer than `max_output`, with [`ELISION`]
+//! between them (integer division, so an odd `max_output` keeps one byte less). The tail is kept because Autolab reads the score from the output's last line.
 //!
 //! While the job runs, [`Capture`] takes the bytes from make's pipe: it writes the first
-//! `osize` of them to the log file (what `getPartialOutput` reads, as Tango's `output.log`)
-//! and keeps the last `osize / 2` in memory, so neither disk nor memory grows with the
+//! `max_output` of them to the log file (what `getPartialOutput` reads, as Tango's `output.log`)
+//! and keeps the last `max_output / 2` in memory, so neither disk nor memory grows with the
 //! job's output.
 
 use std::fs::File;
@@ -28,7 +28,7 @@ pub fn timed_out_line(secs: u64) -> String {
     format!("Autodriver: Job timed out after {secs} seconds\n")
 }
 
-/// Which bytes of an output of `total` bytes are kept under the limit `osize` (0: no limit).
+/// Which bytes of an output of `total` bytes are kept under the limit `max_output` (0: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     /// All of it.
@@ -38,9 +38,9 @@ pub enum Plan {
 }
 
 impl Plan {
-    pub fn new(total: u64, osize: u64) -> Plan {
-        if osize > 0 && total > osize {
-            let half = osize / 2;
+    pub fn new(total: u64, max_output: u64) -> Plan {
+        if max_output > 0 && total > max_output {
+            let half = max_output / 2;
             Plan::HeadTail {
                 half,
                 tail_start: total - half,
@@ -69,10 +69,10 @@ impl Plan {
 pub fn copy_head_tail<R: Read + Seek, W: Write>(
     src: &mut R,
     total: u64,
-    osize: u64,
+    max_output: u64,
     dst: &mut W,
 ) -> io::Result<Plan> {
-    let plan = Plan::new(total, osize);
+    let plan = Plan::new(total, max_output);
     match plan {
         Plan::Whole { len } => {
             src.seek(SeekFrom::Start(0))?;
@@ -144,11 +144,11 @@ impl TailRing {
     }
 }
 
-/// Make's output as it arrives: the log file (its first `osize` bytes, or all of it without
+/// Make's output as it arrives: the log file (its first `max_output` bytes, or all of it without
 /// a limit) and the tail in memory.
 #[derive(Debug)]
 pub struct Capture {
-    osize: u64,
+    max_output: u64,
     log: File,
     /// Bytes written to the log.
     logged: u64,
@@ -162,10 +162,10 @@ pub struct Capture {
 
 impl Capture {
     /// `log` must be empty and open for reading and writing.
-    pub fn new(log: File, osize: u64) -> Capture {
-        let half = usize::try_from(osize / 2).unwrap_or(usize::MAX);
+    pub fn new(log: File, max_output: u64) -> Capture {
+        let half = usize::try_from(max_output / 2).unwrap_or(usize::MAX);
         Capture {
-            osize,
+            max_output,
             log,
             logged: 0,
             total: 0,
@@ -176,10 +176,10 @@ impl Capture {
 
     pub fn push(&mut self, bytes: &[u8]) {
         self.total += bytes.len() as u64;
-        let to_log = if self.osize == 0 {
+        let to_log = if self.max_output == 0 {
             bytes.len()
         } else {
-            let room = self.osize.saturating_sub(self.logged);
+            let room = self.max_output.saturating_sub(self.logged);
             usize::try_from(room).map_or(bytes.len(), |room| room.min(bytes.len()))
         };
         if to_log > 0 && self.log_error.is_none() {
@@ -188,7 +188,7 @@ impl Capture {
                 Err(e) => self.log_error = Some(e),
             }
         }
-        if self.osize > 0 {
+        if self.max_output > 0 {
             self.tail.push(bytes);
         }
     }
@@ -199,7 +199,7 @@ impl Capture {
     }
 
     pub fn plan(&self) -> Plan {
-        Plan::new(self.total, self.osize)
+        Plan::new(self.total, self.max_output)
     }
 
     /// Writes the kept output (without the status line) to `dst`.
@@ -246,11 +246,11 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    /// What Tango's C `dump_output` prints for an output `data` under `osize`.
-    fn tango_reference(data: &[u8], osize: u64) -> Vec<u8> {
+    /// What Tango's C `dump_output` prints for an output `data` under `max_output`.
+    fn tango_reference(data: &[u8], max_output: u64) -> Vec<u8> {
         let size = data.len() as u64;
-        if osize > 0 && size > osize {
-            let part = (osize / 2) as usize;
+        if max_output > 0 && size > max_output {
+            let part = (max_output / 2) as usize;
             let mut out = data[..part].to_vec();
             out.extend_from_slice(b"\n...[excess bytes elided]...\n");
             out.extend_from_slice(&data[data.len() - part..]);
@@ -260,9 +260,9 @@ mod tests {
         }
     }
 
-    fn captured(data: &[u8], osize: u64, chunk: usize) -> (Vec<u8>, Plan) {
+    fn captured(data: &[u8], max_output: u64, chunk: usize) -> (Vec<u8>, Plan) {
         let log = tempfile::tempfile().unwrap();
-        let mut capture = Capture::new(log, osize);
+        let mut capture = Capture::new(log, max_output);
         for piece in data.chunks(chunk.max(1)) {
             capture.push(piece);
         }
@@ -319,13 +319,13 @@ mod tests {
     fn matches_tango_for_many_sizes_and_chunkings() {
         for total in [0usize, 1, 2, 9, 10, 11, 50, 333] {
             let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
-            for osize in [0u64, 1, 2, 3, 10, 11, 100, 1000] {
+            for max_output in [0u64, 1, 2, 3, 10, 11, 100, 1000] {
                 for chunk in [1usize, 2, 5, 64] {
-                    let (out, _) = captured(&data, osize, chunk);
+                    let (out, _) = captured(&data, max_output, chunk);
                     assert_eq!(
                         out,
-                        tango_reference(&data, osize),
-                        "total {total} osize {osize} chunk {chunk}"
+                        tango_reference(&data, max_output),
+                        "total {total} max_output {max_output} chunk {chunk}"
                     );
                 }
             }
@@ -335,10 +335,20 @@ mod tests {
     #[test]
     fn copy_head_tail_matches_capture() {
         let data: Vec<u8> = (0..5000).map(|i| (i % 200) as u8).collect();
-        for osize in [0u64, 1, 100, 4999, 5000, 5001] {
+        for max_output in [0u64, 1, 100, 4999, 5000, 5001] {
             let mut out = Vec::new();
-            copy_head_tail(&mut Cursor::new(&data), data.len() as u64, osize, &mut out).unwrap();
-            assert_eq!(out, tango_reference(&data, osize), "osize {osize}");
+            copy_head_tail(
+                &mut Cursor::new(&data),
+                data.len() as u64,
+                max_output,
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(
+                out,
+                tango_reference(&data, max_output),
+                "max_output {max_output}"
+            );
         }
     }
 

@@ -202,3 +202,32 @@ pub async fn open(config: &Config) -> Result<Arc<dyn JobStore>, StoreError> {
         StoreBackend::Redis => Ok(Arc::new(redis::RedisStore::connect(&config.store).await?)),
     }
 }
+
+/// Runs a store write until it succeeds, retrying with back-off while the store is
+/// unavailable: a write that ends a job (its finish, a requeue) must not be lost to a store
+/// outage. False when it cannot succeed (the lease is lost, the entry is corrupt) or `stop`
+/// is cancelled (the manager is stopping hard).
+pub async fn persist<F, Fut>(stop: &tokio_util::sync::CancellationToken, what: &str, op: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(()) => return true,
+            Err(e @ (StoreError::LeaseLost(_) | StoreError::Corrupt { .. })) => {
+                tracing::warn!(error = %e, "{what}: giving up");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: store unavailable, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -579,9 +579,9 @@ impl Vmms for Ec2Vmms {
         self.shared.ssh.run_job(&target, spec).await
     }
 
-    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError> {
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError> {
         let target = self.target(vm)?;
-        self.shared.ssh.copy_out(&target, dest, max_bytes).await
+        self.shared.ssh.copy_out(&target, dest, max_output).await
     }
 
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {

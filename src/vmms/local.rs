@@ -28,17 +28,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{RunOutcome, RunSpec, Vmms, VmmsError};
+use super::{RunOutcome, RunSpec, Vmms, VmmsError, run::output_cap};
 use crate::autodriver::{files, job::SWEPT_DIRS, output, procs};
 use crate::config::Config;
 use crate::model::{InputFile, Machine};
 
-/// Bytes of the autodriver's own that `copy_out` allows beyond the output limit: its status
-/// line and the elision marker.
-pub const OUTPUT_SLACK: u64 = 4096;
-/// How long past the job's timeout the autodriver may take (killing and cleaning up) before
-/// the host kills it.
-pub const KILL_MARGIN: Duration = Duration::from_secs(30);
 /// How long killing a machine's processes may take.
 const SWEEP_PATIENCE: Duration = Duration::from_secs(10);
 /// The record of a machine in its directory.
@@ -67,7 +61,6 @@ struct Settings {
     privileged: bool,
     /// Which uid each machine holds, host-wide (when privileged).
     claims: Option<UidClaims>,
-    kill_margin: Duration,
 }
 
 pub struct LocalVmms {
@@ -113,18 +106,8 @@ impl LocalVmms {
                 memory_mb: config.limits.memory_mb,
                 privileged,
                 claims,
-                kill_margin: KILL_MARGIN,
             }),
         })
-    }
-
-    /// Sets how long past a job's timeout the host waits for the autodriver before killing
-    /// it (tests shorten it).
-    pub fn with_kill_margin(mut self, margin: Duration) -> Self {
-        if let Some(settings) = Arc::get_mut(&mut self.settings) {
-            settings.kill_margin = margin;
-        }
-        self
     }
 
     /// Where machine directories are.
@@ -635,10 +618,7 @@ impl Vmms for LocalVmms {
             ));
         }
         let mut cmd = tokio::process::Command::new(&settings.autodriver);
-        cmd.args(["-u", &spec.ulimit_user_proc.to_string()])
-            .args(["-f", &spec.ulimit_file_size.to_string()])
-            .args(["-t", &spec.timeout.to_string()])
-            .args(["-o", &spec.max_output.to_string()]);
+        cmd.args(spec.autodriver_limits());
         let memory_mb = vm.memory.unwrap_or(settings.memory_mb);
         if memory_mb > 0 {
             cmd.args(["-a", &(memory_mb.saturating_mul(1024 * 1024)).to_string()]);
@@ -697,12 +677,9 @@ impl Vmms for LocalVmms {
             String::from_utf8_lossy(&text).into_owned()
         });
 
-        let waited = if spec.timeout > 0 {
-            let limit = Duration::from_secs(spec.timeout) + settings.kill_margin;
-            tokio::time::timeout(limit, child.wait()).await.ok()
-        } else {
-            Some(child.wait().await)
-        };
+        let waited = tokio::time::timeout(spec.kill_after, child.wait())
+            .await
+            .ok();
         let Some(status) = waited else {
             // The autodriver overran: kill it, then everything of the machine's uid.
             let _ = child.start_kill();
@@ -741,11 +718,11 @@ impl Vmms for LocalVmms {
         }
     }
 
-    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError> {
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError> {
         let dir = self.machine_dir(vm)?;
         let settings = self.settings.clone();
         let dest = dest.to_path_buf();
-        let cap = max_bytes.saturating_add(OUTPUT_SLACK);
+        let cap = output_cap(max_output);
         blocking(move || settings.copy_out(&dir, &dest, cap)).await
     }
 

@@ -5,7 +5,9 @@
 //! safeDestroyVM, getVMs, existsVM, getImages, instanceName, getPartialOutput) so a reader
 //! of Tango's VMMS docs finds them, as async methods with typed results. The worker bounds
 //! each call by its configured timeout; a backend adds its own guards where it can do
-//! better (killing a container from the host, say).
+//! better (killing a container from the host, say). What every backend does the same way
+//! when it runs a job (the autodriver's limits, the output cap, the host-side guard) is
+//! stated once, in [`run`].
 //!
 //! Inside every machine our `autodriver` runs `make` in the grading directory under limits
 //! and writes the output file; `run_job` returns its exit status. Tango's statuses: 0 the job
@@ -15,8 +17,11 @@ pub mod docker;
 #[cfg(feature = "ec2")]
 pub mod ec2;
 pub mod local;
+pub mod run;
 pub mod ssh;
 pub mod tashi;
+
+pub use run::{OUTPUT_SLACK, RUN_GRACE, RunSpec, within};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,23 +57,6 @@ impl From<std::io::Error> for VmmsError {
     fn from(e: std::io::Error) -> Self {
         VmmsError::Io(e.to_string())
     }
-}
-
-/// How to run a job: what `runJob` got in Tango, plus the limits from config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunSpec {
-    /// The job's id and name, for names and logs.
-    pub job_id: u64,
-    pub job_name: String,
-    /// Seconds `make` may run (the autodriver's `-t`).
-    pub timeout: u64,
-    /// Bytes of output kept (the autodriver's `-o`).
-    pub max_output: u64,
-    /// RLIMIT_NPROC (`-u`) and RLIMIT_FSIZE (`-f`).
-    pub ulimit_user_proc: u64,
-    pub ulimit_file_size: u64,
-    /// Run with no network but loopback.
-    pub disable_network: bool,
 }
 
 /// How `run_job` ended.
@@ -158,10 +146,10 @@ pub trait Vmms: Send + Sync + 'static {
     /// Runs the autodriver on the grading directory; its output stays in the machine.
     async fn run_job(&self, vm: &Machine, spec: &RunSpec) -> Result<RunOutcome, VmmsError>;
 
-    /// Copies the autodriver's output to `dest` on this host: at most `max_bytes` (plus a
-    /// little slack for the autodriver's status line), never following a link, never
-    /// writing anywhere but `dest`.
-    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError>;
+    /// Copies the autodriver's output to `dest` on this host: at most
+    /// [`run::output_cap`]`(max_output)` bytes, never following a link, never writing
+    /// anywhere but `dest`.
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError>;
 
     /// Destroys the machine.
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError>;

@@ -33,13 +33,9 @@ use std::time::{Duration, Instant};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{RunOutcome, RunSpec, VmmsError};
+use super::{RunOutcome, RunSpec, VmmsError, run::output_cap, within};
 use crate::config::Config;
 use crate::model::InputFile;
-
-/// Bytes `copy_out` takes beyond the output cap: room for the autodriver's own lines (its
-/// status line and the elision marker) around the capped job output.
-pub const OUTPUT_SLACK: u64 = 4096;
 
 /// The grading directory and output file, relative to the login user's home (Tango's names),
 /// and the log the autodriver writes while make runs (its default `--output-log`, relative
@@ -246,13 +242,13 @@ impl SshRunner {
             }
             Ok(())
         };
-        with_deadline("copy_in", self.copy_in_timeout, steps).await
+        within(self.copy_in_timeout, "copy_in", steps).await
     }
 
     /// `runJob`: runs the autodriver on `~/autolab` with Tango's flags, its output going to
     /// `~/output` on the VM. The autodriver enforces the job's timeout itself; if it has not
-    /// returned by twice that (Tango's guard, at least 30 s more), the job is reported
-    /// [`RunOutcome::Killed`].
+    /// returned by [`RunSpec::kill_after`] (the timeout plus `timeouts.kill_margin_secs`), the
+    /// session is dropped and the job reported [`RunOutcome::Killed`].
     pub async fn run_job(
         &self,
         target: &SshTarget,
@@ -268,18 +264,11 @@ impl SshRunner {
             );
         }
         let command = format!(
-            "{} -u {} -f {} -t {} -o {} {GRADING_DIR} > {OUTPUT_FILE} 2>&1",
+            "{} {} {GRADING_DIR} > {OUTPUT_FILE} 2>&1",
             self.autodriver,
-            spec.ulimit_user_proc,
-            spec.ulimit_file_size,
-            spec.timeout,
-            spec.max_output,
+            spec.autodriver_limits().join(" "),
         );
-        let guard = Duration::from_secs(
-            spec.timeout
-                .saturating_mul(2)
-                .max(spec.timeout.saturating_add(30)),
-        );
+        let guard = spec.kill_after;
         let run = async {
             let session = self.session(target, self.attempts).await?;
             let status = session
@@ -311,16 +300,16 @@ impl SshRunner {
         }
     }
 
-    /// `copyOut`: `~/output` to `dest` on this host, at most `max_bytes` + [`OUTPUT_SLACK`]
-    /// (cut on the VM with `head -c`, and again here in case the VM does not). `dest` is
+    /// `copyOut`: `~/output` to `dest` on this host, at most [`output_cap`]`(max_output)`
+    /// bytes (cut on the VM with `head -c`, and again here in case the VM does not). `dest` is
     /// opened without following a symbolic link.
     pub async fn copy_out(
         &self,
         target: &SshTarget,
         dest: &Path,
-        max_bytes: u64,
+        max_output: u64,
     ) -> Result<(), VmmsError> {
-        let cap = max_bytes.saturating_add(OUTPUT_SLACK);
+        let cap = output_cap(max_output);
         let steps = async {
             let session = self.session(target, self.attempts).await?;
             let mut child = session
@@ -352,7 +341,7 @@ impl SshRunner {
             }
             Ok(())
         };
-        with_deadline("copy_out", self.copy_out_timeout, steps).await
+        within(self.copy_out_timeout, "copy_out", steps).await
     }
 
     /// `getPartialOutput`: the first `max_bytes` of what the job has printed so far: the
@@ -394,7 +383,7 @@ impl SshRunner {
             bytes.truncate(usize::try_from(max_bytes).unwrap_or(usize::MAX));
             Ok(bytes)
         };
-        with_deadline("get_partial_output", self.copy_out_timeout, steps).await
+        within(self.copy_out_timeout, "get_partial_output", steps).await
     }
 
     /// Closes the VM's master connection and forgets its host key: call when the VM is gone.
@@ -671,21 +660,6 @@ pub fn shell_quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
-/// Bounds a step by its timeout.
-async fn with_deadline<T>(
-    step: &'static str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, VmmsError>>,
-) -> Result<T, VmmsError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(result) => result,
-        Err(_) => Err(VmmsError::Timeout {
-            step,
-            secs: limit.as_secs(),
-        }),
     }
 }
 

@@ -216,8 +216,8 @@ impl Vmms for TashiVmms {
         self.ssh.run_job(&self.target(vm), spec).await
     }
 
-    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError> {
-        self.ssh.copy_out(&self.target(vm), dest, max_bytes).await
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError> {
+        self.ssh.copy_out(&self.target(vm), dest, max_output).await
     }
 
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {

@@ -667,7 +667,7 @@ pub fn fast_config() -> Config {
     c.jobs.lease_secs = 2;
     c.jobs.retries = 2;
     c.jobs.max_dead = 0;
-    c.docker.kill_margin_secs = 0;
+    c.timeouts.kill_margin_secs = 0;
     c.callback.timeout_secs = 2;
     c.callback.attempts = 3;
     c.callback.backoff_secs = 0.05;

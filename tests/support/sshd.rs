@@ -565,6 +565,7 @@ pub async fn run_example_job(
         ulimit_user_proc: 100,
         ulimit_file_size: 104_857_600,
         disable_network: false,
+        kill_after: tango::vmms::run::kill_after(timeout, 30),
     };
     let outcome = backend
         .run_job(vm, &spec)

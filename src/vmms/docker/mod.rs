@@ -52,7 +52,7 @@ pub use self::error::DockerError;
 use self::error::{archive_error, call};
 pub use self::run::RUN_SCRIPT;
 use self::run::{RunEnd, RunFailure, RunPlan, limits_line};
-use super::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError};
+use super::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError, run::output_cap};
 use crate::config::{Config, DockerConfig, LimitsConfig};
 use crate::model::{InputFile, Machine};
 
@@ -81,9 +81,6 @@ pub const LABEL_UID: &str = "tango.uid";
 /// On network holders only, with the value [`ROLE_NETNS`].
 pub const LABEL_ROLE: &str = "tango.role";
 pub const ROLE_NETNS: &str = "netns";
-
-/// Bytes allowed past the output cap: the autodriver's status line and its elision marker.
-pub const OUTPUT_SLACK: u64 = 4096;
 
 /// Capabilities left to root in the container: what the autodriver needs to give the grading
 /// directory to the job (CHOWN), remove what the job left (DAC_OVERRIDE for mode-000 files,
@@ -472,8 +469,8 @@ impl Vmms for DockerVmms {
             .map_err(archive_error)?;
         let line = limits_line(spec);
         let inputs = Box::pin(futures::stream::once(async move { Ok(line) }).chain(archive));
-        let guard = Duration::from_secs(spec.timeout.saturating_add(self.docker.kill_margin_secs));
-        let output_cap = spec.max_output.saturating_add(OUTPUT_SLACK);
+        let guard = spec.kill_after;
+        let output_cap = spec.output_cap();
         let ended = self
             .run_attached(
                 engine,
@@ -518,7 +515,7 @@ impl Vmms for DockerVmms {
                 tracing::warn!(
                     container = %name,
                     timeout = spec.timeout,
-                    margin = self.docker.kill_margin_secs,
+                    kill_after_secs = spec.kill_after.as_secs(),
                     "job outlived its timeout by the margin; killing its container"
                 );
                 self.kill(engine, &id).await;
@@ -545,7 +542,7 @@ impl Vmms for DockerVmms {
         }
     }
 
-    async fn copy_out(&self, vm: &Machine, dest: &Path, max_bytes: u64) -> Result<(), VmmsError> {
+    async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError> {
         // A copy: the worker may copy out again (a retry of the step), and the entry goes when
         // the machine is destroyed.
         let output = self
@@ -560,7 +557,7 @@ impl Vmms for DockerVmms {
                 self.instance_name(vm)
             )));
         };
-        let cap = max_bytes.saturating_add(OUTPUT_SLACK);
+        let cap = output_cap(max_output);
         output.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
         let dest = dest.to_path_buf();
         tokio::task::spawn_blocking(move || write_output(&dest, &output))

@@ -27,8 +27,9 @@ use crate::vmms::RunSpec;
 
 /// The container's main process before the autodriver: the autodriver's bytes from standard
 /// input into its path, then [`READY_MARK`] on standard error; then one line of the job's
-/// limits (`ulimit_user_proc ulimit_file_size timeout max_output`) read from standard input,
-/// and the autodriver started with them, its standard input left at the inputs archive.
+/// limit options (`-u N -f N -t N -o N`, [`RunSpec::autodriver_limits`]) read from standard
+/// input, and the autodriver started with them, its standard input left at the inputs
+/// archive. The line is split into words by the shell: it holds only options and numbers.
 /// The archive and the line are sent only once the mark is seen: `head -c` of GNU coreutils
 /// reads exactly its count from a pipe, but busybox's reads through stdio and may take bytes
 /// past it; with nothing more in the pipe, any `head` stops at the count (and `read` takes
@@ -39,9 +40,9 @@ use crate::vmms::RunSpec;
 /// and the tmpfs at `/tango/bin` are made by the engine, root's).
 pub const RUN_SCRIPT: &str = "head -c \"$1\" > \"$2\" \
 && chmod 0755 /tango \"$2\" && echo tango-autodriver-in >&2 || exit 126
-read -r u f t o || exit 126
+read -r limits || exit 126
 shift
-exec \"$@\" -u \"$u\" -f \"$f\" -t \"$t\" -o \"$o\"";
+exec \"$@\" $limits";
 
 /// What [`RUN_SCRIPT`] prints on standard error once the autodriver is in place.
 const READY_MARK: &[u8] = b"tango-autodriver-in\n";
@@ -308,12 +309,11 @@ async fn exit_code(engine: &Engine, id: &str) -> Result<i64, DockerError> {
     }
 }
 
-/// The line of limits the run reads before it starts the autodriver.
+/// The line of limit options the run reads before it starts the autodriver.
 pub(super) fn limits_line(spec: &RunSpec) -> Bytes {
-    Bytes::from(format!(
-        "{} {} {} {}\n",
-        spec.ulimit_user_proc, spec.ulimit_file_size, spec.timeout, spec.max_output
-    ))
+    let mut line = spec.autodriver_limits().join(" ");
+    line.push('\n');
+    Bytes::from(line)
 }
 
 /// Why feeding the run's standard input stopped.
@@ -407,8 +407,9 @@ mod tests {
             ulimit_user_proc: 55,
             ulimit_file_size: 6789,
             disable_network: false,
+            kill_after: Duration::from_secs(37),
         };
-        assert_eq!(&limits_line(&spec)[..], b"55 6789 7 4321\n");
-        assert!(RUN_SCRIPT.contains("read -r u f t o"));
+        assert_eq!(&limits_line(&spec)[..], b"-u 55 -f 6789 -t 7 -o 4321\n");
+        assert!(RUN_SCRIPT.contains("read -r limits"));
     }
 }
