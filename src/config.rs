@@ -15,7 +15,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The whole configuration. Each field is one TOML section.
+pub use crate::vmms::docker::settings::{DockerConfig, DockerEngineConfig};
+pub use crate::vmms::ec2::settings::Ec2Config;
+pub use crate::vmms::local::settings::LocalConfig;
+pub use crate::vmms::ssh::settings::SshConfig;
+pub use crate::vmms::tashi::settings::TashiConfig;
+
+/// The whole configuration. Each field is one TOML section; a backend's own section is
+/// declared beside its code (`src/vmms/<backend>/settings.rs`) and composed here.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -201,149 +208,6 @@ pub struct MetricsConfig {
     pub path: String,
 }
 
-/// The `local` backend: jobs as processes on this host (development and tests only).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LocalConfig {
-    /// Where machine directories are made; empty means a directory under the system temp dir.
-    pub work_dir: PathBuf,
-    /// The autodriver binary; empty means the one next to the `tango` binary.
-    pub autodriver: PathBuf,
-    /// Images the backend claims to have (it runs everything on the host).
-    pub images: Vec<String>,
-    /// When tango runs as root, each machine runs its jobs as its own uid (and gid of the
-    /// same number) from `uid_base .. uid_base + uid_count`, so that the process limit and
-    /// the kill-everything-of-the-uid at the end touch that machine alone. These ids need
-    /// not exist in /etc/passwd; pick a range no user or service has.
-    pub uid_base: u32,
-    /// How many machines may exist at once.
-    pub uid_count: u32,
-}
-
-/// The Docker backends (`localDocker`, `distDocker`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DockerConfig {
-    /// Engines to run containers on. Empty means the local engine (`DOCKER_HOST` or the
-    /// default socket).
-    pub engines: Vec<DockerEngineConfig>,
-    /// `DOCKER_VOLUME_PATH`: unused, accepted so a migrated config still loads; files go in
-    /// and out of containers through the Docker API, no host path is needed.
-    pub volume_path: String,
-    /// `DOCKER_IMAGE_BUILD_TIMEOUT`, seconds: how long `/build` may take.
-    pub image_build_timeout: u64,
-    /// `DOCKER_RM_TIMEOUT`, seconds: how long removing a container may take.
-    pub rm_timeout: u64,
-    /// `DOCKER_HOST_USER`: unused (it was for boot2docker); accepted for migration.
-    pub host_user: String,
-    /// The user jobs run as inside the container when `job_uid_count` is 0 (Tango's way:
-    /// one named user, which the image must have).
-    pub user: String,
-    /// Numeric uid/gid for images without that user.
-    pub fallback_uid: u32,
-    pub fallback_gid: u32,
-    /// Each container's job runs as its own uid (and gid), `job_uid_base + id %
-    /// job_uid_count`: RLIMIT_NPROC counts processes per uid across the whole host, so jobs
-    /// sharing a uid would share one process budget. 0 means all jobs run as `user`.
-    pub job_uid_base: u32,
-    pub job_uid_count: u32,
-    /// Where our static autodriver is, to inject into images that lack one; empty means the
-    /// one next to the `tango` binary.
-    pub autodriver: PathBuf,
-    /// Moved to `timeouts.kill_margin_secs` (it applies to every backend); accepted here so
-    /// that a configuration that sets it still starts, and copied there at load.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kill_margin_secs: Option<u64>,
-    /// Keep containers' network namespaces from job to job (one job at a time in each), so
-    /// that a container does not set up and tear down a network of its own; false gives
-    /// each container its own, as `docker run` does.
-    pub reuse_network: bool,
-}
-
-/// One Docker engine.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DockerEngineConfig {
-    /// `unix:///var/run/docker.sock`, `tcp://host:2376`, ...
-    pub url: String,
-    /// Most jobs (and containers being made) at once on this engine; absent means twice the
-    /// engine's CPUs.
-    pub capacity: Option<u32>,
-    /// TLS client material for a remote engine; all three or none.
-    pub tls_ca: PathBuf,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-}
-
-/// Reaching VMs over SSH (`ec2SSH`, `tashiSSH`): `SSH_RETRIES`, `SSH_INTERVAL`, ...
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SshConfig {
-    /// `SSH_RETRIES`.
-    pub retries: u32,
-    /// `SSH_INTERVAL`, seconds.
-    pub interval: f64,
-    /// `EC2_USER_NAME`: the login user on the VM.
-    pub user: String,
-    /// `SECURITY_KEY_PATH`: private key to log in with.
-    pub key_path: PathBuf,
-    /// SSH port on the VM.
-    pub port: u16,
-    /// Extra `-o` options for ssh (e.g. `StrictHostKeyChecking=no`).
-    pub options: Vec<String>,
-    /// The autodriver's path on the VM.
-    pub autodriver: String,
-}
-
-/// Amazon EC2 (`ec2SSH`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Ec2Config {
-    /// `EC2_REGION`.
-    pub region: String,
-    /// API endpoint override (e.g. an emulator); empty means AWS's.
-    pub endpoint_url: String,
-    /// `DEFAULT_AMI`.
-    pub default_ami: String,
-    /// `DEFAULT_INST_TYPE`: used when cores/memory map to no type.
-    pub default_instance_type: String,
-    /// `DEFAULT_SECURITY_GROUP`: created when missing.
-    pub default_security_group: String,
-    /// `SECURITY_KEY_NAME`: the key pair instances start with.
-    pub security_key_name: String,
-    /// `DYNAMIC_SECURITY_KEY_PATH`: where per-job key pairs are written.
-    pub dynamic_security_key_path: PathBuf,
-    /// `TANGO_RESERVATION_ID`: instances of this reservation are never ours.
-    pub reservation_id: String,
-    /// Which address to SSH to: `public_ip`, `private_ip`, `dns_name`, or `bastion`.
-    pub ssh_address: String,
-    /// With `ssh_address = "bastion"`: the host every VM is reached at (e.g. a jump host or
-    /// a forwarded port).
-    pub bastion_host: String,
-    /// Images (AMI names) jobs may ask for; empty means every AMI we own.
-    pub images: Vec<String>,
-    /// Static credentials; empty means the standard AWS chain.
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-/// Tashi clusters (`tashiSSH`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TashiConfig {
-    /// Tashi's client command.
-    pub client: String,
-    /// Arguments for createVm, destroyVm and getInstances; `{name}`, `{cores}`, `{memory}`,
-    /// `{disk}` and `{image}` are filled in.
-    pub create_args: Vec<String>,
-    pub destroy_args: Vec<String>,
-    pub list_args: Vec<String>,
-    /// Host name of a VM from its instance name (Tango: `<instance>.vmnet`).
-    pub host_template: String,
-    /// Disk images jobs may ask for.
-    pub images: Vec<String>,
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -457,107 +321,6 @@ impl Default for MetricsConfig {
     }
 }
 
-impl Default for LocalConfig {
-    fn default() -> Self {
-        LocalConfig {
-            work_dir: PathBuf::new(),
-            autodriver: PathBuf::new(),
-            images: vec!["autograding_image".into()],
-            uid_base: 2_000_000_000,
-            uid_count: 1000,
-        }
-    }
-}
-
-impl Default for DockerConfig {
-    fn default() -> Self {
-        DockerConfig {
-            engines: Vec::new(),
-            volume_path: String::new(),
-            image_build_timeout: 300,
-            rm_timeout: 5,
-            host_user: String::new(),
-            user: "autograde".into(),
-            fallback_uid: 65534,
-            fallback_gid: 65534,
-            job_uid_base: 200_000,
-            job_uid_count: 50_000,
-            autodriver: PathBuf::new(),
-            kill_margin_secs: None,
-            reuse_network: true,
-        }
-    }
-}
-
-impl Default for DockerEngineConfig {
-    fn default() -> Self {
-        DockerEngineConfig {
-            url: "unix:///var/run/docker.sock".into(),
-            capacity: None,
-            tls_ca: PathBuf::new(),
-            tls_cert: PathBuf::new(),
-            tls_key: PathBuf::new(),
-        }
-    }
-}
-
-impl Default for SshConfig {
-    fn default() -> Self {
-        SshConfig {
-            retries: 5,
-            interval: 0.5,
-            user: "autolab".into(),
-            key_path: PathBuf::new(),
-            port: 22,
-            options: Vec::new(),
-            autodriver: "autodriver".into(),
-        }
-    }
-}
-
-impl Default for Ec2Config {
-    fn default() -> Self {
-        Ec2Config {
-            region: String::new(),
-            endpoint_url: String::new(),
-            default_ami: String::new(),
-            default_instance_type: String::new(),
-            default_security_group: String::new(),
-            security_key_name: String::new(),
-            dynamic_security_key_path: PathBuf::new(),
-            reservation_id: String::new(),
-            ssh_address: "public_ip".into(),
-            bastion_host: String::new(),
-            images: Vec::new(),
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
-        }
-    }
-}
-
-impl Default for TashiConfig {
-    fn default() -> Self {
-        TashiConfig {
-            client: "tashi".into(),
-            create_args: vec![
-                "createVm".into(),
-                "--name".into(),
-                "{name}".into(),
-                "--cores".into(),
-                "{cores}".into(),
-                "--memory".into(),
-                "{memory}".into(),
-                "--disks".into(),
-                "{disk}".into(),
-            ],
-            destroy_args: vec!["destroyVm".into(), "--instance".into(), "{name}".into()],
-            list_args: vec!["getMyInstances".into()],
-            host_template: "{name}.vmnet".into(),
-            images: Vec::new(),
-        }
-    }
-}
-
 // `Config` has only sections, each with its own Default; derive would do the same.
 #[allow(clippy::derivable_impls)]
 impl Default for Config {
@@ -580,9 +343,6 @@ impl Default for Config {
         }
     }
 }
-
-/// The VMMS names we know, as Tango spelled them.
-pub const VMMS_NAMES: &[&str] = &["localDocker", "distDocker", "ec2SSH", "tashiSSH", "local"];
 
 /// Why a configuration was refused. Its `Display` is one line naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -792,16 +552,6 @@ impl Config {
         if self.server.courselabs.as_os_str().is_empty() {
             return invalid("server.courselabs", "must not be empty".into());
         }
-        if !VMMS_NAMES.contains(&self.vmms.name.as_str()) {
-            return invalid(
-                "vmms.name",
-                format!(
-                    "unknown backend {:?}; expected one of {}",
-                    self.vmms.name,
-                    VMMS_NAMES.join(", ")
-                ),
-            );
-        }
         if self.vmms.prefix.is_empty()
             || !self
                 .vmms
@@ -824,7 +574,6 @@ impl Config {
             ("jobs.dispatch_period", self.jobs.dispatch_period),
             ("vmms.createvm_secs", self.vmms.createvm_secs),
             ("vmms.destroy_secs", self.vmms.destroy_secs),
-            ("ssh.interval", self.ssh.interval),
             ("callback.backoff_secs", self.callback.backoff_secs),
             ("callback.max_backoff_secs", self.callback.max_backoff_secs),
         ] {
@@ -834,19 +583,6 @@ impl Config {
                     format!("must be a non-negative number of seconds, got {value}"),
                 );
             }
-        }
-        if self.local.uid_base == 0
-            || self.local.uid_count == 0
-            || u64::from(self.local.uid_base) + u64::from(self.local.uid_count) > i32::MAX as u64
-        {
-            return invalid(
-                "local.uid_base",
-                format!(
-                    "local.uid_base and local.uid_count must give a range of non-root ids \
-                     below 2^31, got {} and {}",
-                    self.local.uid_base, self.local.uid_count
-                ),
-            );
         }
         if let Some(cores) = self.limits.cores
             && (!cores.is_finite() || cores <= 0.0)
@@ -885,49 +621,17 @@ impl Config {
                 format!("must start with '/', got {:?}", self.metrics.path),
             );
         }
-        for (i, engine) in self.docker.engines.iter().enumerate() {
-            let tls = [&engine.tls_ca, &engine.tls_cert, &engine.tls_key]
-                .iter()
-                .filter(|p| !p.as_os_str().is_empty())
-                .count();
-            if tls != 0 && tls != 3 {
-                return invalid(
-                    &format!("docker.engines[{i}]"),
-                    "tls_ca, tls_cert and tls_key go together: give all three or none".into(),
-                );
+        // Each backend's own section, checked by its own code.
+        let backends = [
+            self.local.validate(),
+            self.docker.validate(),
+            self.ssh.validate(),
+            self.ec2.validate(),
+        ];
+        for checked in backends {
+            if let Err((key, message)) = checked {
+                return invalid(&key, message);
             }
-            if engine.capacity == Some(0) {
-                return invalid(
-                    &format!("docker.engines[{i}].capacity"),
-                    "must be at least 1".into(),
-                );
-            }
-        }
-        if self.docker.job_uid_count > 0 {
-            // The range must stay clear of root and the system's users, and fit in a uid.
-            let last =
-                u64::from(self.docker.job_uid_base) + u64::from(self.docker.job_uid_count) - 1;
-            if self.docker.job_uid_base < 1000 || last >= u64::from(u32::MAX) {
-                return invalid(
-                    "docker.job_uid_base",
-                    format!(
-                        "job uids {}..={last} must start at 1000 or above and stay below {}",
-                        self.docker.job_uid_base,
-                        u32::MAX
-                    ),
-                );
-            }
-        }
-        if !["public_ip", "private_ip", "dns_name", "bastion"]
-            .contains(&self.ec2.ssh_address.as_str())
-        {
-            return invalid(
-                "ec2.ssh_address",
-                format!(
-                    "expected public_ip, private_ip, dns_name or bastion, got {:?}",
-                    self.ec2.ssh_address
-                ),
-            );
         }
         Ok(())
     }
@@ -1134,12 +838,12 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let err = Config::parse("[vmms]\nname = \"qemu\"\n", "t")
+        let err = Config::parse("[vmms]\nprefix = \"a-b\"\n", "t")
             .unwrap()
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("vmms.name:"), "{err}");
+        assert!(err.starts_with("vmms.prefix:"), "{err}");
         let err = Config::parse("[server]\nkeys = []\n", "t")
             .unwrap()
             .validate()

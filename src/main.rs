@@ -59,7 +59,7 @@ struct ConfigArgs {
     /// Job store: memory or redis (store.backend).
     #[arg(long, value_parser = parse_store)]
     store: Option<StoreBackend>,
-    /// Machine backend: localDocker, distDocker, ec2SSH, tashiSSH or local (vmms.name).
+    /// Machine backend (vmms.name); an unknown name is refused with the list of known ones.
     #[arg(long)]
     vmms: Option<String>,
     /// Log level (log.level).
@@ -88,7 +88,11 @@ impl ConfigArgs {
             log_level: self.log_level.clone(),
             courselabs: self.courselabs.clone(),
         };
-        Config::load(self.config.as_deref(), &overrides).map_err(|e| format!("tango: config: {e}"))
+        let config = Config::load(self.config.as_deref(), &overrides)
+            .map_err(|e| format!("tango: config: {e}"))?;
+        tango::vmms::check_name(&config.vmms.name)
+            .map_err(|e| format!("tango: config: vmms.name: {e}"))?;
+        Ok(config)
     }
 }
 

@@ -221,6 +221,23 @@ fn systemd_hears_no_ready_when_the_store_does_not_answer() {
     }
 }
 
+#[test]
+fn an_unknown_backend_is_refused_at_start_with_the_known_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .args(["serve", "--vmms", "qemu", "--port", "0", "--courselabs"])
+        .arg(dir.path().join("courselabs"))
+        .env_remove("TANGO_CONFIG")
+        .output()
+        .expect("run tango serve");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "tango: config: vmms.name: unknown backend \"qemu\"; expected one of localDocker, \
+         distDocker, ec2SSH, tashiSSH, local"
+    );
+}
+
 // ---- graceful shutdown ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

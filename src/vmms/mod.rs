@@ -12,9 +12,12 @@
 //! Inside every machine our `autodriver` runs `make` in the grading directory under limits
 //! and writes the output file; `run_job` returns its exit status. Tango's statuses: 0 the job
 //! finished (whatever make returned), 1 usage error, 2 timed out, 3 OS error.
+//!
+//! Each backend is a module of its own with its settings beside it (`<backend>/settings.rs`,
+//! composed by `config.rs`), and is registered once, in [`BACKENDS`]: the names `vmms.name`
+//! takes and how to open it.
 
 pub mod docker;
-#[cfg(feature = "ec2")]
 pub mod ec2;
 pub mod local;
 pub mod run;
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::config::Config;
 use crate::model::{InputFile, Machine};
@@ -200,25 +204,86 @@ pub trait Vmms: Send + Sync + 'static {
     }
 }
 
+/// How a backend is opened from the configuration.
+pub type Opener = for<'a> fn(&'a Config) -> BoxFuture<'a, Result<Arc<dyn Vmms>, VmmsError>>;
+
+/// One backend: the names `vmms.name` takes for it (Tango's spellings), and its opener.
+pub struct Backend {
+    pub names: &'static [&'static str],
+    pub open: Opener,
+}
+
+/// Every backend: the one list. Adding a backend is a module of its own (with its
+/// `settings.rs`), a line here, and its section in `config.rs`.
+pub const BACKENDS: &[Backend] = &[
+    Backend {
+        names: &["localDocker", "distDocker"],
+        open: |config| Box::pin(docker::open(config)),
+    },
+    Backend {
+        names: &["ec2SSH"],
+        open: |config| Box::pin(ec2::open(config)),
+    },
+    Backend {
+        names: &["tashiSSH"],
+        open: |config| Box::pin(tashi::open(config)),
+    },
+    Backend {
+        names: &["local"],
+        open: |config| Box::pin(local::open(config)),
+    },
+];
+
+/// Every name `vmms.name` takes, in [`BACKENDS`]' order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    BACKENDS.iter().flat_map(|b| b.names.iter().copied())
+}
+
+/// Whether `name` names a backend; the error is the one line an admin reads.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if names().any(|n| n == name) {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown backend {name:?}; expected one of {}",
+        names().collect::<Vec<_>>().join(", ")
+    ))
+}
+
 /// Makes the backend the configuration names.
 pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
-    match config.vmms.name.as_str() {
-        "local" => Ok(Arc::new(local::LocalVmms::new(config)?)),
-        "localDocker" | "distDocker" => Ok(Arc::new(docker::DockerVmms::new(config).await?)),
-        #[cfg(feature = "ec2")]
-        "ec2SSH" => Ok(Arc::new(ec2::Ec2Vmms::new(config).await?)),
-        #[cfg(not(feature = "ec2"))]
-        "ec2SSH" => Err(VmmsError::Unsupported(
-            "this tango was built without the ec2 feature".into(),
+    let name = config.vmms.name.as_str();
+    match BACKENDS.iter().find(|b| b.names.contains(&name)) {
+        Some(backend) => (backend.open)(config).await,
+        None => Err(VmmsError::Unsupported(
+            check_name(name).err().unwrap_or_default(),
         )),
-        "tashiSSH" => Ok(Arc::new(tashi::TashiVmms::new(config)?)),
-        other => Err(VmmsError::Unsupported(format!(
-            "the {other} backend is not built yet"
-        ))),
     }
 }
 
 /// `<prefix>-<id>-<name>`, Tango's instance name.
 pub fn instance_name(prefix: &str, vm: &Machine) -> String {
     format!("{}-{}-{}", prefix, vm.id.unwrap_or(0), vm.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_name_is_known_once_and_others_are_refused_with_the_list() {
+        let names: Vec<&str> = names().collect();
+        assert_eq!(
+            names,
+            ["localDocker", "distDocker", "ec2SSH", "tashiSSH", "local"]
+        );
+        for name in &names {
+            assert!(check_name(name).is_ok(), "{name}");
+        }
+        assert_eq!(
+            check_name("qemu").unwrap_err(),
+            "unknown backend \"qemu\"; expected one of localDocker, distDocker, ec2SSH, \
+             tashiSSH, local"
+        );
+    }
 }

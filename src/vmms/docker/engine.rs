@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bollard::{ClientVersion, Docker};
 
 use super::DockerError;
-use crate::config::{DockerConfig, DockerEngineConfig};
+use super::settings::{DockerConfig, DockerEngineConfig};
 
 /// The newest Engine API version we speak: Debian's docker.io 20.10 speaks 1.41, and every
 /// call this backend makes exists there. Older engines are negotiated down at start.

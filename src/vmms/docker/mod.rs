@@ -32,6 +32,7 @@ mod error;
 pub mod image;
 pub mod netns;
 mod run;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,9 @@ pub use self::error::DockerError;
 use self::error::{archive_error, call};
 pub use self::run::RUN_SCRIPT;
 use self::run::{RunEnd, RunFailure, RunPlan, limits_line};
+use self::settings::DockerConfig;
 use super::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError, run::output_cap};
-use crate::config::{Config, DockerConfig, LimitsConfig};
+use crate::config::{Config, LimitsConfig};
 use crate::model::{InputFile, Machine};
 
 /// Our directory in every container: root's, not writable by the job, so the job cannot
@@ -130,6 +132,11 @@ struct Staged {
     inputs: Option<Vec<InputFile>>,
     /// What the autodriver printed (the output), already cut to the cap.
     output: Option<Vec<u8>>,
+}
+
+/// Opens the Docker backend ([`super::BACKENDS`]).
+pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
+    Ok(Arc::new(DockerVmms::new(config).await?))
 }
 
 impl DockerVmms {

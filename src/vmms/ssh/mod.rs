@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod settings;
+
 use super::{RunOutcome, RunSpec, VmmsError, run::output_cap, within};
 use crate::config::Config;
 use crate::model::InputFile;

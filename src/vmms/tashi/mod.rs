@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+pub mod settings;
+
+use self::settings::TashiConfig;
 use super::ssh::{SshRunner, SshTarget};
 use super::{RunOutcome, RunSpec, Vmms, VmmsError};
-use crate::config::{Config, TashiConfig};
+use crate::config::Config;
 use crate::model::{InputFile, Machine};
 
 /// The name jobs and pools use for this backend.
@@ -48,6 +51,11 @@ pub struct TashiVmms {
     call_timeout: Duration,
     destroy_secs: f64,
     ssh: SshRunner,
+}
+
+/// Opens the Tashi backend ([`super::BACKENDS`]).
+pub async fn open(config: &Config) -> Result<std::sync::Arc<dyn Vmms>, VmmsError> {
+    Ok(std::sync::Arc::new(TashiVmms::new(config)?))
 }
 
 impl TashiVmms {

@@ -29,10 +29,11 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 
-use super::ssh::{SshRunner, SshTarget, write_private_file};
-use super::{RunOutcome, RunSpec, Vmms, VmmsError};
-use crate::config::{Config, Ec2Config};
+use super::settings::Ec2Config;
+use crate::config::Config;
 use crate::model::{InputFile, Machine};
+use crate::vmms::ssh::{SshRunner, SshTarget, write_private_file};
+use crate::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};
 
 /// The name jobs and pools use for this backend.
 pub const NAME: &str = "ec2SSH";
@@ -474,7 +475,7 @@ impl Vmms for Ec2Vmms {
     }
 
     fn instance_name(&self, vm: &Machine) -> String {
-        super::instance_name(&self.shared.prefix, vm)
+        crate::vmms::instance_name(&self.shared.prefix, vm)
     }
 
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError> {

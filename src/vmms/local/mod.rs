@@ -28,6 +28,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+pub mod settings;
+
 use super::{RunOutcome, RunSpec, Vmms, VmmsError, run::output_cap};
 use crate::autodriver::{files, job::SWEPT_DIRS, output, procs};
 use crate::config::Config;
@@ -65,6 +67,11 @@ struct Settings {
 
 pub struct LocalVmms {
     settings: Arc<Settings>,
+}
+
+/// Opens the local backend ([`super::BACKENDS`]).
+pub async fn open(config: &Config) -> Result<Arc<dyn Vmms>, VmmsError> {
+    Ok(Arc::new(LocalVmms::new(config)?))
 }
 
 impl LocalVmms {
