@@ -522,54 +522,31 @@ impl Config {
         }
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot. The first problem found is reported, sections in
+    /// the order of the file; each backend's own section is checked by its own code.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                message,
-            })
-        };
-        if self.server.keys.is_empty() || self.server.keys.iter().any(|k| k.is_empty()) {
-            return invalid("server.keys", "needs at least one non-empty key".into());
+        let checks = [
+            self.server.validate(),
+            self.vmms.validate(),
+            parse_level(&self.log.level).map_err(|message| ("log.level".into(), message)),
+            self.check_seconds(),
+            self.limits.validate(),
+            self.check_positive(),
+            self.callback.validate(),
+            self.metrics.validate(),
+            self.local.validate(),
+            self.docker.validate(),
+            self.ssh.validate(),
+            self.ec2.validate(),
+        ];
+        match checks.into_iter().find_map(Result::err) {
+            Some((key, message)) => Err(ConfigError::Invalid { key, message }),
+            None => Ok(()),
         }
-        if let Some(bad) = self.server.keys.iter().find(|k| k.contains('/')) {
-            return invalid("server.keys", format!("a key cannot contain '/': {bad:?}"));
-        }
-        if self.server.output_folder.is_empty()
-            || self.server.output_folder.contains('/')
-            || self.server.output_folder == "."
-            || self.server.output_folder == ".."
-        {
-            return invalid(
-                "server.output_folder",
-                format!(
-                    "must be a plain directory name, got {:?}",
-                    self.server.output_folder
-                ),
-            );
-        }
-        if self.server.courselabs.as_os_str().is_empty() {
-            return invalid("server.courselabs", "must not be empty".into());
-        }
-        if self.vmms.prefix.is_empty()
-            || !self
-                .vmms
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        {
-            return invalid(
-                "vmms.prefix",
-                format!(
-                    "must be letters, digits, '_' or '.' (it starts every machine name), got {:?}",
-                    self.vmms.prefix
-                ),
-            );
-        }
-        if let Err(message) = parse_level(&self.log.level) {
-            return invalid("log.level", message);
-        }
+    }
+
+    /// Durations given in (possibly fractional) seconds are numbers of seconds.
+    fn check_seconds(&self) -> Check {
         for (key, value) in [
             ("jobs.dispatch_period", self.jobs.dispatch_period),
             ("vmms.createvm_secs", self.vmms.createvm_secs),
@@ -584,14 +561,11 @@ impl Config {
                 );
             }
         }
-        if let Some(cores) = self.limits.cores
-            && (!cores.is_finite() || cores <= 0.0)
-        {
-            return invalid(
-                "limits.cores",
-                format!("must be a positive number, got {cores}"),
-            );
-        }
+        Ok(())
+    }
+
+    /// Timeouts and sizes where 0 would stop everything.
+    fn check_positive(&self) -> Check {
         for (key, value) in [
             ("timeouts.initialize_vm", self.timeouts.initialize_vm),
             ("timeouts.wait_vm", self.timeouts.wait_vm),
@@ -609,30 +583,6 @@ impl Config {
                 return invalid(key, "must be greater than 0".into());
             }
         }
-        if self.callback.attempts == 0 {
-            return invalid("callback.attempts", "must be at least 1".into());
-        }
-        if self.vmms.create_parallel == 0 {
-            return invalid("vmms.create_parallel", "must be at least 1".into());
-        }
-        if !self.metrics.path.starts_with('/') {
-            return invalid(
-                "metrics.path",
-                format!("must start with '/', got {:?}", self.metrics.path),
-            );
-        }
-        // Each backend's own section, checked by its own code.
-        let backends = [
-            self.local.validate(),
-            self.docker.validate(),
-            self.ssh.validate(),
-            self.ec2.validate(),
-        ];
-        for checked in backends {
-            if let Err((key, message)) = checked {
-                return invalid(&key, message);
-            }
-        }
         Ok(())
     }
 
@@ -643,6 +593,99 @@ impl Config {
             Some(kb) if kb > 0 => kb.saturating_mul(1024).min(max),
             _ => max,
         }
+    }
+}
+
+/// A section's check: the key and what is wrong with it.
+type Check = Result<(), (String, String)>;
+
+fn invalid(key: &str, message: String) -> Check {
+    Err((key.to_string(), message))
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Check {
+        if self.keys.is_empty() || self.keys.iter().any(|k| k.is_empty()) {
+            return invalid("server.keys", "needs at least one non-empty key".into());
+        }
+        if let Some(bad) = self.keys.iter().find(|k| k.contains('/')) {
+            return invalid("server.keys", format!("a key cannot contain '/': {bad:?}"));
+        }
+        if self.output_folder.is_empty()
+            || self.output_folder.contains('/')
+            || self.output_folder == "."
+            || self.output_folder == ".."
+        {
+            return invalid(
+                "server.output_folder",
+                format!(
+                    "must be a plain directory name, got {:?}",
+                    self.output_folder
+                ),
+            );
+        }
+        if self.courselabs.as_os_str().is_empty() {
+            return invalid("server.courselabs", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl VmmsConfig {
+    fn validate(&self) -> Check {
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return invalid(
+                "vmms.prefix",
+                format!(
+                    "must be letters, digits, '_' or '.' (it starts every machine name), got {:?}",
+                    self.prefix
+                ),
+            );
+        }
+        if self.create_parallel == 0 {
+            return invalid("vmms.create_parallel", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Check {
+        if let Some(cores) = self.cores
+            && (!cores.is_finite() || cores <= 0.0)
+        {
+            return invalid(
+                "limits.cores",
+                format!("must be a positive number, got {cores}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CallbackConfig {
+    fn validate(&self) -> Check {
+        if self.attempts == 0 {
+            return invalid("callback.attempts", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    fn validate(&self) -> Check {
+        if !self.path.starts_with('/') {
+            return invalid(
+                "metrics.path",
+                format!("must start with '/', got {:?}", self.path),
+            );
+        }
+        Ok(())
     }
 }
 

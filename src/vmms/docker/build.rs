@@ -60,47 +60,8 @@ impl DockerVmms {
         saved: &image::SavedImage,
     ) -> Result<(), DockerError> {
         let target = format!("{name}:latest");
-        let mut before: Vec<(String, Option<String>)> = Vec::new();
-        for tag in saved.repo_tags.iter().filter(|t| **t != target) {
-            let previous = match call(
-                engine,
-                "inspect image",
-                Some(CONTROL_TIMEOUT),
-                engine.client.inspect_image(tag),
-            )
-            .await
-            {
-                Ok(info) => info.id,
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e),
-            };
-            before.push((tag.clone(), previous));
-        }
-
-        let file = tokio::fs::File::open(tarball)
-            .await
-            .map_err(|e| DockerError::Config {
-                engine: engine.url.clone(),
-                message: format!("cannot open the image tarball: {e}"),
-            })?;
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
-        let mut progress = Box::pin(engine.client.import_image(
-            ImportImageOptions {
-                quiet: true,
-                ..Default::default()
-            },
-            body,
-            None,
-        ));
-        while let Some(item) = progress.next().await {
-            if let Err(e) = item {
-                let e = DockerError::from_engine(&engine.url, e).doing("load the image");
-                if e.is_unreachable() {
-                    engine.mark_down(&e.to_string());
-                }
-                return Err(e);
-            }
-        }
+        let before = tags_before(engine, saved, &target).await?;
+        import(engine, tarball).await?;
         call(
             engine,
             "inspect the loaded image",
@@ -108,59 +69,129 @@ impl DockerVmms {
             engine.client.inspect_image(&saved.id),
         )
         .await?;
-        call(
-            engine,
-            "tag the image",
-            Some(CONTROL_TIMEOUT),
-            engine.client.tag_image(
-                &saved.id,
-                Some(TagImageOptions {
-                    repo: Some(name.to_string()),
-                    tag: Some("latest".to_string()),
-                }),
-            ),
-        )
-        .await?;
+        tag(engine, &saved.id, name, "latest", "tag the image").await?;
         for (tag, previous) in before {
-            let undo = match previous {
-                Some(old) if old == saved.id => continue,
-                Some(old) => {
-                    let (repo, version) = image::split_reference(&tag);
-                    call(
-                        engine,
-                        "restore a tag",
-                        Some(CONTROL_TIMEOUT),
-                        engine.client.tag_image(
-                            &old,
-                            Some(TagImageOptions {
-                                repo: Some(repo.to_string()),
-                                tag: Some(version.unwrap_or("latest").to_string()),
-                            }),
-                        ),
-                    )
-                    .await
-                }
-                None => call(
-                    engine,
-                    "remove a tag the tarball added",
-                    Some(CONTROL_TIMEOUT),
-                    engine.client.remove_image(
-                        &tag,
-                        Some(RemoveImageOptions {
-                            noprune: true,
-                            ..Default::default()
-                        }),
-                        None,
-                    ),
-                )
-                .await
-                .map(|_| ()),
-            };
-            if let Err(e) = undo {
+            if let Err(e) = undo_tag(engine, &saved.id, &tag, previous).await {
                 tracing::warn!(engine = %engine.url, tag = %tag, "could not undo the tarball's tag: {e}");
             }
         }
         Ok(())
+    }
+}
+
+/// What each tag the tarball carries (other than `target`) names on the engine now.
+async fn tags_before(
+    engine: &Engine,
+    saved: &image::SavedImage,
+    target: &str,
+) -> Result<Vec<(String, Option<String>)>, DockerError> {
+    let mut before = Vec::new();
+    for tag in saved.repo_tags.iter().filter(|t| *t != target) {
+        let previous = match call(
+            engine,
+            "inspect image",
+            Some(CONTROL_TIMEOUT),
+            engine.client.inspect_image(tag),
+        )
+        .await
+        {
+            Ok(info) => info.id,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        before.push((tag.clone(), previous));
+    }
+    Ok(before)
+}
+
+/// `docker load` of the tarball, streamed from its file.
+async fn import(engine: &Engine, tarball: &Path) -> Result<(), DockerError> {
+    let file = tokio::fs::File::open(tarball)
+        .await
+        .map_err(|e| DockerError::Config {
+            engine: engine.url.clone(),
+            message: format!("cannot open the image tarball: {e}"),
+        })?;
+    let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
+    let mut progress = Box::pin(engine.client.import_image(
+        ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        body,
+        None,
+    ));
+    while let Some(item) = progress.next().await {
+        if let Err(e) = item {
+            let e = DockerError::from_engine(&engine.url, e).doing("load the image");
+            if e.is_unreachable() {
+                engine.mark_down(&e.to_string());
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Tags image `id` as `repo:version`.
+async fn tag(
+    engine: &Engine,
+    id: &str,
+    repo: &str,
+    version: &str,
+    what: &str,
+) -> Result<(), DockerError> {
+    call(
+        engine,
+        what,
+        Some(CONTROL_TIMEOUT),
+        engine.client.tag_image(
+            id,
+            Some(TagImageOptions {
+                repo: Some(repo.to_string()),
+                tag: Some(version.to_string()),
+            }),
+        ),
+    )
+    .await
+}
+
+/// Gives `tag` back its meaning from before the load: the image it named (`previous`), or
+/// none (the tag goes).
+async fn undo_tag(
+    engine: &Engine,
+    loaded: &str,
+    tag_name: &str,
+    previous: Option<String>,
+) -> Result<(), DockerError> {
+    match previous {
+        Some(old) if old == loaded => Ok(()),
+        Some(old) => {
+            let (repo, version) = image::split_reference(tag_name);
+            tag(
+                engine,
+                &old,
+                repo,
+                version.unwrap_or("latest"),
+                "restore a tag",
+            )
+            .await
+        }
+        None => call(
+            engine,
+            "remove a tag the tarball added",
+            Some(CONTROL_TIMEOUT),
+            engine.client.remove_image(
+                tag_name,
+                Some(RemoveImageOptions {
+                    noprune: true,
+                    ..Default::default()
+                }),
+                None,
+            ),
+        )
+        .await
+        .map(|_| ()),
     }
 }
 

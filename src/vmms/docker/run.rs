@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use bollard::container::LogOutput;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
 use bytes::Bytes;
@@ -143,38 +143,11 @@ impl DockerVmms {
             guard,
             send_limit,
         } = plan;
-        let attached = call(
-            engine,
-            "attach to the container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.attach_container(
-                id,
-                Some(AttachContainerOptions {
-                    stdin: true,
-                    stdout: true,
-                    stderr: true,
-                    stream: true,
-                    logs: false,
-                    detach_keys: None,
-                }),
-            ),
-        )
-        .await
-        .map_err(RunFailure::Engine)?;
-        let (mut output, input) = (attached.output, attached.input);
-        call(
-            engine,
-            "start container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.start_container(id, None),
-        )
-        .await
-        .map_err(RunFailure::Engine)?;
-
+        let AttachContainerResults {
+            mut output, input, ..
+        } = attach_and_start(engine, id).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        // Standard error until the ready mark is seen (it may come in pieces).
-        let mut before_ready: Vec<u8> = Vec::new();
+        let mut streams = Streams::new(output_cap, ready_tx);
         let feed = feed(input, autodriver, ready_rx, inputs);
         tokio::pin!(feed);
         let mut feeding = true;
@@ -182,9 +155,6 @@ impl DockerVmms {
         // First the sending's own bound, then, once everything is sent, the job's.
         let deadline = tokio::time::sleep(send_limit);
         tokio::pin!(deadline);
-        let mut stdout = Vec::new();
-        let mut stdout_size = 0u64;
-        let mut said = TailBuffer::new(8 * 1024);
         loop {
             tokio::select! {
                 fed = &mut feed, if feeding => {
@@ -201,28 +171,7 @@ impl DockerVmms {
                     deadline.as_mut().reset(tokio::time::Instant::now() + guard);
                 }
                 item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        stdout_size += message.len() as u64;
-                        let room = output_cap.saturating_sub(stdout.len() as u64) as usize;
-                        stdout.extend_from_slice(&message[..message.len().min(room)]);
-                    }
-                    Some(Ok(other)) => {
-                        let bytes = other.into_bytes();
-                        if ready_tx.is_some() {
-                            before_ready.extend_from_slice(&bytes);
-                            if let Some(at) = find(&before_ready, READY_MARK) {
-                                if let Some(tx) = ready_tx.take() {
-                                    let _ = tx.send(());
-                                }
-                                // The mark is ours, not the autodriver's diagnostics.
-                                said.push(&before_ready[..at]);
-                                said.push(&before_ready[at + READY_MARK.len()..]);
-                                before_ready = Vec::new();
-                            }
-                        } else {
-                            said.push(&bytes);
-                        }
-                    }
+                    Some(Ok(item)) => streams.take(item),
                     Some(Err(e)) => {
                         let e = DockerError::from_engine(&engine.url, e);
                         return Err(RunFailure::Engine(e.doing("follow the autodriver")));
@@ -246,22 +195,109 @@ impl DockerVmms {
                 }
             }
         }
-        said.push(&before_ready);
         if let Some(e) = input_failure {
             return Err(RunFailure::Input(e));
         }
         // The streams close as the process exits; the engine records its status a moment
         // later, which `wait` (not-running) returns as soon as it is there.
-        let waited = tokio::select! {
+        let code = tokio::select! {
             waited = exit_code(engine, id) => waited.map_err(RunFailure::Engine)?,
             () = &mut deadline => return Ok(RunEnd::GuardFired),
         };
-        Ok(RunEnd::Exited {
-            code: waited,
-            stdout,
-            stdout_size,
-            said: said.text(),
-        })
+        Ok(streams.end(code))
+    }
+}
+
+/// The container's attached streams, once it is started: attached first, so that nothing it
+/// prints is missed.
+async fn attach_and_start(engine: &Engine, id: &str) -> Result<AttachContainerResults, RunFailure> {
+    let attached = call(
+        engine,
+        "attach to the container",
+        Some(CONTROL_TIMEOUT),
+        engine.client.attach_container(
+            id,
+            Some(AttachContainerOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
+                detach_keys: None,
+            }),
+        ),
+    )
+    .await
+    .map_err(RunFailure::Engine)?;
+    call(
+        engine,
+        "start container",
+        Some(CONTROL_TIMEOUT),
+        engine.client.start_container(id, None),
+    )
+    .await
+    .map_err(RunFailure::Engine)?;
+    Ok(attached)
+}
+
+/// What the run prints, as it comes: standard output kept up to the cap (and counted past
+/// it), standard error watched for [`READY_MARK`] and its tail kept.
+struct Streams {
+    stdout: Vec<u8>,
+    stdout_size: u64,
+    output_cap: u64,
+    said: TailBuffer,
+    /// Rung once the mark is seen; `None` after.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Standard error until the mark is seen (it may come in pieces).
+    before_ready: Vec<u8>,
+}
+
+impl Streams {
+    fn new(output_cap: u64, ready: tokio::sync::oneshot::Sender<()>) -> Streams {
+        Streams {
+            stdout: Vec::new(),
+            stdout_size: 0,
+            output_cap,
+            said: TailBuffer::new(8 * 1024),
+            ready: Some(ready),
+            before_ready: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, item: LogOutput) {
+        if let LogOutput::StdOut { message } = item {
+            self.stdout_size += message.len() as u64;
+            let room = self.output_cap.saturating_sub(self.stdout.len() as u64) as usize;
+            self.stdout
+                .extend_from_slice(&message[..message.len().min(room)]);
+            return;
+        }
+        let bytes = item.into_bytes();
+        if self.ready.is_none() {
+            self.said.push(&bytes);
+            return;
+        }
+        self.before_ready.extend_from_slice(&bytes);
+        if let Some(at) = find(&self.before_ready, READY_MARK) {
+            if let Some(tx) = self.ready.take() {
+                let _ = tx.send(());
+            }
+            // The mark is ours, not the autodriver's diagnostics.
+            self.said.push(&self.before_ready[..at]);
+            self.said.push(&self.before_ready[at + READY_MARK.len()..]);
+            self.before_ready = Vec::new();
+        }
+    }
+
+    fn end(mut self, code: i64) -> RunEnd {
+        self.said.push(&self.before_ready);
+        RunEnd::Exited {
+            code,
+            stdout: self.stdout,
+            stdout_size: self.stdout_size,
+            said: self.said.text(),
+        }
     }
 }
 
