@@ -167,7 +167,8 @@ fn any_json() -> BoxedStrategy<Value> {
 
 /// Values on the borders of what the typed reading of an addJob body takes: each type a
 /// field may meet, zero, negative, fractional, the longest timeout and one more, a file
-/// with a key of its own, a value nested past the JSON tree's depth limit.
+/// with a key of its own or given as a list of its two names (which serde's derived
+/// reading of a struct takes), a value nested past the JSON tree's depth limit.
 fn edge_values() -> Vec<Value> {
     vec![
         Value::Null,
@@ -186,6 +187,7 @@ fn edge_values() -> Vec<Value> {
         json!([{"localFile": "a", "destFile": "Makefile"}]),
         json!([{"localFile": "a"}]),
         json!([{"localFile": "a", "destFile": "Makefile", "x": 1}]),
+        json!([["a", "Makefile"]]),
         // Past serde_json's depth limit for a tree (128).
         (0..130).fold(json!(1), |inner, _| json!([inner])),
     ]

@@ -11,7 +11,10 @@
 //! typed fields ([`JobRequest::parse_typical`]), and anything else is read by the tree walk
 //! ([`JobRequest::parse_tree`]), which alone decides what is refused and with which words.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// One input file as the client named it.
@@ -68,13 +71,57 @@ struct Typical {
     access_key_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One file of [`Typical`]: an object of exactly `localFile` and `destFile`, each once.
 struct TypicalFile {
-    #[serde(rename = "localFile")]
     local_file: String,
-    #[serde(rename = "destFile")]
     dest_file: String,
+}
+
+/// Read by hand: serde's derived reading of a struct also takes a list of its fields' values
+/// (`["a.c", "Makefile"]`), which the tree walk refuses.
+impl<'de> Deserialize<'de> for TypicalFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TypicalFileVisitor)
+    }
+}
+
+struct TypicalFileVisitor;
+
+impl<'de> Visitor<'de> for TypicalFileVisitor {
+    type Value = TypicalFile;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a {\"localFile\", \"destFile\"} object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypicalFile, A::Error> {
+        let (mut local_file, mut dest_file) = (None, None);
+        while let Some(key) = map.next_key::<FileKey>()? {
+            let name = match key {
+                FileKey::LocalFile => &mut local_file,
+                FileKey::DestFile => &mut dest_file,
+            };
+            if name.is_some() {
+                return Err(de::Error::custom("a file's name given twice"));
+            }
+            *name = Some(map.next_value::<String>()?);
+        }
+        match (local_file, dest_file) {
+            (Some(local_file), Some(dest_file)) => Ok(TypicalFile {
+                local_file,
+                dest_file,
+            }),
+            _ => Err(de::Error::custom("a file's name missing")),
+        }
+    }
+}
+
+/// The keys of a file; any other is refused before its value is read (see [`Typical`]).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum FileKey {
+    LocalFile,
+    DestFile,
 }
 
 impl JobRequest {
@@ -367,6 +414,8 @@ mod tests {
             with("disable_network", "\"true\""),
             with("accessKey", "\"secret\""),
             without("files"),
+            // A file as a list of its names, which a derived struct would read.
+            with("files", r#"[["a.c", "Makefile"]]"#),
         ] {
             assert!(
                 JobRequest::parse_typical(&body).is_none(),
@@ -475,6 +524,11 @@ mod tests {
                 "files",
                 "[\"a\"]",
                 "files[0] must be a {\"localFile\", \"destFile\"} object, not a string",
+            ),
+            (
+                "files",
+                "[[\"a.c\", \"Makefile\"]]",
+                "files[0] must be a {\"localFile\", \"destFile\"} object, not a list",
             ),
             (
                 "files",
