@@ -166,10 +166,12 @@ fn any_json() -> BoxedStrategy<Value> {
 }
 
 /// Values on the borders of what the typed reading of an addJob body takes: each type a
-/// field may meet, zero, negative, fractional, the longest timeout and one more, a file
-/// with a key of its own or given as a list of its two names (which serde's derived
-/// reading of a struct takes), a value nested past the JSON tree's depth limit.
+/// field may meet, zero, negative, a whole number written as a fraction, fractional, the
+/// longest timeout and one more, a file with a key of its own or given as a list of its two
+/// names (which serde's derived reading of a struct takes), a value nested past the JSON
+/// tree's depth limit, alone and as a file's key of its own.
 fn edge_values() -> Vec<Value> {
+    let deep = (0..130).fold(json!(1), |inner, _| json!([inner]));
     vec![
         Value::Null,
         json!(true),
@@ -177,6 +179,7 @@ fn edge_values() -> Vec<Value> {
         json!(0),
         json!(-1),
         json!(1),
+        json!(1.0),
         json!(1.5),
         json!(MAX_TIMEOUT_SECS),
         json!(MAX_TIMEOUT_SECS + 1),
@@ -187,9 +190,10 @@ fn edge_values() -> Vec<Value> {
         json!([{"localFile": "a", "destFile": "Makefile"}]),
         json!([{"localFile": "a"}]),
         json!([{"localFile": "a", "destFile": "Makefile", "x": 1}]),
+        json!([{"localFile": "a", "destFile": "Makefile", "x": deep.clone()}]),
         json!([["a", "Makefile"]]),
         // Past serde_json's depth limit for a tree (128).
-        (0..130).fold(json!(1), |inner, _| json!([inner])),
+        deep,
     ]
 }
 
@@ -337,6 +341,54 @@ fn add_job_parser_reads_every_border_pair_as_the_tree_walk_does() {
     );
 }
 
+/// Every change of one field of Autolab's body (or of one of its files) to a border value,
+/// or its removal, judged as the random changes are: a slip in what a field means that both
+/// readings share (a default, a clamp, a field made optional), which the pair test above
+/// cannot see, is found every time rather than by chance. Values past the tree's depth
+/// limit are left out: they make the whole body invalid JSON, not the field wrong.
+#[test]
+fn add_job_parser_judges_every_border_change() {
+    // The defaults of the fields Autolab leaves out, which every judgement compares with.
+    let base = JobRequest::parse(&serde_json::to_vec(&autolab_job("course1")).unwrap())
+        .expect("Autolab's body is read");
+    assert_eq!(base.max_kb, None);
+    assert_eq!(base.access_key, None);
+    assert_eq!(base.access_key_id, None);
+    let values: Vec<Value> = edge_values()
+        .into_iter()
+        .filter(|value| depth(value) < 128)
+        .collect();
+    let mut changes: Vec<Mutation> = TOP_FIELDS
+        .iter()
+        .flat_map(|field| {
+            values
+                .iter()
+                .map(|value| Mutation::Set(field, value.clone()))
+                .chain([Mutation::Remove(field)])
+        })
+        .collect();
+    for i in 0..3 {
+        for field in ["localFile", "destFile"] {
+            let file_values = values.iter().cloned().map(Some).chain([None]);
+            changes.extend(file_values.map(|value| Mutation::SetFile(i, field, value)));
+        }
+    }
+    for change in &changes {
+        if let Err(failure) = judge_change(change) {
+            panic!("{change:?}: {failure}");
+        }
+    }
+}
+
+/// How deeply a value nests lists and objects.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 proptest! {
     #![proptest_config(config(400))]
 
@@ -375,44 +427,7 @@ proptest! {
     /// One change to Autolab's body: exactly the changed field decides the answer.
     #[test]
     fn add_job_parser_judges_the_changed_field(mutation in mutation()) {
-        let base = JobRequest::parse(&serde_json::to_vec(&autolab_job("course1")).unwrap())
-            .expect("Autolab's body is read");
-        let job = mutated(&mutation);
-        let body = serde_json::to_vec(&job).expect("serializable");
-        let parsed = JobRequest::parse(&body);
-        if let Err(message) = &parsed {
-            assert_clear(message, body.len())?;
-        }
-        match &mutation {
-            Mutation::Remove(field) => {
-                if REQUIRED.contains(field) {
-                    prop_assert_eq!(parsed.unwrap_err(), format!("'{field}'"));
-                } else {
-                    let read = parsed.expect("an optional field may be missing");
-                    if *field == "callback_url" {
-                        prop_assert_eq!(read.notify_url, None);
-                    } else if *field == "disable_network" {
-                        prop_assert_eq!(read, base);
-                    }
-                }
-            }
-            Mutation::Set(field, value) => judge_set(field, value, parsed, &base)?,
-            Mutation::SetFile(i, field, value) => match (value, parsed) {
-                (Some(Value::String(s)), Ok(read)) => {
-                    let file = &read.files[*i];
-                    let got = if *field == "localFile" { &file.local_file } else { &file.dest_file };
-                    prop_assert_eq!(got, s);
-                }
-                (Some(Value::String(_)), Err(message)) => {
-                    prop_assert!(false, "a string {field} was refused: {message}");
-                }
-                (None, parsed) => prop_assert_eq!(parsed.unwrap_err(), format!("'{field}'")),
-                (Some(_), parsed) => {
-                    let message = parsed.expect_err("a non-string file name is refused");
-                    prop_assert!(message.starts_with(&format!("files[{i}].{field} must be a string, not ")), "{message}");
-                }
-            },
-        }
+        judge_change(&mutation)?;
     }
 
     /// Two readings, one answer: the typed reading of Autolab's usual shape answers only
@@ -583,6 +598,59 @@ fn walk(dir: &Path) -> BTreeMap<PathBuf, u64> {
     found
 }
 
+/// Judges the reading of Autolab's body after one change: exactly the changed field decides
+/// the answer.
+fn judge_change(mutation: &Mutation) -> Result<(), TestCaseError> {
+    let base = JobRequest::parse(&serde_json::to_vec(&autolab_job("course1")).unwrap())
+        .expect("Autolab's body is read");
+    let job = mutated(mutation);
+    let body = serde_json::to_vec(&job).expect("serializable");
+    let parsed = JobRequest::parse(&body);
+    if let Err(message) = &parsed {
+        assert_clear(message, body.len())?;
+    }
+    match mutation {
+        Mutation::Remove(field) => {
+            if REQUIRED.contains(field) {
+                prop_assert_eq!(parsed.unwrap_err(), format!("'{field}'"));
+            } else {
+                let read = parsed.expect("an optional field may be missing");
+                // Autolab's body holds callback_url and disable_network (false); the other
+                // optional fields it leaves out, so that removing them changes nothing.
+                let mut expected = base;
+                if *field == "callback_url" {
+                    expected.notify_url = None;
+                }
+                prop_assert_eq!(read, expected);
+            }
+        }
+        Mutation::Set(field, value) => judge_set(field, value, parsed, &base)?,
+        Mutation::SetFile(i, field, value) => match (value, parsed) {
+            (Some(Value::String(s)), Ok(read)) => {
+                let file = &read.files[*i];
+                let got = if *field == "localFile" {
+                    &file.local_file
+                } else {
+                    &file.dest_file
+                };
+                prop_assert_eq!(got, s);
+            }
+            (Some(Value::String(_)), Err(message)) => {
+                prop_assert!(false, "a string {field} was refused: {message}");
+            }
+            (None, parsed) => prop_assert_eq!(parsed.unwrap_err(), format!("'{field}'")),
+            (Some(_), parsed) => {
+                let message = parsed.expect_err("a non-string file name is refused");
+                prop_assert!(
+                    message.starts_with(&format!("files[{i}].{field} must be a string, not ")),
+                    "{message}"
+                );
+            }
+        },
+    }
+    Ok(())
+}
+
 fn judge_set(
     field: &str,
     value: &Value,
@@ -611,32 +679,7 @@ fn judge_set(
                 );
             }
         }
-        "timeout" => match (value, parsed) {
-            (Value::Null, parsed) => prop_assert_eq!(parsed.expect("null timeout").timeout, None),
-            (Value::Number(n), Ok(read)) => {
-                prop_assert!(timeout_ok(read.timeout), "{n} -> {:?}", read.timeout);
-                let secs = n.as_f64().expect("a number");
-                if secs <= 0.0 {
-                    prop_assert_eq!(read.timeout, None);
-                } else {
-                    prop_assert_eq!(read.timeout, Some(secs.ceil() as u64));
-                }
-            }
-            (Value::Number(n), Err(message)) => {
-                prop_assert!(
-                    n.as_f64().expect("a number") > MAX_TIMEOUT_SECS as f64,
-                    "{n}: {message}"
-                );
-                prop_assert!(message.starts_with("timeout must be at most "), "{message}");
-            }
-            (_, parsed) => {
-                let message = parsed.expect_err("a wrong type is refused");
-                prop_assert!(
-                    message.starts_with("timeout must be a number of seconds, not "),
-                    "{message}"
-                );
-            }
-        },
+        "timeout" => judge_timeout(value, parsed)?,
         "callback_url" => {
             if is_string || value.is_null() {
                 let read = parsed.map_err(TestCaseError::fail)?;
@@ -657,7 +700,12 @@ fn judge_set(
         }
         "max_kb" => {
             if value.is_number() || value.is_null() {
-                parsed.map_err(TestCaseError::fail)?;
+                let read = parsed.map_err(TestCaseError::fail)?;
+                // Negative or under 1 KiB: no cap of the client's; a fraction rounded down.
+                let kb = value
+                    .as_u64()
+                    .or_else(|| value.as_f64().filter(|kb| *kb >= 1.0).map(|kb| kb as u64));
+                prop_assert_eq!(read.max_kb, kb, "{}", value);
             } else {
                 let message = parsed.expect_err("a wrong type is refused");
                 prop_assert!(
@@ -674,30 +722,65 @@ fn judge_set(
                 prop_assert_eq!(read.access_key, None);
             }
         }
-        "files" => {
-            let well_formed = value.as_array().is_some_and(|files| {
-                files.iter().all(|f| {
-                    f.get("localFile").is_some_and(Value::is_string)
-                        && f.get("destFile").is_some_and(Value::is_string)
-                })
-            });
-            match parsed {
-                Ok(read) => {
-                    prop_assert!(well_formed, "{value}");
-                    prop_assert_eq!(read.files.len(), value.as_array().map_or(0, Vec::len));
-                }
-                Err(message) => {
-                    prop_assert!(!well_formed, "{value}: {message}");
-                    prop_assert!(
-                        message.starts_with("files")
-                            || message == "'localFile'"
-                            || message == "'destFile'",
-                        "{message}"
-                    );
-                }
+        "files" => judge_files(value, parsed)?,
+        other => unreachable!("no mutation of {other}"),
+    }
+    Ok(())
+}
+
+/// `timeout` set to `value`: null, 0 or negative is the default, a fraction is rounded up,
+/// more than a week is refused, any other type is refused.
+fn judge_timeout(value: &Value, parsed: Result<JobRequest, String>) -> Result<(), TestCaseError> {
+    match (value, parsed) {
+        (Value::Null, parsed) => prop_assert_eq!(parsed.expect("null timeout").timeout, None),
+        (Value::Number(n), Ok(read)) => {
+            prop_assert!(timeout_ok(read.timeout), "{n} -> {:?}", read.timeout);
+            let secs = n.as_f64().expect("a number");
+            if secs <= 0.0 {
+                prop_assert_eq!(read.timeout, None);
+            } else {
+                prop_assert_eq!(read.timeout, Some(secs.ceil() as u64));
             }
         }
-        other => unreachable!("no mutation of {other}"),
+        (Value::Number(n), Err(message)) => {
+            prop_assert!(
+                n.as_f64().expect("a number") > MAX_TIMEOUT_SECS as f64,
+                "{n}: {message}"
+            );
+            prop_assert!(message.starts_with("timeout must be at most "), "{message}");
+        }
+        (_, parsed) => {
+            let message = parsed.expect_err("a wrong type is refused");
+            prop_assert!(
+                message.starts_with("timeout must be a number of seconds, not "),
+                "{message}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `files` set to `value`: read when each file is an object with two string names, else
+/// refused with a message about the files.
+fn judge_files(value: &Value, parsed: Result<JobRequest, String>) -> Result<(), TestCaseError> {
+    let well_formed = value.as_array().is_some_and(|files| {
+        files.iter().all(|f| {
+            f.get("localFile").is_some_and(Value::is_string)
+                && f.get("destFile").is_some_and(Value::is_string)
+        })
+    });
+    match parsed {
+        Ok(read) => {
+            prop_assert!(well_formed, "{value}");
+            prop_assert_eq!(read.files.len(), value.as_array().map_or(0, Vec::len));
+        }
+        Err(message) => {
+            prop_assert!(!well_formed, "{value}: {message}");
+            prop_assert!(
+                message.starts_with("files") || message == "'localFile'" || message == "'destFile'",
+                "{message}"
+            );
+        }
     }
     Ok(())
 }
