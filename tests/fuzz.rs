@@ -341,6 +341,20 @@ fn add_job_parser_reads_every_border_pair_as_the_tree_walk_does() {
     );
 }
 
+/// The border tests change the fields in `TOP_FIELDS`: a field declared in the request and
+/// missing there would be read by both readings without any test changing it.
+#[test]
+fn add_job_parser_tests_change_every_declared_field() {
+    let mut declared = JobRequest::JSON_NAMES.to_vec();
+    declared.sort_unstable();
+    let mut changed = TOP_FIELDS.to_vec();
+    changed.sort_unstable();
+    assert_eq!(
+        declared, changed,
+        "TOP_FIELDS and the request's declaration"
+    );
+}
+
 /// Every change of one field of Autolab's body (or of one of its files) to a border value,
 /// or its removal, judged as the random changes are: a slip in what a field means that both
 /// readings share (a default, a clamp, a field made optional), which the pair test above

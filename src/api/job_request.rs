@@ -8,120 +8,55 @@
 //!
 //! Autolab's body always has the same shape, and reading it into a JSON tree, then walking
 //! the tree, was a ninth of an addJob's instructions: that shape is read straight into
-//! typed fields ([`JobRequest::parse_typical`]), and anything else is read by the tree walk
-//! ([`JobRequest::parse_tree`]), which alone decides what is refused and with which words.
+//! typed fields ([`JobRequest::parse_typical`]), and anything else is read through a JSON
+//! tree ([`JobRequest::parse_tree`]), which alone decides what is refused and with which
+//! words. Both read the fields declared once, below ([`JobRequest`]): a field's JSON names,
+//! its kind (its type, clamping and messages, in `kinds.rs`) and what its absence means.
+//! `fields.rs` turns that declaration into the struct and both readings.
 
-use std::fmt;
+mod fields;
+mod kinds;
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// One input file as the client named it.
+use fields::job_request_fields;
+pub use kinds::MAX_TIMEOUT_SECS;
+use kinds::{Files, Flag, Kib, NonEmptyText, NullableText, Seconds, Text, TextOrNull};
+
+/// One input file as the client named it (read from the body by the `Files` kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRequest {
     pub local_file: String,
     pub dest_file: String,
 }
 
-/// An addJob request, read but not yet checked against the filesystem or the backend.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRequest {
-    /// `jobName`; empty is left for validation ("Missing job.name").
-    pub name: String,
-    /// `image`; empty is left for validation ("Missing job.vm.image").
-    pub image: String,
-    pub files: Vec<FileRequest>,
-    pub output_file: String,
-    /// `timeout` in seconds; `None` (null, 0 or negative) means the configured default.
-    pub timeout: Option<u64>,
-    /// `callback_url`, or tango-cli's `notifyURL` when that is absent; kept verbatim.
-    pub notify_url: Option<String>,
-    /// `max_kb`: the client's output cap in KiB.
-    pub max_kb: Option<u64>,
-    pub disable_network: bool,
-    pub access_key_id: Option<String>,
-    pub access_key: Option<String>,
-}
-
-/// The body in the shape Autolab sends: every field of the type it should have. Any other
-/// shape (a field missing, null or of another type, a key given twice, a field of no
-/// client's) fails to read here and goes to the tree walk, so that this never decides an
-/// answer the tree walk would not. No value is skipped unread: serde_json skips without the
-/// depth limit it reads a tree with, so a deep unknown field would pass here and not there.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Typical {
-    #[serde(rename = "jobName")]
-    name: Option<String>,
-    image: Option<String>,
-    files: Option<Vec<TypicalFile>>,
-    output_file: Option<String>,
-    timeout: Option<u64>,
-    callback_url: Option<String>,
-    /// Looked at only when `callback_url` is absent or null; read (not skipped) for the
-    /// depth limit's sake.
-    #[serde(rename = "notifyURL")]
-    notify_url: Option<Value>,
-    max_kb: Option<u64>,
-    disable_network: Option<bool>,
-    #[serde(rename = "accessKey")]
-    access_key: Option<String>,
-    #[serde(rename = "accessKeyId")]
-    access_key_id: Option<String>,
-}
-
-/// One file of [`Typical`]: an object of exactly `localFile` and `destFile`, each once.
-struct TypicalFile {
-    local_file: String,
-    dest_file: String,
-}
-
-/// Read by hand: serde's derived reading of a struct also takes a list of its fields' values
-/// (`["a.c", "Makefile"]`), which the tree walk refuses.
-impl<'de> Deserialize<'de> for TypicalFile {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(TypicalFileVisitor)
+// The one list of a job's request fields, in Python's order (the order a body's faults are
+// found in): both readings are made from it (`fields.rs` says how). A field added here is
+// read by both; `build_job` (in `jobs.rs`) takes it on to the `Job` if the job needs it,
+// and `tests/fuzz.rs` asks for it in its list of fields to change.
+job_request_fields! {
+    /// An addJob request, read but not yet checked against the filesystem or the backend.
+    pub struct JobRequest {
+        /// `jobName`; empty is left for validation ("Missing job.name").
+        name: String = "jobName" as TextOrNull, required;
+        /// The output file's name in the courselab's output directory.
+        output_file: String = "output_file" as Text, required;
+        /// `timeout` in seconds; `None` (null, 0 or negative) means the configured default.
+        timeout: Option<u64> = "timeout" as Seconds, required;
+        /// `callback_url`, or tango-cli's `notifyURL` when that is absent; kept verbatim.
+        notify_url: Option<String> = "callback_url" | "notifyURL" as NullableText, default(None);
+        /// The input files: uploaded names (`localFile`) and names in the machine.
+        files: Vec<FileRequest> = "files" as Files, required;
+        /// `image`; empty is left for validation ("Missing job.vm.image").
+        image: String = "image" as TextOrNull, required;
+        /// Legacy per-job EC2 credentials, used only when `accessKey` is a non-empty string.
+        access_key: Option<String> = "accessKey" as NonEmptyText, default(None);
+        access_key_id: Option<String> = "accessKeyId" as Text, required_if(access_key.is_some());
+        /// Run without network.
+        disable_network: bool = "disable_network" as Flag, default(false);
+        /// `max_kb`: the client's output cap in KiB.
+        max_kb: Option<u64> = "max_kb" as Kib, default(None);
     }
-}
-
-struct TypicalFileVisitor;
-
-impl<'de> Visitor<'de> for TypicalFileVisitor {
-    type Value = TypicalFile;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a {\"localFile\", \"destFile\"} object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypicalFile, A::Error> {
-        let (mut local_file, mut dest_file) = (None, None);
-        while let Some(key) = map.next_key::<FileKey>()? {
-            let name = match key {
-                FileKey::LocalFile => &mut local_file,
-                FileKey::DestFile => &mut dest_file,
-            };
-            if name.is_some() {
-                return Err(de::Error::custom("a file's name given twice"));
-            }
-            *name = Some(map.next_value::<String>()?);
-        }
-        match (local_file, dest_file) {
-            (Some(local_file), Some(dest_file)) => Ok(TypicalFile {
-                local_file,
-                dest_file,
-            }),
-            _ => Err(de::Error::custom("a file's name missing")),
-        }
-    }
-}
-
-/// The keys of a file; any other is refused before its value is read (see [`Typical`]).
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "camelCase")]
-enum FileKey {
-    LocalFile,
-    DestFile,
 }
 
 impl JobRequest {
@@ -142,42 +77,8 @@ impl JobRequest {
         if body.trim_ascii_start().first() != Some(&b'{') {
             return None;
         }
-        let job: Typical = serde_json::from_slice(body).ok()?;
-        let timeout = match job.timeout? {
-            0 => None,
-            secs if secs <= MAX_TIMEOUT_SECS => Some(secs),
-            _ => return None, // refused, in the tree walk's words
-        };
-        let notify_url = match (job.callback_url, job.notify_url) {
-            (Some(url), _) => Some(url),
-            (None, None) => None,
-            // callback_url null or absent beside a notifyURL: which one counts is the tree
-            // walk's to say.
-            (None, Some(_)) => return None,
-        };
-        let (access_key_id, access_key) = match job.access_key {
-            Some(key) if !key.is_empty() => (Some(job.access_key_id?), Some(key)),
-            _ => (None, None),
-        };
-        Some(JobRequest {
-            name: job.name?,
-            image: job.image?,
-            files: job
-                .files?
-                .into_iter()
-                .map(|f| FileRequest {
-                    local_file: f.local_file,
-                    dest_file: f.dest_file,
-                })
-                .collect(),
-            output_file: job.output_file?,
-            timeout,
-            notify_url,
-            max_kb: job.max_kb,
-            disable_network: job.disable_network.unwrap_or(false),
-            access_key_id,
-            access_key,
-        })
+        let typical: Typical = serde_json::from_slice(body).ok()?;
+        Self::read_typical(typical)
     }
 
     /// Reads any body through a JSON tree, field by field in Python's order: the reference
@@ -188,176 +89,17 @@ impl JobRequest {
         let Value::Object(job) = value else {
             return Err(format!(
                 "The addJob body must be a JSON object, not {}",
-                kind(&value)
+                kinds::json_type(&value)
             ));
         };
-
-        let name = optional_text(required(&job, "jobName")?, "jobName")?;
-        let output_file = text(required(&job, "output_file")?, "output_file")?;
-        let timeout = timeout(required(&job, "timeout")?)?;
-        let notify_url = match job.get("callback_url") {
-            Some(url) => nullable_text(url, "callback_url")?,
-            None => match job.get("notifyURL") {
-                Some(url) => nullable_text(url, "notifyURL")?,
-                None => None,
-            },
-        };
-        let files = files(required(&job, "files")?)?;
-        let image = optional_text(required(&job, "image")?, "image")?;
-
-        // Legacy per-job EC2 credentials, used only when accessKey is a non-empty string.
-        let (access_key_id, access_key) = match job.get("accessKey") {
-            Some(Value::String(key)) if !key.is_empty() => {
-                let id = text(required(&job, "accessKeyId")?, "accessKeyId")?;
-                (Some(id), Some(key.clone()))
-            }
-            _ => (None, None),
-        };
-
-        // Honoured only when a real boolean, as Python did.
-        let disable_network = matches!(job.get("disable_network"), Some(Value::Bool(true)));
-
-        let max_kb = match job.get("max_kb") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => {
-                if let Some(kb) = n.as_u64() {
-                    Some(kb)
-                } else if n.as_i64().is_some() {
-                    None // negative: no cap of the client's
-                } else {
-                    match n.as_f64() {
-                        Some(kb) if kb >= 1.0 => Some(kb.min(u64::MAX as f64) as u64),
-                        _ => None,
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(format!(
-                    "max_kb must be a number of KiB, not {}",
-                    kind(other)
-                ));
-            }
-        };
-
-        Ok(JobRequest {
-            name,
-            image,
-            files,
-            output_file,
-            timeout,
-            notify_url,
-            max_kb,
-            disable_network,
-            access_key_id,
-            access_key,
-        })
-    }
-}
-
-/// A field Python indexed without a default: missing, it answered the `KeyError` text.
-fn required<'a>(job: &'a Map<String, Value>, field: &str) -> Result<&'a Value, String> {
-    job.get(field).ok_or_else(|| format!("'{field}'"))
-}
-
-fn text(value: &Value, field: &str) -> Result<String, String> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        other => Err(format!("{field} must be a string, not {}", kind(other))),
-    }
-}
-
-/// A string where null means "not given" (left empty for validation to report).
-fn optional_text(value: &Value, field: &str) -> Result<String, String> {
-    match value {
-        Value::Null => Ok(String::new()),
-        other => text(other, field),
-    }
-}
-
-fn nullable_text(value: &Value, field: &str) -> Result<Option<String>, String> {
-    match value {
-        Value::Null => Ok(None),
-        other => text(other, field).map(Some),
-    }
-}
-
-/// The longest `timeout` a job may ask for: a week. Python took any number; a huge one
-/// (`1e30`, `18446744073709551615`) was accepted here and then overflowed the worker's and
-/// the local backend's deadline arithmetic (`Duration` + margin): the worker panicked and
-/// the job ended in an internal error instead of being refused. Autolab allows at most 900.
-pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
-
-/// Python: `timeout` null, 0 or negative means the default.
-fn timeout(value: &Value) -> Result<Option<u64>, String> {
-    let too_long =
-        || format!("timeout must be at most {MAX_TIMEOUT_SECS} seconds (a week), not {value}");
-    match value {
-        Value::Null => Ok(None),
-        Value::Number(n) => {
-            if let Some(secs) = n.as_u64() {
-                if secs > MAX_TIMEOUT_SECS {
-                    return Err(too_long());
-                }
-                Ok((secs > 0).then_some(secs))
-            } else if n.as_i64().is_some() {
-                Ok(None)
-            } else {
-                match n.as_f64() {
-                    Some(secs) if secs > MAX_TIMEOUT_SECS as f64 => Err(too_long()),
-                    Some(secs) if secs > 0.0 => Ok(Some(secs.ceil() as u64)),
-                    _ => Ok(None),
-                }
-            }
-        }
-        other => Err(format!(
-            "timeout must be a number of seconds, not {}",
-            kind(other)
-        )),
-    }
-}
-
-fn files(value: &Value) -> Result<Vec<FileRequest>, String> {
-    let Value::Array(entries) = value else {
-        return Err(format!(
-            "files must be a list of {{\"localFile\", \"destFile\"}} objects, not {}",
-            kind(value)
-        ));
-    };
-    let mut files = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let Value::Object(file) = entry else {
-            return Err(format!(
-                "files[{i}] must be a {{\"localFile\", \"destFile\"}} object, not {}",
-                kind(entry)
-            ));
-        };
-        let local_file = text(
-            required(file, "localFile")?,
-            &format!("files[{i}].localFile"),
-        )?;
-        let dest_file = text(required(file, "destFile")?, &format!("files[{i}].destFile"))?;
-        files.push(FileRequest {
-            local_file,
-            dest_file,
-        });
-    }
-    Ok(files)
-}
-
-/// A JSON value's type, as a message names it.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+        Self::read_tree(&job)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
 
     const AUTOLAB: &str = r#"{"image":"autograding_image",
@@ -394,9 +136,15 @@ mod tests {
         full.insert("max_kb".into(), 64.into());
         full.insert("accessKey".into(), "secret".into());
         full.insert("accessKeyId".into(), "AKIA".into());
-        full.insert("notifyURL".into(), 5.into()); // ignored beside callback_url
         let body = serde_json::to_vec(&full).unwrap();
         let typical = JobRequest::parse_typical(&body).expect("the usual shape");
+        assert_eq!(Ok(typical), JobRequest::parse_tree(&body));
+        // With tango-cli's name for callback_url.
+        let mut cli = full;
+        let url = cli.remove("callback_url").unwrap();
+        cli.insert("notifyURL".into(), url);
+        let body = serde_json::to_vec(&cli).unwrap();
+        let typical = JobRequest::parse_typical(&body).expect("notifyURL");
         assert_eq!(Ok(typical), JobRequest::parse_tree(&body));
     }
 
@@ -405,9 +153,9 @@ mod tests {
         // A list that a derived struct would read field by field.
         let list = br#"["n", "img", [], "out", 5, null, null, null, false, null, null]"#;
         assert!(JobRequest::parse_typical(list).is_none());
-        for body in [
-            with("jobName", "null"),
-            with("timeout", "null"),
+        // Null, which some kinds read otherwise than a missing field.
+        let nulls = JobRequest::JSON_NAMES.iter().map(|name| with(name, "null"));
+        for body in nulls.chain([
             with("timeout", "1.5"),
             with("timeout", "604801"),
             with("max_kb", "-1"),
@@ -416,7 +164,9 @@ mod tests {
             without("files"),
             // A file as a list of its names, which a derived struct would read.
             with("files", r#"[["a.c", "Makefile"]]"#),
-        ] {
+            // Both spellings of the callback: which one counts is the tree reading's to say.
+            with("notifyURL", "5"),
+        ]) {
             assert!(
                 JobRequest::parse_typical(&body).is_none(),
                 "{}",
@@ -588,6 +338,11 @@ mod tests {
         assert_eq!(
             JobRequest::parse(&body).unwrap().notify_url.as_deref(),
             Some("http://cli/x")
+        );
+        // Beside callback_url, notifyURL is not looked at.
+        assert_eq!(
+            JobRequest::parse(&with("notifyURL", "5")),
+            JobRequest::parse(AUTOLAB.as_bytes())
         );
         assert_eq!(
             JobRequest::parse(&with("callback_url", "\"\""))

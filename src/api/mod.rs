@@ -14,7 +14,7 @@
 mod courselab;
 mod images;
 mod info;
-/// Public so the property tests (`tests/fuzz.rs`) can feed it arbitrary bodies.
+// Public so the property tests (`tests/fuzz.rs`) can feed it arbitrary bodies.
 pub mod job_request;
 mod jobs;
 mod keys;
