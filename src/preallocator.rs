@@ -233,13 +233,7 @@ impl Preallocator {
             } else {
                 // The job is over and its output out: the removal need not hold its slot.
                 let this = self.clone();
-                let kill = self.kill.clone();
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        _ = kill.cancelled() => {}
-                        _ = this.destroy(&vm) => {}
-                    }
-                });
+                self.spawn(async move { this.destroy(&vm).await });
             }
             return;
         }
@@ -427,11 +421,20 @@ impl Preallocator {
         }
         let this = self.clone();
         let pool = pool.to_string();
+        self.spawn(async move { this.create_until_full(&pool).await });
+    }
+
+    /// Runs `work` in a task of ours (shutdown waits for it), ended at once when the manager
+    /// is killed.
+    fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) {
         let kill = self.kill.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = kill.cancelled() => {}
-                _ = this.create_until_full(&pool) => {}
+                _ = work => {}
             }
         });
     }

@@ -7,7 +7,7 @@
 //! wrong and why.
 //!
 //! Autolab's body always has the same shape, and reading it into a JSON tree, then walking
-//! the tree, was a ninth of an addJob's instructions: that shape is read straight into
+//! the tree, costs about a ninth of an addJob's instructions: that shape is read straight into
 //! typed fields ([`JobRequest::parse_typical`]), and anything else is read through a JSON
 //! tree ([`JobRequest::parse_tree`]), which alone decides what is refused and with which
 //! words. Both read the fields declared once, below ([`JobRequest`]): a field's JSON names,

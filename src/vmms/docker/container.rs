@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkConnectRequest,
-    NetworkDisconnectRequest,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, ImageSummary,
+    NetworkConnectRequest, NetworkDisconnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, ListImagesOptions, RemoveContainerOptions,
@@ -375,13 +375,7 @@ impl DockerVmms {
         match create().await {
             Ok(created) => Ok(created.id),
             Err(e) if e.status() == Some(409) => {
-                let existing = call(
-                    engine,
-                    "inspect container",
-                    Some(CONTROL_TIMEOUT),
-                    engine.client.inspect_container(name, None),
-                )
-                .await?;
+                let existing = inspect(engine, name).await?;
                 let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
                 let ours = labels.get(LABEL_PREFIX) == Some(&self.prefix)
                     && owner
@@ -410,15 +404,7 @@ impl DockerVmms {
         engine: &Engine,
         wanted: &str,
     ) -> Result<Option<String>, DockerError> {
-        let images = call(
-            engine,
-            "list images",
-            Some(CONTROL_TIMEOUT),
-            engine
-                .client
-                .list_images(Some(ListImagesOptions::default())),
-        )
-        .await?;
+        let images = list_images(engine).await?;
         let tags = images
             .iter()
             .flat_map(|i| i.repo_tags.iter().map(String::as_str));
@@ -478,6 +464,33 @@ impl DockerVmms {
             tracing::warn!(container = id, "could not kill the container: {e}");
         }
     }
+}
+
+/// The engine's view of a container (by id or name).
+pub(super) async fn inspect(
+    engine: &Engine,
+    container: &str,
+) -> Result<ContainerInspectResponse, DockerError> {
+    call(
+        engine,
+        "inspect container",
+        Some(CONTROL_TIMEOUT),
+        engine.client.inspect_container(container, None),
+    )
+    .await
+}
+
+/// The images an engine holds.
+pub(super) async fn list_images(engine: &Engine) -> Result<Vec<ImageSummary>, DockerError> {
+    call(
+        engine,
+        "list images",
+        Some(CONTROL_TIMEOUT),
+        engine
+            .client
+            .list_images(Some(ListImagesOptions::default())),
+    )
+    .await
 }
 
 /// What every container of ours has, machine or holder: no capabilities but those the

@@ -40,9 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::query_parameters::{
-    DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions,
-};
+use bollard::query_parameters::{DownloadFromContainerOptions, ListContainersOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -414,14 +412,7 @@ impl Vmms for DockerVmms {
         let engine = self.engine_of(vm)?;
         self.engines.ready(engine).await;
         let id = self.container_ref(vm);
-        let inspect = call(
-            engine,
-            "inspect container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.inspect_container(&id, None),
-        )
-        .await;
-        let state = match inspect {
+        let state = match container::inspect(engine, &id).await {
             Ok(info) => info.state.unwrap_or_default(),
             Err(e) if e.is_not_found() => return Err(VmmsError::NotFound(self.instance_name(vm))),
             Err(e) => return Err(e.into()),
@@ -695,14 +686,7 @@ impl Vmms for DockerVmms {
     async fn exists_vm(&self, vm: &Machine) -> Result<bool, VmmsError> {
         let engine = self.engine_of(vm)?;
         let id = self.container_ref(vm);
-        match call(
-            engine,
-            "inspect container",
-            Some(CONTROL_TIMEOUT),
-            engine.client.inspect_container(&id, None),
-        )
-        .await
-        {
+        match container::inspect(engine, &id).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e.into()),
@@ -714,16 +698,7 @@ impl Vmms for DockerVmms {
         let mut reached = 0;
         let mut errors = Vec::new();
         for engine in self.engines.all() {
-            match call(
-                engine,
-                "list images",
-                Some(CONTROL_TIMEOUT),
-                engine
-                    .client
-                    .list_images(Some(ListImagesOptions::default())),
-            )
-            .await
-            {
+            match container::list_images(engine).await {
                 Ok(images) => {
                     reached += 1;
                     for i in &images {
