@@ -4,12 +4,14 @@
 //! requests and files ([`labs`]) and queues jobs in a [`store`]; a [`manager`] claims them
 //! and hands each to a [`worker`], which drives a machine from a [`vmms`] backend through
 //! Tango's steps; the output goes back by [`callback`] or by poll. Inside the machine, the
-//! [`autodriver`] runs `make` under limits.
+//! [`autodriver`] runs `make` under limits. The process and file helpers that the
+//! autodriver and the `local` backend both need are in [`host`].
 //!
-//! Everything but the autodriver sits behind the `daemon` feature, so a static autodriver
-//! builds without the server's dependencies.
+//! Everything but the autodriver and [`host`] sits behind the `daemon` feature, so a static
+//! autodriver builds without the server's dependencies.
 
 pub mod autodriver;
+pub mod host;
 
 #[cfg(feature = "daemon")]
 pub mod api;

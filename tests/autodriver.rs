@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::jobs::{self, Job, Limits};
-use tango::autodriver::procs;
 use tango::autodriver::report::{Limit, Report};
+use tango::host::procs;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -24,7 +24,7 @@ use support::e2e::{
     OSIZE, Ran, WAIT, all_passed, assert_answers, clip, options_for, run, watch_partial,
 };
 use support::jobs;
-use tango::autodriver::procs;
+use tango::host::procs;
 
 /// Every shared job, and where it is tested here: a new job must be added to a test.
 const COVERED: &[&str] = &[

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::jobs::{self, Job, Limits};
-use tango::autodriver::procs;
 use tango::config::Config;
+use tango::host::procs;
 use tango::model::{InputFile, Machine};
 use tango::vmms::local::LocalVmms;
 use tango::vmms::{RunOutcome, RunSpec, Vmms, VmmsError};

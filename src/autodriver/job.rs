@@ -18,18 +18,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cli::Options;
-use super::files::{self, FileId};
 use super::identity::{self, Identity, Mode, Request};
 use super::inputs;
 use super::output::{self, Capture};
 use super::passwd;
-use super::procs::{self, Scope};
 use super::report::{Limit, Report};
 use super::{AutodriverError, CallerFs, EXIT_TIMEOUT, os_error};
-
-/// Where the file-system sweep looks for files the job left (Tango: `~autograde`, `/tmp`,
-/// `/var/tmp`; the job's home here is its directory, which is emptied anyway).
-pub const SWEPT_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+use crate::host::files::{self, FileId};
+use crate::host::procs::{self, Scope};
 
 /// How long killing the job's processes may take before the autodriver gives up (exit 3).
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
@@ -577,8 +573,7 @@ fn clean_up(
             .map_err(os_error("Error chowning directory"))?;
     }
     if identity.owns_uid {
-        let roots: Vec<&Path> = SWEPT_DIRS.iter().map(Path::new).collect();
-        let swept = files::remove_files_of_uid(identity.uid, &roots, capped_at);
+        let swept = files::sweep_uid(identity.uid, capped_at);
         removal.removed += swept.removed;
         removal.saw_capped_file |= swept.saw_capped_file;
     }

@@ -13,23 +13,22 @@
 //! - [`passwd`]: `/etc/passwd` and `/etc/group`, read directly (the binary is static);
 //! - [`job`]: one run, start to finish;
 //! - [`output`]: the status line and Tango's truncation;
-//! - [`procs`]: finding and killing the job's processes;
-//! - [`files`]: the directory's owner, the autodriver's own files, the cleanup;
 //! - [`inputs`]: the job's files, unpacked from a tar archive on standard input;
 //! - [`report`]: the JSON report.
+//!
+//! Finding and killing the job's processes and the directory walks are in
+//! [`crate::host`], which the `local` backend shares.
 //!
 //! This module builds without the `daemon` feature: it may use only std, libc, clap,
 //! serde, serde_json, thiserror and tar (without default features: it brings only
 //! filetime, and libc again), so a static autodriver stays small.
 
 pub mod cli;
-pub mod files;
 pub mod identity;
 pub mod inputs;
 pub mod job;
 pub mod output;
 pub mod passwd;
-pub mod procs;
 pub mod report;
 
 use std::fs::File;
@@ -38,8 +37,8 @@ use std::path::Path;
 
 use clap::Parser;
 
+use crate::host::files::{self, FileId};
 use cli::Options;
-use files::FileId;
 use identity::Mode;
 use report::Report;
 

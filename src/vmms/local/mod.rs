@@ -31,8 +31,8 @@ use tokio::io::AsyncReadExt;
 pub mod settings;
 
 use super::{RunOutcome, RunSpec, Vmms, VmmsError, run::output_cap};
-use crate::autodriver::{files, job::SWEPT_DIRS, output, procs};
 use crate::config::Config;
+use crate::host::{files, procs, truncation};
 use crate::model::{InputFile, Machine};
 
 /// How long killing a machine's processes may take.
@@ -452,7 +452,7 @@ impl Settings {
             .custom_flags(libc::O_NOFOLLOW)
             .open(dest)
             .map_err(|e| VmmsError::Io(format!("{}: {e}", dest.display())))?;
-        output::copy_head_tail(&mut src, len, cap, &mut dst)?;
+        truncation::copy_head_tail(&mut src, len, cap, &mut dst)?;
         Ok(())
     }
 
@@ -482,8 +482,7 @@ impl Settings {
         {
             procs::sweep_uid(uid, uid, SWEEP_PATIENCE)
                 .map_err(|e| VmmsError::Backend(format!("killing uid {uid}: {e}")))?;
-            let roots: Vec<&Path> = SWEPT_DIRS.iter().map(Path::new).collect();
-            files::remove_files_of_uid(uid, &roots, None);
+            files::sweep_uid(uid, None);
             fs::remove_dir_all(dir)?;
             if let Some(claims) = &self.claims {
                 let _lock = claims.lock()?;

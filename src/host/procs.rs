@@ -7,7 +7,8 @@
 //! with `kill(-1)` from a helper thread running as that uid: the kernel does this under the
 //! task list lock, so a fork bomb cannot outrun it the way it outruns a scan-and-kill loop.
 //!
-//! Backends use [`sweep_uid`] to clear a machine's uid from the host.
+//! The autodriver finds and kills its job's processes with these; the `local` backend uses
+//! [`sweep_uid`] to clear a machine's uid from the host.
 
 use std::collections::HashMap;
 use std::io;

@@ -3,11 +3,18 @@
 //!
 //! Every walk here uses `lstat` and never follows a symbolic link or crosses into another
 //! file system: a job that plants `link -> /etc` gets its link removed, not `/etc`.
+//!
+//! The autodriver does all three around each job; the `local` backend empties a machine's
+//! grading directory with [`clear_dir`] and sweeps a destroyed machine's uid with [`sweep_uid`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, lchown};
 use std::path::Path;
+
+/// Where a job may leave files outside its directory, for [`sweep_uid`] (Tango: `~autograde`,
+/// `/tmp`, `/var/tmp`; the job's home here is its directory, which is emptied anyway).
+const SWEPT_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
 /// A file's identity, to leave the autodriver's own files alone in walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +187,13 @@ pub fn remove_files_of_uid(uid: u32, roots: &[&Path], capped_at: Option<u64>) ->
         }
     }
     removal
+}
+
+/// Removes what `uid` owns in the places a job leaves files outside its directory
+/// ([`remove_files_of_uid`] on `/tmp`, `/var/tmp` and `/dev/shm`).
+pub fn sweep_uid(uid: u32, capped_at: Option<u64>) -> Removal {
+    let roots: Vec<&Path> = SWEPT_DIRS.iter().map(Path::new).collect();
+    remove_files_of_uid(uid, &roots, capped_at)
 }
 
 fn remove_owned_in(
