@@ -62,6 +62,42 @@ pub fn run(
     caller_fs: &CallerFs,
     mut own_files: Vec<FileId>,
 ) -> Result<Finished, AutodriverError> {
+    let identity = resolve_identity(opts, mode)?;
+    if opts.stdin_inputs {
+        unpack_inputs(opts, caller_fs)?;
+    }
+    let (dir, dir_meta) = grading_dir(opts, mode, caller_fs)?;
+    let log = open_log(opts, caller_fs, &mut own_files)?;
+    become_subreaper()?;
+    if identity.owns_uid {
+        // Leftovers of an earlier job on this uid would count against RLIMIT_NPROC and
+        // could meddle with this one.
+        procs::sweep_uid(identity.uid, identity.gid, KILL_PATIENCE)
+            .map_err(os_error("Error killing user processes"))?;
+    }
+    if identity.switch {
+        hand_over(mode, &identity, &dir, &own_files)?;
+    }
+
+    let own_session = take_own_session();
+    let capture = Capture::new(log, opts.max_output);
+    // The files are cleaned whether or not watching went well.
+    let watched = watch(opts, &identity, &dir, capture, own_session);
+    let cleanup = clean_up(opts, &identity, &dir, &dir_meta, &own_files);
+    let ((watched, capture), removal) = match (watched, cleanup) {
+        (Ok(w), Ok(r)) => (w, r),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
+    if let Some(Stop::Signal(sig)) = watched.stop {
+        return Err(AutodriverError::OsMsg(format!(
+            "Interrupted by signal {sig}"
+        )));
+    }
+    Ok(finish(opts, &identity, &watched, capture, removal))
+}
+
+/// Who the job runs as: the mode, the command line, and the passwd and group files decide.
+fn resolve_identity(opts: &Options, mode: Mode) -> Result<Identity, AutodriverError> {
     let passwd_text = passwd::read_file(Path::new(passwd::PASSWD_FILE))
         .map_err(os_error("Unable to read /etc/passwd"))?;
     let group_text = passwd::read_file(Path::new(passwd::GROUP_FILE))
@@ -71,19 +107,30 @@ pub fn run(
         uid: opts.uid,
         gid: opts.gid,
     };
-    let identity =
-        identity::resolve(mode, &request, &passwd_text, &group_text).map_err(|e| match e {
-            identity::IdentityError::Usage(m) => AutodriverError::Usage(m),
-            identity::IdentityError::Os(m) => AutodriverError::OsMsg(m),
-        })?;
+    identity::resolve(mode, &request, &passwd_text, &group_text).map_err(|e| match e {
+        identity::IdentityError::Usage(m) => AutodriverError::Usage(m),
+        identity::IdentityError::Os(m) => AutodriverError::OsMsg(m),
+    })
+}
 
-    if opts.stdin_inputs {
-        // With the caller's rights when set-user-ID: the caller names the directory.
-        let stdin = io::stdin();
-        caller_fs
-            .with(|| inputs::unpack(stdin.lock(), &opts.directory))
-            .map_err(|e| AutodriverError::OsMsg(format!("Error unpacking the inputs: {e}")))?;
-    }
+/// Unpacks the job's files from standard input into the grading directory
+/// (`--stdin-inputs`).
+fn unpack_inputs(opts: &Options, caller_fs: &CallerFs) -> Result<(), AutodriverError> {
+    // With the caller's rights when set-user-ID: the caller names the directory.
+    let stdin = io::stdin();
+    caller_fs
+        .with(|| inputs::unpack(stdin.lock(), &opts.directory))
+        .map(|_| ())
+        .map_err(|e| AutodriverError::OsMsg(format!("Error unpacking the inputs: {e}")))
+}
+
+/// The grading directory, resolved, and what it was before the job touched it. Set-user-ID,
+/// it must be the caller's.
+fn grading_dir(
+    opts: &Options,
+    mode: Mode,
+    caller_fs: &CallerFs,
+) -> Result<(PathBuf, fs::Metadata), AutodriverError> {
     let dir = caller_fs
         .with(|| fs::canonicalize(&opts.directory))
         .map_err(os_error("Error changing directory"))?;
@@ -102,7 +149,16 @@ pub fn run(
             dir.display()
         )));
     }
+    Ok((dir, dir_meta))
+}
 
+/// Creates the log make's output goes to while it runs (`--output-log`), and adds it to
+/// `own_files`.
+fn open_log(
+    opts: &Options,
+    caller_fs: &CallerFs,
+    own_files: &mut Vec<FileId>,
+) -> Result<fs::File, AutodriverError> {
     let log_path = opts
         .output_log
         .clone()
@@ -114,43 +170,82 @@ pub fn run(
         &log.metadata()
             .map_err(os_error("Error opening output file"))?,
     ));
+    Ok(log)
+}
 
+/// Makes orphans of the job this process's children, so that they stay findable.
+fn become_subreaper() -> Result<(), AutodriverError> {
     // SAFETY: prctl with constant arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(os_error("Unable to become a subreaper")(
             io::Error::last_os_error(),
         ));
     }
-    if identity.owns_uid {
-        // Leftovers of an earlier job on this uid would count against RLIMIT_NPROC and
-        // could meddle with this one.
-        procs::sweep_uid(identity.uid, identity.gid, KILL_PATIENCE)
-            .map_err(os_error("Error killing user processes"))?;
-    }
-    if identity.switch {
-        let only_owned_by = match mode {
-            Mode::Setuid { caller_uid, .. } => Some(caller_uid),
-            _ => None,
-        };
-        files::chown_tree(&dir, identity.uid, identity.gid, only_owned_by, &own_files)
-            .map_err(os_error("Error chowning directory"))?;
-    }
+    Ok(())
+}
 
-    let own_session = take_own_session();
-    let capture = Capture::new(log, opts.max_output);
-    // The files are cleaned whether or not watching went well.
-    let watched = watch(opts, &identity, &dir, capture, own_session);
-    let cleanup = clean_up(opts, &identity, &dir, &dir_meta, &own_files);
-    let ((watched, capture), removal) = match (watched, cleanup) {
-        (Ok(w), Ok(r)) => (w, r),
-        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+/// Gives the grading directory and what it holds to the job's user, but for the
+/// autodriver's own files (and, set-user-ID, anything the caller does not own).
+fn hand_over(
+    mode: Mode,
+    identity: &Identity,
+    dir: &Path,
+    own_files: &[FileId],
+) -> Result<(), AutodriverError> {
+    let only_owned_by = match mode {
+        Mode::Setuid { caller_uid, .. } => Some(caller_uid),
+        _ => None,
     };
-    if let Some(Stop::Signal(sig)) = watched.stop {
-        return Err(AutodriverError::OsMsg(format!(
-            "Interrupted by signal {sig}"
-        )));
-    }
+    files::chown_tree(dir, identity.uid, identity.gid, only_owned_by, own_files)
+        .map_err(os_error("Error chowning directory"))
+}
 
+/// The run's result from what watching and cleaning found: the first line, the exit status
+/// and the report.
+fn finish(
+    opts: &Options,
+    identity: &Identity,
+    watched: &Watched,
+    capture: Capture,
+    removal: files::Removal,
+) -> Finished {
+    let (first_line, exit) = match watched.stop {
+        Some(Stop::Timeout) => (output::timed_out_line(opts.timeout), EXIT_TIMEOUT),
+        Some(Stop::Cpu) => (output::timed_out_line(opts.cpu), EXIT_TIMEOUT),
+        _ => (output::exited_line(shell_status(watched.make_status)), 0),
+    };
+    let (cpu_secs, peak_rss_bytes) = children_usage();
+    let report = Report {
+        autodriver_exit: exit,
+        exit_status: watched
+            .make_status
+            .filter(|&s| libc::WIFEXITED(s))
+            .map(|s| libc::WEXITSTATUS(s)),
+        signal: watched
+            .make_status
+            .filter(|&s| libc::WIFSIGNALED(s))
+            .map(|s| libc::WTERMSIG(s)),
+        limit: limit_reached(opts, watched, removal),
+        wall_secs: watched.wall.as_secs_f64(),
+        cpu_secs,
+        peak_rss_bytes,
+        output_bytes: capture.total(),
+        truncated: capture.plan().is_truncated(),
+        killed_processes: watched.killed,
+        uid: identity.uid,
+        gid: identity.gid,
+        error: None,
+    };
+    Finished {
+        first_line,
+        capture,
+        report,
+    }
+}
+
+/// The limit that ended or cut the job: the one that stopped it, else the first of CPU,
+/// memory and file size with evidence that it fired.
+fn limit_reached(opts: &Options, watched: &Watched, removal: files::Removal) -> Limit {
     let fsize_fired = removal.saw_capped_file
         || watched
             .deaths
@@ -162,47 +257,14 @@ pub fn run(
         .any(|&s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGXCPU);
     let memory_fired = opts.address_space > 0
         && watched.max_vm_peak as f64 >= MEMORY_EVIDENCE * opts.address_space as f64;
-    let limit = match watched.stop {
+    match watched.stop {
         Some(Stop::Timeout) => Limit::Timeout,
         Some(Stop::Cpu) => Limit::Cpu,
         _ if cpu_fired => Limit::Cpu,
         _ if memory_fired => Limit::Memory,
         _ if fsize_fired => Limit::Fsize,
         _ => Limit::None,
-    };
-    let (first_line, exit) = match watched.stop {
-        Some(Stop::Timeout) => (output::timed_out_line(opts.timeout), EXIT_TIMEOUT),
-        Some(Stop::Cpu) => (output::timed_out_line(opts.cpu), EXIT_TIMEOUT),
-        _ => (output::exited_line(shell_status(watched.make_status)), 0),
-    };
-    let (cpu_secs, peak_rss_bytes) = children_usage();
-    let plan = capture.plan();
-    let report = Report {
-        autodriver_exit: exit,
-        exit_status: watched
-            .make_status
-            .filter(|&s| libc::WIFEXITED(s))
-            .map(|s| libc::WEXITSTATUS(s)),
-        signal: watched
-            .make_status
-            .filter(|&s| libc::WIFSIGNALED(s))
-            .map(|s| libc::WTERMSIG(s)),
-        limit,
-        wall_secs: watched.wall.as_secs_f64(),
-        cpu_secs,
-        peak_rss_bytes,
-        output_bytes: capture.total(),
-        truncated: plan.is_truncated(),
-        killed_processes: watched.killed,
-        uid: identity.uid,
-        gid: identity.gid,
-        error: None,
-    };
-    Ok(Finished {
-        first_line,
-        capture,
-        report,
-    })
+    }
 }
 
 /// make's status as a shell reports it: the exit status, or 128 + the signal.
@@ -229,6 +291,7 @@ fn children_usage() -> (f64, u64) {
 }
 
 /// What watching make found.
+#[derive(Default)]
 struct Watched {
     /// make's raw wait status.
     make_status: Option<i32>,
@@ -250,156 +313,231 @@ fn watch(
     own_session: bool,
 ) -> Result<(Watched, Capture), AutodriverError> {
     let signals = StopSignals::block().map_err(os_error("Error setting up signals"))?;
-    let (pipe_read, pipe_write) = pipe().map_err(os_error("Error creating a pipe"))?;
-    set_nonblocking(pipe_read.as_raw_fd()).map_err(os_error("Error creating a pipe"))?;
-
-    let setup = ChildSetup::new(opts, identity);
-    let mut command = Command::new(find_make());
-    let user_name = identity
-        .name
-        .clone()
-        .unwrap_or_else(|| identity.uid.to_string());
-    command
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("PWD", dir)
-        .env("USER", &user_name)
-        .env("LOGNAME", &user_name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            pipe_write
-                .try_clone()
-                .map_err(os_error("Error redirecting standard output"))?,
-        ))
-        .stderr(Stdio::from(pipe_write));
-    // SAFETY: the hook makes only async-signal-safe system calls on data prepared here.
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
-    let started = Instant::now();
-    let spawned = command.spawn();
-    // The Command holds our copies of the pipe's write end: the pipe reaches end of file
-    // only once they are closed.
-    drop(command);
-    let child = spawned.map_err(os_error("Error executing make"))?;
-    let make_pid = child.id() as i32;
-    // We reap with waitpid(-1); `child` is only its pid.
-    drop(child);
-
-    let pidfd = pidfd_open(make_pid);
-    let mut pipe = Some(pipe_read);
-    let mut watched = Watched {
-        make_status: None,
-        deaths: Vec::new(),
-        stop: None,
-        wall: Duration::ZERO,
-        max_vm_peak: 0,
-        killed: 0,
-    };
-    let deadline = (opts.timeout > 0).then(|| started + Duration::from_secs(opts.timeout));
-    let sampling = opts.cpu > 0 || opts.address_space > 0;
-    let me = std::process::id() as i32;
+    let mut make = Make::start(opts, identity, dir)?;
     let scope = Scope {
-        ancestor: me,
+        ancestor: std::process::id() as i32,
         uid: identity.owns_uid.then_some(identity.uid),
     };
-    let ticks = procs::clock_ticks() as f64;
-    let mut next_sample = started + SAMPLE_EVERY;
-    let mut demote_at =
-        (opts.demote_after > 0).then(|| started + Duration::from_millis(opts.demote_after));
-    let mut ended_at = None;
-    let mut failure = None;
+    let mut watched = Watched::default();
+    let ended = follow(
+        opts,
+        &mut make,
+        Watcher {
+            scope,
+            own_session,
+            signals: &signals,
+        },
+        &mut capture,
+        &mut watched,
+    );
+    watched.wall = match &ended {
+        Ok(Some(at)) => *at,
+        _ => Instant::now(),
+    } - make.started;
+    // Whatever ended the watch, the job is killed before anything is reported.
+    watched.killed = kill_job(make.pid, identity, scope, &mut watched)?;
+    ended?;
+    if let Some(pipe) = &make.pipe {
+        drain_rest(pipe, &mut capture)?;
+    }
+    Ok((watched, capture))
+}
 
-    loop {
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            watched.stop = Some(Stop::Timeout);
-            break;
+/// make, running: what the watch loop follows.
+struct Make {
+    pid: i32,
+    /// Pins make's pid, and is readable once make ends (Linux 5.3 and later).
+    pidfd: Option<OwnedFd>,
+    /// The read end of make's stdout and stderr, until end of file.
+    pipe: Option<OwnedFd>,
+    started: Instant,
+}
+
+impl Make {
+    /// Starts make in `dir` as the job's user, under the limits, its stdout and stderr into
+    /// a non-blocking pipe.
+    fn start(opts: &Options, identity: &Identity, dir: &Path) -> Result<Make, AutodriverError> {
+        let (pipe_read, pipe_write) = pipe().map_err(os_error("Error creating a pipe"))?;
+        set_nonblocking(pipe_read.as_raw_fd()).map_err(os_error("Error creating a pipe"))?;
+
+        let setup = ChildSetup::new(opts, identity);
+        let mut command = Command::new(find_make());
+        let user_name = identity
+            .name
+            .clone()
+            .unwrap_or_else(|| identity.uid.to_string());
+        command
+            .current_dir(dir)
+            .env("HOME", dir)
+            .env("PWD", dir)
+            .env("USER", &user_name)
+            .env("LOGNAME", &user_name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                pipe_write
+                    .try_clone()
+                    .map_err(os_error("Error redirecting standard output"))?,
+            ))
+            .stderr(Stdio::from(pipe_write));
+        // SAFETY: the hook makes only async-signal-safe system calls on data prepared here.
+        unsafe {
+            command.pre_exec(move || setup.apply());
         }
-        if demote_at.is_some_and(|d| now >= d) {
-            demote_at = None;
-            demote(make_pid, scope.uid, own_session);
-        }
-        if sampling && now >= next_sample {
-            next_sample = now + SAMPLE_EVERY;
-            if let Ok(all) = procs::snapshot() {
-                let mut live_ticks = 0u64;
-                for p in procs::job_processes(&all, scope) {
-                    watched.max_vm_peak = watched.max_vm_peak.max(p.vm_peak);
-                    live_ticks += procs::cpu_ticks(p.pid).unwrap_or(0);
-                }
-                let used = children_usage().0 + live_ticks as f64 / ticks;
-                if opts.cpu > 0 && used >= opts.cpu as f64 {
-                    watched.stop = Some(Stop::Cpu);
-                    break;
-                }
-            }
-        }
-        let mut wait = if pidfd.is_some() {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_millis(20)
-        };
-        if sampling {
-            wait = wait.min(next_sample.saturating_duration_since(now));
-        }
-        for d in [deadline, demote_at].into_iter().flatten() {
-            wait = wait.min(d.saturating_duration_since(now));
-        }
+        let started = Instant::now();
+        let spawned = command.spawn();
+        // The Command holds our copies of the pipe's write end: the pipe reaches end of file
+        // only once they are closed.
+        drop(command);
+        let child = spawned.map_err(os_error("Error executing make"))?;
+        let pid = child.id() as i32;
+        // We reap with waitpid(-1); `child` is only its pid.
+        drop(child);
+        Ok(Make {
+            pid,
+            pidfd: pidfd_open(pid),
+            pipe: Some(pipe_read),
+            started,
+        })
+    }
+
+    /// Sleeps until make writes or ends, a stop signal comes, or `wait` passes.
+    fn wait_for_news(&self, signals: &StopSignals, wait: Duration) {
         let mut fds = Vec::with_capacity(3);
-        if let Some(p) = &pipe {
+        if let Some(p) = &self.pipe {
             fds.push(pollfd(p.as_raw_fd()));
         }
-        if let Some(p) = &pidfd {
+        if let Some(p) = &self.pidfd {
             fds.push(pollfd(p.as_raw_fd()));
         }
         fds.push(pollfd(signals.fd.as_raw_fd()));
         poll(&mut fds, wait);
+    }
+}
 
-        if let Some(p) = &pipe {
-            match drain(p.as_raw_fd(), &mut capture) {
-                Ok(true) => pipe = None,
-                Ok(false) => {}
-                Err(e) => {
-                    // Stop watching, but kill the job first like any other ending.
-                    failure = Some(os_error("Error reading output")(e));
-                    break;
-                }
+/// What the watch loop acts on besides make: whose processes to sample and demote, and
+/// where stop signals arrive.
+struct Watcher<'a> {
+    scope: Scope,
+    /// This autodriver leads a session of its own ([`take_own_session`]).
+    own_session: bool,
+    signals: &'a StopSignals,
+}
+
+/// When each timed thing of the watch loop is next due.
+struct Schedule {
+    /// The wall-clock limit (`-t`).
+    deadline: Option<Instant>,
+    /// When the job is demoted (`--demote-after`), until it is.
+    demote_at: Option<Instant>,
+    /// The next sample of CPU time and memory, when `-c` or `-a` asks for them.
+    next_sample: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(opts: &Options, started: Instant) -> Schedule {
+        let sampling = opts.cpu > 0 || opts.address_space > 0;
+        Schedule {
+            deadline: (opts.timeout > 0).then(|| started + Duration::from_secs(opts.timeout)),
+            demote_at: (opts.demote_after > 0)
+                .then(|| started + Duration::from_millis(opts.demote_after)),
+            next_sample: sampling.then(|| started + SAMPLE_EVERY),
+        }
+    }
+
+    /// How long the loop may sleep from `now`: until the next thing due, at most `longest`.
+    fn wait(&self, now: Instant, longest: Duration) -> Duration {
+        [self.deadline, self.demote_at, self.next_sample]
+            .into_iter()
+            .flatten()
+            .fold(longest, |wait, due| {
+                wait.min(due.saturating_duration_since(now))
+            })
+    }
+}
+
+/// Feeds make's output to `capture` until make ends (`Ok(Some(when))`), a limit or a stop
+/// signal ends the watch (`Ok(None)`, the reason in `watched.stop`), or reading the output
+/// fails. The job is still running unless make ended.
+fn follow(
+    opts: &Options,
+    make: &mut Make,
+    watcher: Watcher,
+    capture: &mut Capture,
+    watched: &mut Watched,
+) -> Result<Option<Instant>, AutodriverError> {
+    let mut schedule = Schedule::new(opts, make.started);
+    let ticks = procs::clock_ticks() as f64;
+    loop {
+        let now = Instant::now();
+        if schedule.deadline.is_some_and(|d| now >= d) {
+            watched.stop = Some(Stop::Timeout);
+            return Ok(None);
+        }
+        if schedule.demote_at.is_some_and(|d| now >= d) {
+            schedule.demote_at = None;
+            demote(make.pid, watcher.scope.uid, watcher.own_session);
+        }
+        if schedule.next_sample.is_some_and(|s| now >= s) {
+            schedule.next_sample = Some(now + SAMPLE_EVERY);
+            let used = sample(watcher.scope, ticks, watched);
+            if used.is_some_and(|used| opts.cpu > 0 && used >= opts.cpu as f64) {
+                watched.stop = Some(Stop::Cpu);
+                return Ok(None);
             }
         }
-        if let Some(sig) = signals.take() {
+        let longest = if make.pidfd.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(20)
+        };
+        make.wait_for_news(watcher.signals, schedule.wait(now, longest));
+
+        if let Some(p) = &make.pipe
+            && drain(p.as_raw_fd(), capture).map_err(os_error("Error reading output"))?
+        {
+            make.pipe = None;
+        }
+        if let Some(sig) = watcher.signals.take() {
             watched.stop = Some(Stop::Signal(sig));
-            break;
+            return Ok(None);
         }
-        reap(make_pid, &mut watched.make_status, &mut watched.deaths);
+        reap(make.pid, &mut watched.make_status, &mut watched.deaths);
         if watched.make_status.is_some() {
-            ended_at = Some(Instant::now());
-            break;
+            return Ok(Some(Instant::now()));
         }
     }
-    watched.wall = ended_at.unwrap_or_else(Instant::now) - started;
+}
 
-    watched.killed = kill_job(make_pid, identity, scope, &mut watched)?;
-    if let Some(failure) = failure {
-        return Err(failure);
+/// Samples the job's processes: keeps the largest peak of virtual memory in `watched`, and
+/// returns the CPU seconds the job has used, reaped processes and live ones (none when
+/// `/proc` cannot be read).
+fn sample(scope: Scope, ticks: f64, watched: &mut Watched) -> Option<f64> {
+    let all = procs::snapshot().ok()?;
+    let mut live_ticks = 0u64;
+    for p in procs::job_processes(&all, scope) {
+        watched.max_vm_peak = watched.max_vm_peak.max(p.vm_peak);
+        live_ticks += procs::cpu_ticks(p.pid).unwrap_or(0);
     }
-    if let Some(p) = pipe {
-        let until = Instant::now() + DRAIN_PATIENCE;
-        loop {
-            if drain(p.as_raw_fd(), &mut capture).map_err(os_error("Error reading output"))? {
-                break;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            poll(
-                &mut [pollfd(p.as_raw_fd())],
-                left.min(Duration::from_millis(100)),
-            );
+    Some(children_usage().0 + live_ticks as f64 / ticks)
+}
+
+/// Reads what is left in the pipe once the job is dead, until end of file or for at most
+/// [`DRAIN_PATIENCE`].
+fn drain_rest(pipe: &OwnedFd, capture: &mut Capture) -> Result<(), AutodriverError> {
+    let until = Instant::now() + DRAIN_PATIENCE;
+    loop {
+        if drain(pipe.as_raw_fd(), capture).map_err(os_error("Error reading output"))? {
+            return Ok(());
         }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        poll(
+            &mut [pollfd(pipe.as_raw_fd())],
+            left.min(Duration::from_millis(100)),
+        );
     }
-    Ok((watched, capture))
 }
 
 /// The nice value of a job that has run past `--demote-after`.
