@@ -11,7 +11,8 @@
 //! - [`cli`]: the command line;
 //! - [`identity`]: who the job runs as, in each privilege mode;
 //! - [`passwd`]: `/etc/passwd` and `/etc/group`, read directly (the binary is static);
-//! - [`job`]: one run, start to finish;
+//! - [`job`]: one run, start to finish; `make` starts make, and `watch` follows it against
+//!   its limits and kills the job;
 //! - [`output`]: the status line and Tango's truncation;
 //! - [`inputs`]: the job's files, unpacked from a tar archive on standard input;
 //! - [`report`]: the JSON report.
@@ -27,9 +28,11 @@ pub mod cli;
 pub mod identity;
 pub mod inputs;
 pub mod job;
+mod make;
 pub mod output;
 pub mod passwd;
 pub mod report;
+mod watch;
 
 use std::fs::File;
 use std::io::{self, Write};
