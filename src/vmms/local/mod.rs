@@ -510,6 +510,55 @@ impl Settings {
         machines.sort_by_key(|m| m.id);
         Ok(machines)
     }
+
+    /// The autodriver's command for a run in machine directory `dir`: the job's limits, its
+    /// uid, the machine's files, and an environment with nothing of tango's.
+    fn autodriver_command(
+        &self,
+        dir: &Path,
+        uid: Option<u32>,
+        memory_mb: u64,
+        spec: &RunSpec,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.autodriver);
+        cmd.args(spec.autodriver_limits());
+        if memory_mb > 0 {
+            cmd.args(["-a", &(memory_mb.saturating_mul(1024 * 1024)).to_string()]);
+        }
+        if let Some(uid) = uid {
+            cmd.args(["--uid", &uid.to_string(), "--gid", &uid.to_string()]);
+        }
+        cmd.arg("--output")
+            .arg(dir.join("output"))
+            .arg("--output-log")
+            .arg(dir.join("output.log"))
+            .arg("--report")
+            .arg(dir.join("report.json"))
+            .arg(dir.join("job"))
+            .current_dir(dir)
+            // The job must not see tango's environment (keys, credentials).
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for var in ["LANG", "LC_ALL", "TZ"] {
+            if let Some(value) = std::env::var_os(var) {
+                cmd.env(var, value);
+            }
+        }
+        if spec.disable_network {
+            // SAFETY: isolate_network makes only system calls, no allocation.
+            unsafe {
+                cmd.pre_exec(isolate_network);
+            }
+        }
+        cmd
+    }
 }
 
 fn open_no_follow(path: &Path) -> io::Result<File> {
@@ -577,6 +626,66 @@ fn isolate_network() -> io::Result<()> {
     Ok(())
 }
 
+/// Reads the first 16 KiB of the autodriver's standard error while it runs: what it says
+/// when it fails, for the log.
+fn read_diagnostics(
+    mut stderr: Option<tokio::process::ChildStderr>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        if let Some(err) = stderr.as_mut() {
+            let _ = err.take(16 * 1024).read_to_end(&mut text).await;
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+/// Kills an autodriver that overran, then everything of the machine's uid.
+async fn kill_overrun(
+    child: &mut tokio::process::Child,
+    uid: Option<u32>,
+) -> Result<(), VmmsError> {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    if let Some(uid) = uid {
+        blocking(move || {
+            procs::sweep_uid(uid, uid, SWEEP_PATIENCE)
+                .map_err(|e| VmmsError::Backend(format!("killing uid {uid}: {e}")))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The run's outcome from the autodriver's exit status; an exit other than finished (0) or
+/// timed out (2) is logged with what it said on `diagnostics`.
+fn outcome(
+    status: std::process::ExitStatus,
+    diagnostics: &str,
+    machine: &str,
+) -> Result<RunOutcome, VmmsError> {
+    match status.code() {
+        Some(code) => {
+            if code != 0 && code != 2 {
+                tracing::warn!(
+                    machine = %machine,
+                    code,
+                    stderr = %diagnostics.trim_end(),
+                    "autodriver failed"
+                );
+            }
+            Ok(RunOutcome::Exited(code))
+        }
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            Err(VmmsError::Backend(format!(
+                "the autodriver was killed by signal {}",
+                status.signal().unwrap_or(0)
+            )))
+        }
+    }
+}
+
 #[async_trait]
 impl Vmms for LocalVmms {
     fn name(&self) -> &str {
@@ -623,44 +732,8 @@ impl Vmms for LocalVmms {
                     .into(),
             ));
         }
-        let mut cmd = tokio::process::Command::new(&settings.autodriver);
-        cmd.args(spec.autodriver_limits());
         let memory_mb = vm.memory.unwrap_or(settings.memory_mb);
-        if memory_mb > 0 {
-            cmd.args(["-a", &(memory_mb.saturating_mul(1024 * 1024)).to_string()]);
-        }
-        if let Some(uid) = record.uid {
-            cmd.args(["--uid", &uid.to_string(), "--gid", &uid.to_string()]);
-        }
-        cmd.arg("--output")
-            .arg(dir.join("output"))
-            .arg("--output-log")
-            .arg(dir.join("output.log"))
-            .arg("--report")
-            .arg(dir.join("report.json"))
-            .arg(dir.join("job"))
-            .current_dir(&dir)
-            // The job must not see tango's environment (keys, credentials).
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for var in ["LANG", "LC_ALL", "TZ"] {
-            if let Some(value) = std::env::var_os(var) {
-                cmd.env(var, value);
-            }
-        }
-        if spec.disable_network {
-            // SAFETY: isolate_network makes only system calls, no allocation.
-            unsafe {
-                cmd.pre_exec(isolate_network);
-            }
-        }
+        let mut cmd = settings.autodriver_command(&dir, record.uid, memory_mb, spec);
         let mut child = cmd.spawn().map_err(|e| {
             if spec.disable_network {
                 VmmsError::Unsupported(format!(
@@ -674,54 +747,19 @@ impl Vmms for LocalVmms {
                 ))
             }
         })?;
-        let mut stderr = child.stderr.take();
-        let diagnostics = tokio::spawn(async move {
-            let mut text = Vec::new();
-            if let Some(err) = stderr.as_mut() {
-                let _ = err.take(16 * 1024).read_to_end(&mut text).await;
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        });
+        let diagnostics = read_diagnostics(child.stderr.take());
 
         let waited = tokio::time::timeout(spec.kill_after, child.wait())
             .await
             .ok();
         let Some(status) = waited else {
-            // The autodriver overran: kill it, then everything of the machine's uid.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            if let Some(uid) = record.uid {
-                blocking(move || {
-                    procs::sweep_uid(uid, uid, SWEEP_PATIENCE)
-                        .map_err(|e| VmmsError::Backend(format!("killing uid {uid}: {e}")))
-                })
-                .await?;
-            }
+            kill_overrun(&mut child, record.uid).await?;
             tracing::warn!(machine = %self.instance_name(vm), "autodriver overran its timeout; killed");
             return Ok(RunOutcome::Killed);
         };
         let status = status?;
         let diagnostics = diagnostics.await.unwrap_or_default();
-        match status.code() {
-            Some(code) => {
-                if code != 0 && code != 2 {
-                    tracing::warn!(
-                        machine = %self.instance_name(vm),
-                        code,
-                        stderr = %diagnostics.trim_end(),
-                        "autodriver failed"
-                    );
-                }
-                Ok(RunOutcome::Exited(code))
-            }
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                Err(VmmsError::Backend(format!(
-                    "the autodriver was killed by signal {}",
-                    status.signal().unwrap_or(0)
-                )))
-            }
-        }
+        outcome(status, &diagnostics, &self.instance_name(vm))
     }
 
     async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError> {
