@@ -56,129 +56,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let files = job_files(&args.dir)?;
 
     client.get(&client.url("open", &[&courselab])).await?;
-    let upload = client.url("upload", &[&courselab]);
-    let mut specs = Vec::new();
-    for (path, dest) in &files {
-        let name = file_name(path)?;
-        upload_one(&client, &upload, &name, read_file(path)?).await?;
-        specs.push(json!({"localFile": name, "destFile": dest}));
-    }
-
-    // Fresh output names, so an old output of the same name is never taken for ours.
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    let add = client.url("addJob", &[&courselab]);
-    let mut submitted = Vec::new();
-    for i in 0..args.jobs {
-        let suffix = if args.jobs > 1 {
-            format!("_{i}")
-        } else {
-            String::new()
-        };
-        let output_file = match &args.job.output_file {
-            Some(f) => format!("{f}{suffix}"),
-            None => format!("tango-run-{stamp}{suffix}_{dir_name}_autograde.txt"),
-        };
-        let name = match &args.job.job_name {
-            Some(n) => format!("{n}{suffix}"),
-            None => format!("{courselab}_run{suffix}"),
-        };
-        let body = args.job.body(specs.clone(), &output_file, &name);
-        let v = client.post(&add, &[], body.to_string()).await?;
-        submitted.push(Submitted {
-            id: job_id(&v)?,
-            name,
-            output_file,
-            added: Instant::now(),
-            output: None,
-            seconds: 0.0,
-        });
-    }
-
-    let bar = if args.jobs > 1 && !client.json {
-        let bar = ProgressBar::new(u64::from(args.jobs));
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
-        {
-            bar.set_style(style);
-        }
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Some(bar)
-    } else {
-        None
-    };
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
-    let waits = submitted
-        .iter_mut()
-        .map(|job| wait_output(&client, &courselab, job, deadline, bar.as_ref()));
-    let results = futures::future::join_all(waits).await;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    for result in results {
-        result?;
-    }
-
-    // Final statuses and server-side times from the dead list.
-    let dead = client
-        .get(&client.url("jobs", &["1"]))
-        .await
-        .ok()
-        .and_then(|v| v["jobs"].as_array().cloned())
-        .unwrap_or_default();
-    let by_id: BTreeMap<u64, &Value> = dead
-        .iter()
-        .filter_map(|j| j["id"].as_u64().map(|id| (id, j)))
-        .collect();
-    let mut report = Vec::new();
-    for job in &submitted {
-        let server = by_id.get(&job.id).copied();
-        let final_message = server
-            .and_then(|j| j["trace"].as_array())
-            .and_then(|t| t.last())
-            .and_then(Value::as_str)
-            .map(|l| l.split_once('|').map_or(l, |(_, m)| m).to_string());
-        let status = match (&job.output, &final_message) {
-            (None, _) => "no_output",
-            (Some(_), Some(m)) => tango::metrics::final_status(m),
-            (Some(_), None) => "unknown",
-        };
-        let t = server.map(|j| &j["timings"]);
-        let between = |a: &str, b: &str| match t {
-            Some(t) => match (t[a].as_f64(), t[b].as_f64()) {
-                (Some(a), Some(b)) => json!(((b - a) * 1000.0).round() / 1000.0),
-                _ => Value::Null,
-            },
-            None => Value::Null,
-        };
-        report.push(json!({
-            "id": job.id,
-            "name": job.name,
-            "output_file": job.output_file,
-            "status": status,
-            "final_message": final_message,
-            "seconds": (job.seconds * 1000.0).round() / 1000.0,
-            "queued_seconds": between("added", "dispatched"),
-            "run_seconds": between("copied_in", "ran"),
-            "output": job.output.as_ref().map(|o| String::from_utf8_lossy(o).into_owned()),
-        }));
-    }
+    let specs = upload_files(&client, &courselab, &files).await?;
+    let mut submitted = submit(&client, &args, &courselab, &dir_name, &specs).await?;
+    let progress = args.jobs > 1 && !client.json;
+    wait_outputs(&client, &courselab, &mut submitted, args.wait, progress).await?;
+    let report = build_report(&client, &submitted).await;
     if let Some(save) = &args.save {
-        std::fs::create_dir_all(save).map_err(|error| ClientError::File {
-            path: save.display().to_string(),
-            error,
-        })?;
-        for job in &submitted {
-            if let Some(output) = &job.output {
-                let path = save.join(&job.output_file);
-                std::fs::write(&path, output).map_err(|error| ClientError::File {
-                    path: path.display().to_string(),
-                    error,
-                })?;
-            }
-        }
+        save_outputs(save, &submitted)?;
     }
 
     let summary = summarize(&report);
@@ -194,35 +78,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let _ = std::io::stdout().write_all(output);
         }
     } else {
-        println!(
-            "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  OUTPUT FILE",
-            "ID", "STATUS", "SECONDS", "QUEUED", "RUN"
-        );
-        for r in &report {
-            println!(
-                "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  {}",
-                r["id"].to_string(),
-                r["status"].as_str().unwrap_or(""),
-                r["seconds"].to_string(),
-                r["queued_seconds"].to_string(),
-                r["run_seconds"].to_string(),
-                r["output_file"].as_str().unwrap_or("")
-            );
-        }
-        let statuses = summary["statuses"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{v} {k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let s = &summary["seconds"];
-        println!(
-            "{} jobs: {statuses}; seconds min {} median {} max {}",
-            args.jobs, s["min"], s["median"], s["max"]
-        );
+        print_table(&report, &summary, args.jobs);
     }
     if failed > 0 {
         return Err(ClientError::Failed(format!(
@@ -231,6 +87,200 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Uploads each file under its own name; returns the addJob `files` entries that name them.
+async fn upload_files(
+    client: &Client,
+    courselab: &str,
+    files: &[(PathBuf, String)],
+) -> Result<Vec<Value>> {
+    let upload = client.url("upload", &[courselab]);
+    let mut specs = Vec::new();
+    for (path, dest) in files {
+        let name = file_name(path)?;
+        upload_one(client, &upload, &name, read_file(path)?).await?;
+        specs.push(json!({"localFile": name, "destFile": dest}));
+    }
+    Ok(specs)
+}
+
+/// Adds the job `--jobs` times, each copy with its own name and output file.
+async fn submit(
+    client: &Client,
+    args: &RunArgs,
+    courselab: &str,
+    dir_name: &str,
+    specs: &[Value],
+) -> Result<Vec<Submitted>> {
+    // Fresh output names, so an old output of the same name is never taken for ours.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let add = client.url("addJob", &[courselab]);
+    let mut submitted = Vec::new();
+    for i in 0..args.jobs {
+        let suffix = if args.jobs > 1 {
+            format!("_{i}")
+        } else {
+            String::new()
+        };
+        let output_file = match &args.job.output_file {
+            Some(f) => format!("{f}{suffix}"),
+            None => format!("tango-run-{stamp}{suffix}_{dir_name}_autograde.txt"),
+        };
+        let name = match &args.job.job_name {
+            Some(n) => format!("{n}{suffix}"),
+            None => format!("{courselab}_run{suffix}"),
+        };
+        let body = args.job.body(specs.to_vec(), &output_file, &name);
+        let v = client.post(&add, &[], body.to_string()).await?;
+        submitted.push(Submitted {
+            id: job_id(&v)?,
+            name,
+            output_file,
+            added: Instant::now(),
+            output: None,
+            seconds: 0.0,
+        });
+    }
+    Ok(submitted)
+}
+
+/// Waits for every job's output, at most `wait` seconds in all, with a progress bar when
+/// `progress`.
+async fn wait_outputs(
+    client: &Client,
+    courselab: &str,
+    submitted: &mut [Submitted],
+    wait: u64,
+    progress: bool,
+) -> Result<()> {
+    let bar = progress.then(|| progress_bar(submitted.len() as u64));
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let waits = submitted
+        .iter_mut()
+        .map(|job| wait_output(client, courselab, job, deadline, bar.as_ref()));
+    let results = futures::future::join_all(waits).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    results.into_iter().collect()
+}
+
+fn progress_bar(jobs: u64) -> ProgressBar {
+    let bar = ProgressBar::new(jobs);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// One row per job: its final status and message and its server-side times, from the dead
+/// list, and its output.
+async fn build_report(client: &Client, submitted: &[Submitted]) -> Vec<Value> {
+    let dead = client
+        .get(&client.url("jobs", &["1"]))
+        .await
+        .ok()
+        .and_then(|v| v["jobs"].as_array().cloned())
+        .unwrap_or_default();
+    let by_id: BTreeMap<u64, &Value> = dead
+        .iter()
+        .filter_map(|j| j["id"].as_u64().map(|id| (id, j)))
+        .collect();
+    submitted
+        .iter()
+        .map(|job| report_row(job, by_id.get(&job.id).copied()))
+        .collect()
+}
+
+/// A job's row of the report; `server` is the job as the dead list shows it, if it does.
+fn report_row(job: &Submitted, server: Option<&Value>) -> Value {
+    let final_message = server
+        .and_then(|j| j["trace"].as_array())
+        .and_then(|t| t.last())
+        .and_then(Value::as_str)
+        .map(|l| l.split_once('|').map_or(l, |(_, m)| m).to_string());
+    let status = match (&job.output, &final_message) {
+        (None, _) => "no_output",
+        (Some(_), Some(m)) => tango::metrics::final_status(m),
+        (Some(_), None) => "unknown",
+    };
+    let t = server.map(|j| &j["timings"]);
+    let between = |a: &str, b: &str| match t {
+        Some(t) => match (t[a].as_f64(), t[b].as_f64()) {
+            (Some(a), Some(b)) => json!(((b - a) * 1000.0).round() / 1000.0),
+            _ => Value::Null,
+        },
+        None => Value::Null,
+    };
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "output_file": job.output_file,
+        "status": status,
+        "final_message": final_message,
+        "seconds": (job.seconds * 1000.0).round() / 1000.0,
+        "queued_seconds": between("added", "dispatched"),
+        "run_seconds": between("copied_in", "ran"),
+        "output": job.output.as_ref().map(|o| String::from_utf8_lossy(o).into_owned()),
+    })
+}
+
+/// Writes each output that came into `save`, under its output file's name (`--save`).
+fn save_outputs(save: &Path, submitted: &[Submitted]) -> Result<()> {
+    std::fs::create_dir_all(save).map_err(|error| ClientError::File {
+        path: save.display().to_string(),
+        error,
+    })?;
+    for job in submitted {
+        if let Some(output) = &job.output {
+            let path = save.join(&job.output_file);
+            std::fs::write(&path, output).map_err(|error| ClientError::File {
+                path: path.display().to_string(),
+                error,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The report for people: one line per job, then the counts and times of `summary`.
+fn print_table(report: &[Value], summary: &Value, jobs: u32) {
+    println!(
+        "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  OUTPUT FILE",
+        "ID", "STATUS", "SECONDS", "QUEUED", "RUN"
+    );
+    for r in report {
+        println!(
+            "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  {}",
+            r["id"].to_string(),
+            r["status"].as_str().unwrap_or(""),
+            r["seconds"].to_string(),
+            r["queued_seconds"].to_string(),
+            r["run_seconds"].to_string(),
+            r["output_file"].as_str().unwrap_or("")
+        );
+    }
+    let statuses = summary["statuses"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let s = &summary["seconds"];
+    println!(
+        "{jobs} jobs: {statuses}; seconds min {} median {} max {}",
+        s["min"], s["median"], s["max"]
+    );
 }
 
 /// The files to upload: every regular, non-hidden file of `dir`, sorted, with its name in
