@@ -2,6 +2,9 @@
 //! (form-urlencoded content types, a lowercase `filename` header, a fresh connection per
 //! request), asserting the exact JSON of PROTOCOL.md, types included.
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

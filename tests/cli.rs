@@ -2,6 +2,9 @@
 //! (`tango serve` as a process, `local` backend): every subcommand, its `--json` parsed,
 //! its human output, its exit codes, and `tango run DIR --jobs 5`.
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::path::Path;

@@ -14,6 +14,9 @@
 //! (and the images a test made) when the test ends, passing or not. The daemon is declared
 //! after the cleanup, so it is killed first and makes nothing more.
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -12,6 +12,9 @@
 //! Needs root (the local backend gives each machine its own uid, and `disable_network` a
 //! network namespace).
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -5,6 +5,9 @@
 //! before and after.
 //!
 //! Needs root (see `tests/support/sshd.rs`) and `moto_server` (`pip install 'moto[server]'`).
+
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
 #![cfg(feature = "ec2")]
 
 mod support;

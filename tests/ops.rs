@@ -1,6 +1,9 @@
 //! Operating the daemon as a process: systemd notification, graceful shutdown on SIGTERM,
 //! Prometheus metrics, and job-tagged logs. Real `tango serve` processes, `local` backend.
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::BTreeMap;

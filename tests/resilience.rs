@@ -11,6 +11,9 @@
 //!
 //! `TANGO_LONG_RESILIENCE=1` runs the long variants: more jobs and several kill cycles.
 
+// A test is a scenario read from top to bottom: its length is its story, not several things.
+#![allow(clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
