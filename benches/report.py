@@ -163,16 +163,35 @@ Causes of what still falls short, found but not changed:
 - **One connection** is latency-bound: the ceiling answers in about 0.1 ms, so a single
   file-system call shows in the ratio, and a Redis round trip (measured above) is most of
   a ceiling request again.
-- **Docker without a pool** makes the container for the job (create, start, inspect: the
-  *machine* column), then runs it as one exec whose standard input carries the autodriver
-  and the inputs and whose standard output is the output: no archive call (about 50 ms each
-  on this engine, fuse-overlayfs) is left on a job's path (docs/backends.md says why);
-  `docker run --rm` is create, start, wait, remove. In the run at 2e4ac5a the medians were
-  444 against 386 ms, 0.1 ms over the 1.15x line (1.13x in the full run before): the
-  difference is the exec and the autodriver, on an engine whose container creation moves
-  by more than that from run to run (308-442 ms for `docker run` in the same run).
-- **Throughput** is bounded by how fast the engine makes containers (a single-use pool
-  runs at that rate); on two CPUs the engine itself competes with the jobs.
+- **Deadline bursts on Docker (issue 18).** With the default configuration a burst ran at
+  about one job a second (0.75 jobs/s for 20 jobs at once, 0.16x the engine's pace): each
+  container serves one job and was replaced through Tango's creation pacing (one at a time,
+  `createvm_secs = 1` between them), and a pool of 2 capped jobs at two at once. Now the
+  backend says how fast its machines are made and how many jobs it takes (`Vmms::pacing`,
+  `Vmms::job_capacity`): Docker makes containers with no pause, as many at once as its
+  engines' capacity (twice their CPUs when not configured), and a Docker pool only keeps
+  spares, never making a job wait (docs/backends.md, "Pools, pacing").
+  Where the engine's time goes was found with the Engine API directly (curl, 32 container
+  lives 8 at once, alternating variants; the engine is CPU-bound under a burst, 3% idle):
+  create + start + exec + kill + remove (how runs were made) went at 0.75-0.9x a bare
+  `docker run --rm … true`; create + attach + start + wait + remove (the run as the
+  container's own main process) at about 0.93-1.0x; the same in an existing network
+  namespace (`--network container:ID`) at 1.5-1.6x: setting up and tearing down each
+  container's own network is the largest part of a short container's cost. So a job's
+  container is created ahead (a spare), run as its main process, and joins a network holder
+  kept from job to job, one job at a time (docs/backends.md, "Network"); the table above shows
+  `docker run` itself in one shared namespace at 10.3 runs/s against 5-6.7. Not kept:
+  `AutoRemove` on job containers (a `wait` for removal can miss a container already gone and
+  hang); the removal is instead done in the background after the output is out.
+- **Capacity.** On two CPUs, 4 jobs at once (the default, twice the CPUs) ran 200 jobs at
+  9.8-10.1 jobs/s; capacity 8 at 7.9 (more starts at once contend for the engine); 8 spares
+  made ahead do not raise the rate (9.3), only the first jobs' wait.
+- **One after another**, a spare is ready for each job: attach, start, run, wait, so the job
+  takes about half a bare `docker run` (which also creates and removes); without a pool the
+  create is on the job's path too, and removal is still not.
+- **Hostile beside normal** moves from run to run by more than any change shows: alternating
+  runs of the builds at d45d58a and e311918 (three each, `bench hostile` as bench.sh runs it)
+  gave 1.23, 1.77, 1.50 and 1.65, 1.78, 1.47; the full run before this one gave 0.96.
 - **Hostile beside normal** on `local`: that backend sets no CPU limit, and each job is its own
   session (its own autogroup for the scheduler), so on two CPUs with three CPU-bound hostile
   jobs (forkbomb, flood, memhog) a normal job gets a share, not the CPU. The autodriver now
