@@ -25,6 +25,11 @@ use tango::vmms::{RunOutcome, Vmms};
 /// Generous bound for a test's jobs to end: only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(90);
 
+/// Bound for clean-up that happens after a job is recorded dead (the worker destroys a
+/// one-off machine once the job's end is stored): generous to two loaded cores, short
+/// enough that a leaked machine fails the test quickly.
+const CLEANUP: Duration = Duration::from_secs(30);
+
 /// A store, a fake backend, a directory for inputs and outputs.
 struct Rig {
     store: Arc<dyn JobStore>,
@@ -146,6 +151,20 @@ impl Rig {
         std::fs::read(self.output_path(name)).expect("output file")
     }
 
+    /// Waits, bounded by [`CLEANUP`], until the backend holds no machine. Checked before
+    /// `manager.shutdown`, whose `destroy_all` would hide a machine a worker leaked.
+    async fn wait_no_machine(&self, what: &str) {
+        let deadline = Instant::now() + CLEANUP;
+        while !self.fake.live_instances().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: machines still there after {CLEANUP:?}: {:?}",
+                self.fake.live_instances()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Names in the output directory (to check no temporary file is left).
     fn output_dir_entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("output"))
@@ -200,6 +219,16 @@ fn output_lines(bytes: &[u8]) -> Vec<String> {
             None => line.to_string(),
         })
         .collect()
+}
+
+/// Makes every destroy take a while, as a real backend's does, so a check that a machine
+/// is gone sees the destroy that follows a job's end still going on (every run, not by luck).
+fn slow_destroys(fake: &FakeVmms) {
+    fake.on(
+        Step::Destroy,
+        When::Always,
+        Action::Delay(Duration::from_millis(300)),
+    );
 }
 
 fn one_off(mut c: Config) -> Config {
@@ -511,7 +540,7 @@ async fn initialize_timeout_is_retried_then_given_up(store: Arc<dyn JobStore>) {
             .iter()
             .all(|i| *i == format!("t-{id}-img"))
     );
-    assert!(rig.fake.live_instances().is_empty());
+    rig.wait_no_machine("one-off machines destroyed").await;
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -543,7 +572,7 @@ async fn wait_timeout_is_tangos_retry(store: Arc<dyn JobStore>) {
         output,
         "the callback carries the output file"
     );
-    assert!(rig.fake.live_instances().is_empty());
+    rig.wait_no_machine("one-off machines destroyed").await;
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -555,6 +584,7 @@ async fn copy_and_run_timeouts(store: Arc<dyn JobStore>) {
         .on(Step::CopyOut, When::Job("hangout".into()), Action::Hang);
     rig.fake
         .on(Step::Run, When::Job("hangrun".into()), Action::Hang);
+    slow_destroys(&rig.fake);
     let mut c = fast_timeouts(one_off(config()));
     c.timeouts.kill_margin_secs = 0;
     let (_app, manager) = rig.start(c).await;
@@ -583,7 +613,7 @@ async fn copy_and_run_timeouts(store: Arc<dyn JobStore>) {
     assert_eq!(counter(&store, Counter::CopyinErrors).await, 3);
     assert_eq!(counter(&store, Counter::CopyoutErrors).await, 3);
     assert_eq!(counter(&store, Counter::RunjobTimeouts).await, 1);
-    assert!(rig.fake.live_instances().is_empty());
+    rig.wait_no_machine("one-off machines destroyed").await;
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -594,6 +624,7 @@ async fn a_machine_error_is_retried_on_a_fresh_machine(store: Arc<dyn JobStore>)
         When::Calls(1..=2),
         Action::Fail("engine hiccup".into()),
     );
+    slow_destroys(&rig.fake);
     let (_app, manager) = rig.start(one_off(config())).await;
     let id = rig.submit("flaky").await;
     let job = rig.wait_dead(&[id]).await.remove(0);
@@ -619,7 +650,7 @@ async fn a_machine_error_is_retried_on_a_fresh_machine(store: Arc<dyn JobStore>)
     assert_eq!(job.retries, 2);
     assert_eq!(counter(&store, Counter::JobRetries).await, 2);
     assert_eq!(rig.fake.state().created.len(), 3, "a fresh machine per try");
-    assert!(rig.fake.live_instances().is_empty());
+    rig.wait_no_machine("one-off machines destroyed").await;
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -634,11 +665,8 @@ async fn pool_creation_failure_is_charged_to_the_job(store: Arc<dyn JobStore>) {
     let id = rig.submit("noimage").await;
     let job = rig.wait_dead(&[id]).await.remove(0);
     assert_tried_three_times(&job, "Internal error: initializeVM failed: no such image");
+    rig.wait_no_machine("half-made machines destroyed").await;
     manager.shutdown(Duration::from_secs(5)).await;
-    assert!(
-        rig.fake.live_instances().is_empty(),
-        "half-made machines destroyed"
-    );
 }
 
 async fn an_unsupported_step_is_given_up_at_once(store: Arc<dyn JobStore>) {
@@ -835,6 +863,7 @@ async fn a_dead_callback_server_delays_no_other_job(store: Arc<dyn JobStore>) {
 
 async fn prealloc_grows_and_shrinks_pools(store: Arc<dyn JobStore>) {
     let rig = Rig::new(store.clone());
+    slow_destroys(&rig.fake);
     let (app, manager) = rig.start(config()).await;
     let target = |size| PoolTarget {
         image: "img".into(),
@@ -868,8 +897,12 @@ async fn prealloc_grows_and_shrinks_pools(store: Arc<dyn JobStore>) {
         store.pools().await.unwrap()["img"].total.len() == 1
     })
     .await;
+    // The pool's record shrinks first; the two machines it dropped are destroyed after.
+    eventually("two of three machines destroyed", || async {
+        rig.fake.state().destroyed.len() == 2
+    })
+    .await;
     assert_eq!(rig.fake.live_instances().len(), 1);
-    assert_eq!(rig.fake.state().destroyed.len(), 2);
     manager.shutdown(Duration::from_secs(5)).await;
     assert!(rig.fake.live_instances().is_empty());
 }
