@@ -1397,14 +1397,16 @@ async fn job_partial_output_is_readable_while_it_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_memhog_ends_normally_under_the_memory_limit() {
+async fn job_memhog_is_stopped_by_the_memory_limit() {
+    // memhog's `expect` requires "memory limit held": its `tail -n 1` buffers a 4 GB line,
+    // which only the container's memory limit stops.
     run_example("memhog", 60, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_eats_memory_is_killed_by_the_memory_limit() {
-    // The shared memhog job uses `tail -c 1`, which keeps only one byte and never eats
-    // memory; `tail -n 1` of a stream with no newline buffers all of it.
+    // As memhog, but requires the kill to be the cgroup's (exit 137), not a refused
+    // allocation.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("Makefile"),

@@ -174,9 +174,8 @@ async fn the_shared_jobs_run_through_the_daemon_on_docker() {
         }
         Ok(ran)
     };
-    // A job that really eats memory: the shared memhog's `tail -c 1` keeps one byte, but
-    // `tail -n 1` of a stream without a newline buffers all of it, until the container's
-    // memory limit kills it (137: SIGKILL, what the cgroup's OOM killer sends).
+    // As memhog (whose `tail -n 1` buffers a stream without a newline), but requires the
+    // container's memory limit to kill it (137: SIGKILL, what the cgroup's OOM killer sends).
     let hog_dir = tempfile::tempdir().expect("temp dir");
     let realhog = async {
         let job = made_job(
