@@ -394,3 +394,36 @@ async fn an_output_that_cannot_be_written_ends_the_job_and_leaves_nothing() {
 
     manager.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An output file an earlier run left at the path is not touched when the new one cannot be
+/// written: it stays complete (old, not truncated), and no temporary file is left beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_output_file_is_left_untouched_by_a_failed_write() {
+    let disk = Tmpfs::new("2m");
+    let rig = Rig::new(&disk);
+    let earlier = b"Autograder [Sun Dec  6 00:00:00 2026]: an earlier run, complete\n".repeat(64);
+    std::fs::write(rig.output_path("again"), &earlier).expect("earlier output");
+    let manager = rig.start().await;
+    fill(&disk.path().join("ballast"));
+    let id = rig.submit("again").await;
+    let job = rig.wait_dead(id).await;
+    let trace = trace_messages(&job);
+    assert!(
+        trace
+            .iter()
+            .any(|m| m.starts_with("Error: Cannot write the output file")
+                && m.contains("No space left on device")),
+        "the trace says the output could not be written: {trace:#?}"
+    );
+    assert_eq!(rig.runs("again"), 1, "run once");
+    assert!(
+        std::fs::read(rig.output_path("again")).expect("the earlier file") == earlier,
+        "the earlier run's output file was changed"
+    );
+    assert_eq!(
+        entries(&rig.output_dir),
+        vec!["again.txt".to_string()],
+        "no temporary file left"
+    );
+    manager.shutdown(Duration::from_secs(5)).await;
+}
