@@ -252,10 +252,20 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
         .push(("TANGO_VMMS_MAX_CONCURRENT_JOBS".into(), "1".into()));
     let daemon = Daemon::start(options).await;
     let machines = daemon.dir.path().join("machines");
+    // The job runs until the test has sent the signal (a fixed sleep could end first on
+    // loaded cores): it waits for a file the test makes then. Reachable by the job's uid.
+    let signalled = tempfile::tempdir().expect("marker dir");
+    std::fs::set_permissions(
+        signalled.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod marker dir");
+    let marker = signalled.path().join("signalled");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", marker.display());
     let dir = job_dir(
         daemon.dir.path(),
         "slow",
-        &["echo started", "sleep 3", "echo finished after the signal"],
+        &["echo started", &wait, "echo finished after the signal"],
     );
     let options = job_options("slow.txt", 60);
     let id = submit(&daemon, "ops-slow", &dir, &options).await;
@@ -270,6 +280,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
         assert!(Instant::now() < deadline, "still serving after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    std::fs::write(&marker, b"").expect("marker");
     let status = daemon
         .terminate(Duration::from_secs(120))
         .expect("exits after the job");

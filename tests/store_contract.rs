@@ -368,9 +368,10 @@ async fn dead_manager_jobs_and_machines_come_back(f: Fixture) {
     let first = add(&*f.a, "first").await;
     let second = add(&*f.a, "second").await;
     let third = add(&*f.a, "third").await;
-    f.b.heartbeat("dying", Duration::from_millis(300))
-        .await
-        .unwrap();
+    // Long enough to outlast the eight calls below on two loaded cores; the expiry is then
+    // awaited, bounded, rather than slept for.
+    let dying_lease = Duration::from_secs(2);
+    f.b.heartbeat("dying", dying_lease).await.unwrap();
     f.a.heartbeat("healthy", LEASE).await.unwrap();
     let mut one = f.b.claim_next("dying", NO_WAIT).await.unwrap().unwrap();
     one.assigned = true;
@@ -388,11 +389,14 @@ async fn dead_manager_jobs_and_machines_come_back(f: Fixture) {
     // Not yet expired: nothing to reap.
     assert!(f.a.reap_expired().await.unwrap().requeued.is_empty());
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        f.a.live_owners().await.unwrap(),
-        vec!["healthy".to_string()]
-    );
+    let deadline = std::time::Instant::now() + dying_lease + Duration::from_secs(10);
+    while f.a.live_owners().await.unwrap() != vec!["healthy".to_string()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dying lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Pools of dead managers are not shown.
     assert!(
         f.a.pools()
