@@ -285,8 +285,12 @@ async fn forkbomb_is_contained_by_the_pids_limit_and_the_daemon_answers() {
             assert_answers(daemon).await;
             let info = daemon.get_json(&format!("/info/{}/", daemon.key)).await;
             assert_eq!(info["statusId"], 0, "{info}");
-            if daemon.jobs(false).await.is_empty() || Instant::now() > deadline {
+            if daemon.jobs(false).await.is_empty() {
                 return Ok::<_, String>(hello);
+            }
+            // The daemon must have answered until every job ended, not merely until then.
+            if Instant::now() > deadline {
+                return Err(format!("jobs still live after {WAIT:?}"));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
