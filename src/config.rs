@@ -27,6 +27,7 @@ pub use crate::vmms::tashi::settings::TashiConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
     pub vmms: VmmsConfig,
@@ -64,6 +65,25 @@ pub struct ServerConfig {
     pub poll_not_ready_ok: bool,
     /// Seconds to let running jobs finish after SIGTERM before they are handed back.
     pub shutdown_grace_secs: u64,
+}
+
+/// How connections are served: the bounds that keep slow or idle clients from holding the
+/// daemon (not Tango's: Tornado had none). See [`crate::http`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// opens or the previous answer ends: also the idle keep-alive timeout.
+    pub header_timeout_secs: u64,
+    /// Most connections served at once; more wait in the listen backlog until one closes.
+    /// 0: half the open-file limit (raised to its hard limit at start), less a reserve.
+    pub max_connections: usize,
+    /// The slowest a request body may arrive, on average over each window of
+    /// `body_window_secs`; 0 for no bound. Far below any real network: a 1 GiB upload at any
+    /// normal speed passes.
+    pub body_min_bytes_per_sec: u64,
+    /// The window over which the body rate is measured.
+    pub body_window_secs: u64,
 }
 
 /// Logging: `LOGFILE`, `LOGLEVEL`, `LOG_TIMING`.
@@ -223,6 +243,17 @@ impl Default for ServerConfig {
     }
 }
 
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 30,
+            max_connections: 0,
+            body_min_bytes_per_sec: 1024,
+            body_window_secs: 30,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -327,6 +358,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            http: HttpConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
             vmms: VmmsConfig::default(),
@@ -578,6 +610,8 @@ impl Config {
             ),
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("callback.timeout_secs", self.callback.timeout_secs),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_window_secs", self.http.body_window_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0".into());

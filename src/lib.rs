@@ -24,6 +24,8 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
+pub mod http;
+#[cfg(feature = "daemon")]
 pub mod labs;
 #[cfg(feature = "daemon")]
 pub mod logging;

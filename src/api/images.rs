@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::ApiState;
-use super::request::{Params, content_length, drain, header_text};
+use super::request::{Params, content_length, header_text, refuse};
 use super::status::{self, ApiError, Nothing};
 use crate::labs::LabsError;
 use crate::vmms::Vmms;
@@ -101,7 +101,7 @@ pub async fn build(
     })();
     let name = match checked {
         Ok(name) => name,
-        Err(e) => return Err(drain(body, e).await),
+        Err(e) => return Err(refuse(body, e)),
     };
     let limit = api.labs.max_input_file_size();
     if content_length(&headers).is_some_and(|length| length > limit) {
