@@ -256,6 +256,67 @@ impl LabsError {
     }
 }
 
+/// Checks that the paths a job brought back from the store are ones addJob could have made:
+/// its inputs directly in one courselab directory under `courselabs`, its output file in that
+/// courselab's output folder, every name a safe one. Whoever can write to the store (Redis has
+/// no password by default) could otherwise make the daemon read or write any host file.
+/// The error says which path is wrong and why, for the job's trace.
+pub fn check_stored_paths(server: &ServerConfig, job: &crate::model::Job) -> Result<(), String> {
+    let root =
+        std::path::absolute(&server.courselabs).unwrap_or_else(|_| server.courselabs.clone());
+    let (lab, rest) = split_under(&root, &job.output_file)
+        .ok_or_else(|| outside("output file", &job.output_file, &root))?;
+    if rest.len() != 2 || rest[0] != server.output_folder {
+        return Err(format!(
+            "the output file {} is not in its courselab's {} folder",
+            job.output_file, server.output_folder
+        ));
+    }
+    for input in &job.input {
+        let (input_lab, rest) = split_under(&root, &input.local_file)
+            .ok_or_else(|| outside("input file", &input.local_file, &root))?;
+        if input_lab != lab || rest.len() != 1 {
+            return Err(format!(
+                "the input file {} is not in the job's courselab {lab}",
+                input.local_file
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path`'s courselab and the names below it, when `path` is absolute, plain (no `.`, `..`
+/// or empty part) and under `root`, and every part is a safe name.
+fn split_under<'a>(root: &Path, path: &'a str) -> Option<(&'a str, Vec<&'a str>)> {
+    let below = Path::new(path).strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for component in below.components() {
+        let std::path::Component::Normal(part) = component else {
+            return None;
+        };
+        let part = part.to_str()?;
+        check_name(part, MAX_NAME_LEN).ok()?;
+        parts.push(part);
+    }
+    // `Path::components` hides `.` parts and doubled slashes: compare with the text itself.
+    if parts.is_empty()
+        || !Path::new(path).is_absolute()
+        || path.contains("/./")
+        || path.contains("//")
+    {
+        return None;
+    }
+    let lab = parts.remove(0);
+    Some((lab, parts))
+}
+
+fn outside(what: &str, path: &str, root: &Path) -> String {
+    format!(
+        "the {what} {path} is not a plain path under the courselabs directory {}",
+        root.display()
+    )
+}
+
 /// An output file as `poll` sends it.
 pub enum OutputFile {
     /// Its whole content.

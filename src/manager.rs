@@ -377,7 +377,13 @@ impl Shared {
                 continue;
             }
             tracing::info!(job = job.id, "sending the callback of a dead manager");
-            match tokio::fs::read(&job.output_file).await {
+            // The path came from the store: read it only if addJob could have made it.
+            let checked = crate::labs::check_stored_paths(&self.app.config.server, &job);
+            let read = match checked {
+                Ok(()) => tokio::fs::read(&job.output_file).await,
+                Err(reason) => Err(std::io::Error::other(reason)),
+            };
+            match read {
                 Ok(content) => self.workers_ctx.callbacks.spawn(job, content),
                 Err(e) => {
                     job.callback = Some(CallbackState {

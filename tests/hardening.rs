@@ -346,3 +346,114 @@ async fn six_hundred_slow_uploads_leave_file_operations_answering() {
     normal_client_is_answered(&server).await;
     drop(slow);
 }
+
+/// `tango serve --no-manager` and then a `tango manager`, over one Redis namespace and one
+/// courselabs directory, with the `local` backend.
+fn tampered_store_options(namespace: &str) -> String {
+    let redis = support::redis_server();
+    format!(
+        "[store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
+        redis.host, redis.port
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_edited_in_the_store_to_point_outside_is_refused_and_touches_nothing() {
+    use support::daemon::{Daemon, DaemonOptions, JobOptions, Mode};
+    let outside = tempfile::tempdir().expect("outside dir");
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "TOP-SECRET-HOST-FILE\n").expect("secret");
+    let victim = outside.path().join("victim.txt");
+    std::fs::write(&victim, "untouched\n").expect("victim");
+    let courselabs = tempfile::tempdir().expect("courselabs");
+    let namespace = format!("hard-{}", support::unique());
+    let options = |mode| DaemonOptions {
+        mode,
+        courselabs: Some(courselabs.path().to_path_buf()),
+        ..DaemonOptions::local().with(&tampered_store_options(&namespace))
+    };
+    let api = Daemon::start(options(Mode::ServeNoManager)).await;
+    let lab = "course1-tamper";
+    api.open(lab).await;
+    api.upload(lab, "Makefile", b"autograde:\n\tcat data.txt\n".to_vec())
+        .await;
+    api.upload(lab, "data.txt", b"harmless\n".to_vec()).await;
+    let files = || {
+        vec![
+            serde_json::json!({"localFile": "Makefile", "destFile": "Makefile"}),
+            serde_json::json!({"localFile": "data.txt", "destFile": "data.txt"}),
+        ]
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let options = JobOptions {
+            output_file: format!("out{n}.txt"),
+            job_name: format!("tamper_{n}"),
+            ..JobOptions::default()
+        };
+        ids.push(api.add_job(lab, files(), &options).await);
+    }
+
+    // Whoever can write to Redis edits the queued jobs.
+    let redis = support::redis_server();
+    let client = redis::Client::open(format!("redis://{}:{}/", redis.host, redis.port))
+        .expect("redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let live = format!("{namespace}:live");
+    let edits: [(&str, String); 3] = [
+        ("input", secret.display().to_string()),
+        (
+            "input",
+            format!(
+                "{}/x-{lab}/../../{}/secret.txt",
+                courselabs.path().display(),
+                outside.path().display()
+            ),
+        ),
+        ("output", victim.display().to_string()),
+    ];
+    for (id, (what, path)) in ids.iter().zip(&edits) {
+        let text: String = redis::AsyncCommands::hget(&mut conn, &live, id.to_string())
+            .await
+            .expect("stored job");
+        let mut job: serde_json::Value = serde_json::from_str(&text).expect("job JSON");
+        assert!(
+            job["output_file"].is_string(),
+            "stored shape changed: {job}"
+        );
+        if *what == "input" {
+            job["input"][1]["local_file"] = serde_json::Value::String(path.clone());
+        } else {
+            job["output_file"] = serde_json::Value::String(path.clone());
+        }
+        let () = redis::AsyncCommands::hset(&mut conn, &live, id.to_string(), job.to_string())
+            .await
+            .expect("edit job");
+    }
+
+    let _manager = Daemon::start(options(Mode::Manager)).await;
+    for id in &ids {
+        let job = api.wait_dead(*id, Duration::from_secs(120)).await;
+        let trace = job["trace"].to_string();
+        assert!(
+            trace.contains("Job refused: the")
+                && trace.contains("courselab")
+                && !trace.contains("executed"),
+            "job {id} was not refused before running: {trace}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "untouched\n"
+    );
+    // Nothing was written beside it, and no output of the refused jobs holds the secret.
+    assert_eq!(std::fs::read_dir(outside.path()).expect("ls").count(), 2);
+    for n in 0..3 {
+        if let Some(output) = api.poll(lab, &format!("out{n}.txt")).await {
+            assert!(!String::from_utf8_lossy(&output).contains("TOP-SECRET"));
+        }
+    }
+}
