@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub poll_not_ready_ok: bool,
     /// Seconds to let running jobs finish after SIGTERM before they are handed back.
     pub shutdown_grace_secs: u64,
+    /// The keys that may call `/build` (which replaces an image for every course); empty:
+    /// every key, as in Python Tango. Each must also be in `keys`.
+    pub build_keys: Vec<String>,
 }
 
 /// How connections are served: the bounds that keep slow or idle clients from holding the
@@ -239,6 +242,7 @@ impl Default for ServerConfig {
             max_input_file_size: 10 * 1024 * 1024 * 1024,
             poll_not_ready_ok: false,
             shutdown_grace_secs: 30,
+            build_keys: Vec::new(),
         }
     }
 }
@@ -457,7 +461,26 @@ impl Config {
                     .to_string(),
             );
         }
+        notices.extend(self.security_warnings());
         notices
+    }
+
+    /// What an operator must hear about an unsafe but allowed setup, at start and in
+    /// `/info` (an extension there): the default key served beyond this host.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let loopback = match self.server.bind.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => self.server.bind == "localhost",
+        };
+        if !loopback && self.server.keys.iter().any(|k| k == "test") {
+            return vec![format!(
+                "server.keys holds the default key \"test\" and server.bind = {:?} is reachable \
+                 from other hosts: anyone who can reach port {} can run jobs and read outputs; set \
+                 your own key",
+                self.server.bind, self.server.port
+            )];
+        }
+        Vec::new()
     }
 
     /// Parses TOML text. `origin` names it in errors (a file name).
@@ -644,6 +667,12 @@ impl ServerConfig {
         }
         if let Some(bad) = self.keys.iter().find(|k| k.contains('/')) {
             return invalid("server.keys", format!("a key cannot contain '/': {bad:?}"));
+        }
+        if let Some(bad) = self.build_keys.iter().find(|k| !self.keys.contains(k)) {
+            return invalid(
+                "server.build_keys",
+                format!("{bad:?} is not one of server.keys"),
+            );
         }
         if self.output_folder.is_empty()
             || self.output_folder.contains('/')

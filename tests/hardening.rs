@@ -457,3 +457,196 @@ async fn a_job_edited_in_the_store_to_point_outside_is_refused_and_touches_nothi
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_build_keys_may_replace_an_image() {
+    let server = TestServer::start_with(memory(), |config| {
+        config.server.build_keys = vec!["second-key".into()];
+    })
+    .await;
+    let tarball = b"not really a tarball".to_vec();
+    let refused = server
+        .post(
+            &format!("/build/{KEY}/"),
+            &[("imageName", "course_image")],
+            tarball.clone(),
+        )
+        .await;
+    assert_eq!(refused["statusId"], -1, "{refused}");
+    assert!(
+        refused["statusMsg"]
+            .as_str()
+            .is_some_and(|m| m.contains("may not build images")),
+        "{refused}"
+    );
+    assert!(server.vmms.builds.lock().expect("builds").is_empty());
+    let built = server
+        .post(
+            "/build/second-key/",
+            &[("imageName", "course_image")],
+            tarball,
+        )
+        .await;
+    assert_eq!(built["statusId"], 0, "{built}");
+    assert_eq!(server.vmms.builds.lock().expect("builds").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_key_served_beyond_this_host_is_said_out_loud() {
+    let public = TestServer::start_with(memory(), |config| {
+        config.server.keys = vec!["test".into()];
+        config.server.bind = "0.0.0.0".into();
+    })
+    .await;
+    let info = public.get_json("/info/test/").await;
+    let warnings = info["warnings"].to_string();
+    assert!(warnings.contains("default key"), "{info}");
+    assert!(
+        public
+            .app
+            .config
+            .notices()
+            .iter()
+            .any(|n| n.contains("default key")),
+        "the start-up log does not say it"
+    );
+    // On loopback, or with a key of one's own, `/info` keeps Python's shape.
+    let quiet = TestServer::start_with(memory(), |config| {
+        config.server.keys = vec!["test".into()];
+        config.server.bind = "127.0.0.1".into();
+    })
+    .await;
+    let info = quiet.get_json("/info/test/").await;
+    assert!(info.get("warnings").is_none(), "{info}");
+    let own = TestServer::start_with(memory(), |config| {
+        config.server.bind = "0.0.0.0".into();
+    })
+    .await;
+    let info = own.get_json(&format!("/info/{KEY}/")).await;
+    assert!(info.get("warnings").is_none(), "{info}");
+}
+
+/// A child process killed (and reaped) when the test ends, whatever happens.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills it if it still runs; what it wrote and how it ended.
+    fn output(&mut self) -> std::process::Output {
+        let mut child = self.0.take().expect("not taken yet");
+        let _ = child.kill();
+        child.wait_with_output().expect("wait")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Copies `from` into `dir` (mode 0755), for a process of another user to run.
+fn copy_executable(from: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(from.file_name().expect("file name"));
+    std::fs::copy(from, &to).expect("copy binary");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    to
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_backend_without_root_starts_only_when_told_jobs_are_unisolated() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs tango as another user, which needs root"
+    );
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let tango = copy_executable(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tango")),
+        dir.path(),
+    );
+    let autodriver = copy_executable(&support::jobs::autodriver_binary(), dir.path());
+    let start = |allow: bool| {
+        let port = support::free_port();
+        let config = dir.path().join(format!("tango-{allow}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nbind = \"127.0.0.1\"\nport = {port}\nkeys = [\"k\"]\ncourselabs = \"{d}/courselabs\"\n\n\
+                 [vmms]\nname = \"local\"\n\n[local]\nautodriver = \"{a}\"\nwork_dir = \"{d}/machines-{allow}\"\n\
+                 allow_unisolated = {allow}\n",
+                d = dir.path().display(),
+                a = autodriver.display(),
+            ),
+        )
+        .expect("config");
+        let child = std::process::Command::new(&tango)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tango as nobody");
+        (child, port)
+    };
+
+    // Not allowed: refuses to start (within a minute), and says why.
+    let (child, _) = start(false);
+    let mut child = KillOnDrop(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !child.running(),
+        "started unisolated: still running after a minute"
+    );
+    let output = child.output();
+    let said = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "started unisolated: {said}");
+    assert!(
+        said.contains("local.allow_unisolated") && said.contains("API keys"),
+        "{said}"
+    );
+
+    // Allowed: it serves.
+    let (child, port) = start(true);
+    let mut child = KillOnDrop(Some(child));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
+            break r.status() == 200;
+        }
+        if Instant::now() > deadline || !child.running() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = child.output();
+    assert!(
+        served,
+        "did not serve with allow_unisolated = true: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -86,6 +86,15 @@ pub async fn build(
 ) -> Result<Response, ApiError> {
     let checked = (|| {
         api.keys.check(&key)?;
+        // An image serves every course: only the keys of `server.build_keys` may replace one.
+        if let Some(builders) = &api.build_keys
+            && builders.check(&key).is_err()
+        {
+            return Err(ApiError::Failed(format!(
+                "{}: this key may not build images (server.build_keys)",
+                status::IMAGE_BUILD_FAILED
+            )));
+        }
         let Some(name) = header_text(&headers, "imagename")? else {
             return Err(ApiError::Request(
                 "Missing imageName header: it names the image to build".into(),
