@@ -36,6 +36,8 @@ pub mod metrics;
 #[cfg(feature = "daemon")]
 pub mod model;
 #[cfg(feature = "daemon")]
+pub mod owner;
+#[cfg(feature = "daemon")]
 pub mod preallocator;
 #[cfg(feature = "daemon")]
 pub mod store;

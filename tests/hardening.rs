@@ -650,3 +650,117 @@ async fn the_local_backend_without_root_starts_only_when_told_jobs_are_unisolate
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Names of the machine directories in `dir`.
+fn machine_dirs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_starting_on_a_shared_engine_leaves_other_live_daemons_machines_alone() {
+    use support::daemon::{Daemon, DaemonOptions, JobOptions, Mode};
+    // Three daemons, one `local` engine (one work directory, one prefix), each with a store
+    // of its own: none knows the others' owners. Machine numbers are kept apart (each store
+    // counts from its own base) so that only the sweep can make them meet.
+    let machines = tempfile::tempdir().expect("machines");
+    std::fs::set_permissions(
+        machines.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod");
+    let redis = support::redis_server();
+    let client = redis::Client::open(format!("redis://{}:{}/", redis.host, redis.port))
+        .expect("redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let options = |namespace: &str| DaemonOptions {
+        mode: Mode::Serve,
+        config: format!(
+            "[vmms]\nname = \"local\"\nprefix = \"shared\"\npool_size = 2\ncreatevm_secs = 0.0\n\n\
+             [local]\nautodriver = \"{}\"\nwork_dir = \"{}\"\n\n\
+             [store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
+            support::jobs::autodriver_binary().display(),
+            machines.path().display(),
+            redis.host,
+            redis.port,
+        ),
+        ..DaemonOptions::local()
+    };
+    let mut daemons = Vec::new();
+    for (n, base) in [(0u64, 0u64), (1, 4000), (2, 8000)] {
+        let namespace = format!("shared{n}-{}", support::unique());
+        let () = redis::AsyncCommands::set(&mut conn, format!("{namespace}:vm-ids"), base)
+            .await
+            .expect("counter base");
+        daemons.push(namespace);
+    }
+
+    // The first two run two slow jobs each.
+    let first = Daemon::start(options(&daemons[0])).await;
+    let second = Daemon::start(options(&daemons[1])).await;
+    let lab = "course1-shared";
+    let mut jobs = Vec::new();
+    for (d, daemon) in [&first, &second].into_iter().enumerate() {
+        daemon.open(lab).await;
+        daemon
+            .upload(
+                lab,
+                "Makefile",
+                b"autograde:\n\t@sleep 6\n\t@echo finished\n".to_vec(),
+            )
+            .await;
+        for j in 0..2 {
+            let options = JobOptions {
+                output_file: format!("d{d}-j{j}.txt"),
+                job_name: format!("shared_{d}_{j}"),
+                ..JobOptions::default()
+            };
+            let files = vec![serde_json::json!({"localFile": "Makefile", "destFile": "Makefile"})];
+            jobs.push((d, daemon.add_job(lab, files, &options).await));
+        }
+    }
+    // Both pools made and the jobs running on them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let dirs = machine_dirs(machines.path());
+        if dirs.len() >= 4 {
+            break dirs;
+        }
+        assert!(Instant::now() < deadline, "pools not made: {dirs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A third starts on the same engine and sweeps at start.
+    let third = Daemon::start(options(&daemons[2])).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = machine_dirs(machines.path());
+    for dir in &before {
+        assert!(
+            after.contains(dir),
+            "{dir} of a live daemon was removed by the third's start\nthird's log:\n{}",
+            third.log_text()
+        );
+    }
+    for (d, id) in jobs {
+        let daemon = if d == 0 { &first } else { &second };
+        let job = daemon.wait_dead(id, Duration::from_secs(120)).await;
+        let trace = job["trace"].to_string();
+        assert!(
+            trace.contains("Success: Autodriver returned normally")
+                && !trace.contains("failed")
+                && job["retries"].as_u64().unwrap_or(0) == 0,
+            "job {id} of daemon {d}: {job}"
+        );
+    }
+}

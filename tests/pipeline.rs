@@ -1100,7 +1100,10 @@ async fn leftover_machines_are_destroyed_at_start(store: Arc<dyn JobStore>) {
         .heartbeat("other-live-manager", Duration::from_secs(60))
         .await
         .unwrap();
-    rig.fake.plant(machine(1500, Some("a-dead-manager")));
+    // A manager of this host whose process is gone (no pid is that high).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let dead = format!("{}-99999999.1-abcd", host.trim());
+    rig.fake.plant(machine(1500, Some(&dead)));
     rig.fake.plant(machine(1501, None));
     rig.fake.plant(machine(1502, Some("other-live-manager")));
     // An ownerless machine a live manager's pool names is not ours to destroy either.
