@@ -665,17 +665,57 @@ fn machine_dirs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_starting_on_a_shared_engine_leaves_other_live_daemons_machines_alone() {
-    use support::daemon::{Daemon, DaemonOptions, JobOptions, Mode};
-    // Three daemons, one `local` engine (one work directory, one prefix), each with a store
-    // of its own: none knows the others' owners. Machine numbers are kept apart (each store
-    // counts from its own base) so that only the sweep can make them meet.
+async fn a_daemon_starting_on_a_shared_local_engine_leaves_other_live_daemons_machines_alone() {
+    // One `local` engine: one work directory, one prefix.
     let machines = tempfile::tempdir().expect("machines");
     std::fs::set_permissions(
         machines.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )
     .expect("chmod");
+    let vmms = format!(
+        "[vmms]\nname = \"local\"\nprefix = \"shared\"\npool_size = 2\ncreatevm_secs = 0.0\n\n\
+         [local]\nautodriver = \"{}\"\nwork_dir = \"{}\"\n",
+        support::jobs::autodriver_binary().display(),
+        machines.path().display(),
+    );
+    let dir = machines.path().to_path_buf();
+    shared_engine(&vmms, move || machine_dirs(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_starting_on_a_shared_docker_engine_leaves_other_live_daemons_machines_alone() {
+    use support::docker::{Cleanup, autodriver, docker_ok, test_image, unique_prefix};
+    test_image();
+    let prefix = unique_prefix("shared");
+    let _cleanup = Cleanup::new(&prefix);
+    let vmms = format!(
+        "[vmms]\nname = \"localDocker\"\nprefix = \"{prefix}\"\npool_size = 2\ncreatevm_secs = 0\n\n\
+         [docker]\nautodriver = \"{}\"\n\n[limits]\nmemory_mb = 256\n",
+        autodriver().display()
+    );
+    shared_engine(&vmms, move || {
+        docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=tango.prefix={prefix}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    })
+    .await;
+}
+
+/// Three daemons on one engine (`vmms`: its TOML, one prefix), each with a store of its own,
+/// so none knows the others' owners. Machine numbers are kept apart (each store counts from
+/// its own base, and so do job ids) so that only the sweep can make them meet. The first two run two slow jobs
+/// each; the third starts and sweeps; `machines` lists the engine's machines of the prefix.
+async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTreeSet<String>) {
+    use support::daemon::{Daemon, DaemonOptions, JobOptions, Mode};
     let redis = support::redis_server();
     let client = redis::Client::open(format!("redis://{}:{}/", redis.host, redis.port))
         .expect("redis client");
@@ -686,26 +726,24 @@ async fn a_daemon_starting_on_a_shared_engine_leaves_other_live_daemons_machines
     let options = |namespace: &str| DaemonOptions {
         mode: Mode::Serve,
         config: format!(
-            "[vmms]\nname = \"local\"\nprefix = \"shared\"\npool_size = 2\ncreatevm_secs = 0.0\n\n\
-             [local]\nautodriver = \"{}\"\nwork_dir = \"{}\"\n\n\
-             [store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
-            support::jobs::autodriver_binary().display(),
-            machines.path().display(),
-            redis.host,
-            redis.port,
+            "{vmms}\n[store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
+            redis.host, redis.port,
         ),
+        server_extra: "shutdown_grace_secs = 3\n".into(),
         ..DaemonOptions::local()
     };
     let mut daemons = Vec::new();
     for (n, base) in [(0u64, 0u64), (1, 4000), (2, 8000)] {
         let namespace = format!("shared{n}-{}", support::unique());
-        let () = redis::AsyncCommands::set(&mut conn, format!("{namespace}:vm-ids"), base)
-            .await
-            .expect("counter base");
+        // Machine ids, and job ids (a machine made for one job is named with its id).
+        for counter in ["vm-ids", "next-job-id"] {
+            let () = redis::AsyncCommands::set(&mut conn, format!("{namespace}:{counter}"), base)
+                .await
+                .expect("counter base");
+        }
         daemons.push(namespace);
     }
 
-    // The first two run two slow jobs each.
     let first = Daemon::start(options(&daemons[0])).await;
     let second = Daemon::start(options(&daemons[1])).await;
     let lab = "course1-shared";
@@ -729,26 +767,25 @@ async fn a_daemon_starting_on_a_shared_engine_leaves_other_live_daemons_machines
             jobs.push((d, daemon.add_job(lab, files, &options).await));
         }
     }
-    // Both pools made and the jobs running on them.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Both pools made, the jobs running on them.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let before = loop {
-        let dirs = machine_dirs(machines.path());
-        if dirs.len() >= 4 {
-            break dirs;
+        let found = machines();
+        if found.len() >= 4 {
+            break found;
         }
-        assert!(Instant::now() < deadline, "pools not made: {dirs:?}");
+        assert!(Instant::now() < deadline, "pools not made: {found:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // A third starts on the same engine and sweeps at start.
     let third = Daemon::start(options(&daemons[2])).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = machine_dirs(machines.path());
-    for dir in &before {
+    let after = machines();
+    for machine in &before {
         assert!(
-            after.contains(dir),
-            "{dir} of a live daemon was removed by the third's start\nthird's log:\n{}",
+            after.contains(machine),
+            "{machine} of a live daemon was removed by the third's start\nthird's log:\n{}",
             third.log_text()
         );
     }
@@ -762,5 +799,8 @@ async fn a_daemon_starting_on_a_shared_engine_leaves_other_live_daemons_machines
                 && job["retries"].as_u64().unwrap_or(0) == 0,
             "job {id} of daemon {d}: {job}"
         );
+    }
+    for daemon in [&first, &second, &third] {
+        daemon.terminate(Duration::from_secs(30));
     }
 }
