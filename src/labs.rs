@@ -1013,6 +1013,47 @@ mod tests {
     }
 
     #[test]
+    fn stored_paths_must_be_plain_and_in_one_courselab() {
+        let server = ServerConfig {
+            courselabs: PathBuf::from("/srv/cl"),
+            ..ServerConfig::default()
+        };
+        let job = |inputs: &[&str], output: &str| crate::model::Job {
+            input: inputs
+                .iter()
+                .map(|p| crate::model::InputFile {
+                    local_file: p.to_string(),
+                    dest_file: "f".into(),
+                })
+                .collect(),
+            output_file: output.into(),
+            ..crate::model::Job::default()
+        };
+        let ok = job(
+            &["/srv/cl/t-lab/a.c", "/srv/cl/t-lab/Makefile"],
+            "/srv/cl/t-lab/output/o.txt",
+        );
+        assert_eq!(check_stored_paths(&server, &ok), Ok(()));
+        for bad in [
+            job(&["/etc/passwd"], "/srv/cl/t-lab/output/o.txt"),
+            job(
+                &["/srv/cl/t-lab/../../etc/passwd"],
+                "/srv/cl/t-lab/output/o.txt",
+            ),
+            job(&["/srv/cl/t-lab/./a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl//t-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["srv/cl/t-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/other-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/t-lab/sub/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/tmp/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/srv/cl/t-lab/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/srv/cl/t-lab/elsewhere/o.txt"),
+        ] {
+            assert!(check_stored_paths(&server, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn plain_names_pass() {
         for name in [
             "hello.c",
