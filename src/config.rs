@@ -27,6 +27,7 @@ pub use crate::vmms::tashi::settings::TashiConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
     pub vmms: VmmsConfig,
@@ -64,6 +65,28 @@ pub struct ServerConfig {
     pub poll_not_ready_ok: bool,
     /// Seconds to let running jobs finish after SIGTERM before they are handed back.
     pub shutdown_grace_secs: u64,
+    /// The keys that may call `/build` (which replaces an image for every course); empty:
+    /// every key, as in Python Tango. Each must also be in `keys`.
+    pub build_keys: Vec<String>,
+}
+
+/// How connections are served: the bounds that keep slow or idle clients from holding the
+/// daemon (not Tango's: Tornado had none). See [`crate::http`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// opens or the previous answer ends: also the idle keep-alive timeout.
+    pub header_timeout_secs: u64,
+    /// Most connections served at once; more wait in the listen backlog until one closes.
+    /// 0: half the open-file limit (raised to its hard limit at start), less a reserve.
+    pub max_connections: usize,
+    /// The slowest a request body may arrive, on average over each window of
+    /// `body_window_secs`; 0 for no bound. Far below any real network: a 1 GiB upload at any
+    /// normal speed passes.
+    pub body_min_bytes_per_sec: u64,
+    /// The window over which the body rate is measured.
+    pub body_window_secs: u64,
 }
 
 /// Logging: `LOGFILE`, `LOGLEVEL`, `LOG_TIMING`.
@@ -219,6 +242,18 @@ impl Default for ServerConfig {
             max_input_file_size: 10 * 1024 * 1024 * 1024,
             poll_not_ready_ok: false,
             shutdown_grace_secs: 30,
+            build_keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 30,
+            max_connections: 0,
+            body_min_bytes_per_sec: 1024,
+            body_window_secs: 30,
         }
     }
 }
@@ -327,6 +362,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            http: HttpConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
             vmms: VmmsConfig::default(),
@@ -425,7 +461,26 @@ impl Config {
                     .to_string(),
             );
         }
+        notices.extend(self.security_warnings());
         notices
+    }
+
+    /// What an operator must hear about an unsafe but allowed setup, at start and in
+    /// `/info` (an extension there): the default key served beyond this host.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let loopback = match self.server.bind.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => self.server.bind == "localhost",
+        };
+        if !loopback && self.server.keys.iter().any(|k| k == "test") {
+            return vec![format!(
+                "server.keys holds the default key \"test\" and server.bind = {:?} is reachable \
+                 from other hosts: anyone who can reach port {} can run jobs and read outputs; set \
+                 your own key",
+                self.server.bind, self.server.port
+            )];
+        }
+        Vec::new()
     }
 
     /// Parses TOML text. `origin` names it in errors (a file name).
@@ -578,6 +633,8 @@ impl Config {
             ),
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("callback.timeout_secs", self.callback.timeout_secs),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_window_secs", self.http.body_window_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0".into());
@@ -610,6 +667,12 @@ impl ServerConfig {
         }
         if let Some(bad) = self.keys.iter().find(|k| k.contains('/')) {
             return invalid("server.keys", format!("a key cannot contain '/': {bad:?}"));
+        }
+        if let Some(bad) = self.build_keys.iter().find(|k| !self.keys.contains(k)) {
+            return invalid(
+                "server.build_keys",
+                format!("{bad:?} is not one of server.keys"),
+            );
         }
         if self.output_folder.is_empty()
             || self.output_folder.contains('/')

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -41,27 +40,24 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
         None
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
+    let limits = crate::http::HttpLimits::new(&app.config.http);
+    tracing::info!(addr = ?local, with_manager, max_connections = limits.max_connections, "RESTful Tango listening");
     // Listening, and open_app has had the store answer a ping.
     notify_systemd(sd_notify::NotifyState::Ready);
-    // TCP_NODELAY: an answer written in pieces (poll streams the file: headers, chunks, the
-    // last chunk) must not wait for the client's delayed ACK, 40 ms a request (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     // Graceful: on the signal the listener closes (no new requests), requests in flight
     // finish, then the manager stops dispatching and gives running jobs the grace period.
-    let served = axum::serve(listener, crate::api::router(app.clone()))
-        .with_graceful_shutdown(stopping())
-        .await
-        .map_err(|e| format!("tango: server: {e}"));
+    crate::http::serve(
+        listener,
+        crate::api::router(app.clone()),
+        limits,
+        stopping(),
+    )
+    .await;
     if let Some(manager) = manager {
         manager.shutdown(grace(&app)).await;
         report_lost_jobs(&app).await;
     }
-    served
+    Ok(())
 }
 
 /// Runs only the job manager, sharing a Redis store with `tango serve --no-manager` and

@@ -49,12 +49,76 @@ pub const MAX_COURSELAB_LEN: usize = MAX_NAME_LEN - TENANT_LEN - 1;
 /// name: theirs all start with a tenant and a dash.
 const TMP_DIR: &str = "tmp";
 
-/// Chunks in flight between the network and the disk writer during an upload; with hyper's
-/// chunks (a few hundred KiB at most) this bounds an upload's memory.
-const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
-
-/// The disk writer's buffer.
+/// How much of an upload is gathered before it goes to the disk (as one blocking task).
 const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Chunks of an upload gathered to be written together.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+}
+
+/// An upload's file and hash, written a batch at a time on the blocking pool, one batch in
+/// flight at most.
+struct BatchWriter {
+    /// Here when no batch is being written.
+    idle: Option<(std::fs::File, Md5)>,
+    /// The batch being written; gives the file and hash back.
+    writing: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, Md5)>>>,
+}
+
+impl BatchWriter {
+    fn new(file: std::fs::File) -> BatchWriter {
+        BatchWriter {
+            idle: Some((file, Md5::new())),
+            writing: None,
+        }
+    }
+
+    /// The file and hash, once the batch in flight (if any) is written.
+    async fn settle(&mut self) -> Result<(std::fs::File, Md5), LabsError> {
+        if let Some(writing) = self.writing.take() {
+            return match writing.await {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(LabsError::io("Cannot write the upload to disk")(e)),
+                Err(e) => Err(LabsError::Body(format!("the disk writer failed: {e}"))),
+            };
+        }
+        self.idle
+            .take()
+            .ok_or_else(|| LabsError::Body("the disk writer failed earlier".into()))
+    }
+
+    /// Starts writing `batch` once the previous one is written.
+    async fn write(&mut self, batch: Batch) -> Result<(), LabsError> {
+        if batch.chunks.is_empty() {
+            return Ok(());
+        }
+        let (mut file, mut hasher) = self.settle().await?;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            for chunk in &batch.chunks {
+                hasher.update(chunk);
+                file.write_all(chunk)?;
+            }
+            Ok((file, hasher))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last batch; the upload's MD5.
+    async fn finish(mut self) -> Result<String, LabsError> {
+        let (_, hasher) = self.settle().await?;
+        Ok(hex::encode(hasher.finalize()))
+    }
+}
 
 /// Output files up to this size are read into memory whole for `poll` (jobs' outputs are
 /// capped near `limits.max_output_file_size`, 1 MB by default); larger ones are streamed.
@@ -190,6 +254,67 @@ impl LabsError {
         let context = context.into();
         move |source| LabsError::Io { context, source }
     }
+}
+
+/// Checks that the paths a job brought back from the store are ones addJob could have made:
+/// its inputs directly in one courselab directory under `courselabs`, its output file in that
+/// courselab's output folder, every name a safe one. Whoever can write to the store (Redis has
+/// no password by default) could otherwise make the daemon read or write any host file.
+/// The error says which path is wrong and why, for the job's trace.
+pub fn check_stored_paths(server: &ServerConfig, job: &crate::model::Job) -> Result<(), String> {
+    let root =
+        std::path::absolute(&server.courselabs).unwrap_or_else(|_| server.courselabs.clone());
+    let (lab, rest) = split_under(&root, &job.output_file)
+        .ok_or_else(|| outside("output file", &job.output_file, &root))?;
+    if rest.len() != 2 || rest[0] != server.output_folder {
+        return Err(format!(
+            "the output file {} is not in its courselab's {} folder",
+            job.output_file, server.output_folder
+        ));
+    }
+    for input in &job.input {
+        let (input_lab, rest) = split_under(&root, &input.local_file)
+            .ok_or_else(|| outside("input file", &input.local_file, &root))?;
+        if input_lab != lab || rest.len() != 1 {
+            return Err(format!(
+                "the input file {} is not in the job's courselab {lab}",
+                input.local_file
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path`'s courselab and the names below it, when `path` is absolute, plain (no `.`, `..`
+/// or empty part) and under `root`, and every part is a safe name.
+fn split_under<'a>(root: &Path, path: &'a str) -> Option<(&'a str, Vec<&'a str>)> {
+    let below = Path::new(path).strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for component in below.components() {
+        let std::path::Component::Normal(part) = component else {
+            return None;
+        };
+        let part = part.to_str()?;
+        check_name(part, MAX_NAME_LEN).ok()?;
+        parts.push(part);
+    }
+    // `Path::components` hides `.` parts and doubled slashes: compare with the text itself.
+    if parts.is_empty()
+        || !Path::new(path).is_absolute()
+        || path.contains("/./")
+        || path.contains("//")
+    {
+        return None;
+    }
+    let lab = parts.remove(0);
+    Some((lab, parts))
+}
+
+fn outside(what: &str, path: &str, root: &Path) -> String {
+    format!(
+        "the {what} {path} is not a plain path under the courselabs directory {}",
+        root.display()
+    )
 }
 
 /// An output file as `poll` sends it.
@@ -367,50 +492,27 @@ impl Labs {
             .into_parts();
 
         // The disk and the hash are on a blocking thread, so a large upload never stalls the
-        // runtime; the channel is bounded, so a slow disk slows the client, not our memory.
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Bytes>(UPLOAD_CHUNKS_IN_FLIGHT);
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<String> {
-            let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, file);
-            let mut hasher = Md5::new();
-            while let Some(chunk) = incoming.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-            }
-            out.flush()?;
-            Ok(hex::encode(hasher.finalize()))
-        });
-
+        // runtime; but only once a batch is ready, so a slow upload holds no thread while it
+        // waits for the network (512 slow uploads would otherwise take the whole blocking
+        // pool, and every file operation with it). One batch is written while the next
+        // arrives; the memory held is two batches.
+        let mut writer = BatchWriter::new(file);
+        let mut batch = Batch::default();
         let mut size: u64 = 0;
-        let mut failure = None;
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    failure = Some(LabsError::Body(e.to_string()));
-                    break;
-                }
-            };
+            let chunk = chunk.map_err(|e| LabsError::Body(e.to_string()))?;
             size += chunk.len() as u64;
             if size > limit {
-                failure = Some(LabsError::TooLarge { limit });
-                break;
+                return Err(LabsError::TooLarge { limit });
             }
-            if chunks.send(chunk).await.is_err() {
-                // The writer stopped on an error; it is reported below.
-                break;
+            batch.push(chunk);
+            if batch.len >= WRITE_BUFFER {
+                writer.write(std::mem::take(&mut batch)).await?;
             }
         }
-        drop(chunks);
-        let written = writer.await;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let md5 = match written {
-            Ok(Ok(md5)) => md5,
-            Ok(Err(e)) => return Err(LabsError::io("Cannot write the upload to disk")(e)),
-            Err(e) => return Err(LabsError::Body(format!("the disk writer failed: {e}"))),
-        };
+        writer.write(batch).await?;
+        let md5 = writer.finish().await?;
         Ok(Received { path, size, md5 })
     }
 
@@ -908,6 +1010,47 @@ mod tests {
         assert!(digests.known_listing(d, "output").is_some());
         std::fs::remove_dir(d.join("output")).unwrap();
         assert_eq!(digests.known_listing(d, "output"), None);
+    }
+
+    #[test]
+    fn stored_paths_must_be_plain_and_in_one_courselab() {
+        let server = ServerConfig {
+            courselabs: PathBuf::from("/srv/cl"),
+            ..ServerConfig::default()
+        };
+        let job = |inputs: &[&str], output: &str| crate::model::Job {
+            input: inputs
+                .iter()
+                .map(|p| crate::model::InputFile {
+                    local_file: p.to_string(),
+                    dest_file: "f".into(),
+                })
+                .collect(),
+            output_file: output.into(),
+            ..crate::model::Job::default()
+        };
+        let ok = job(
+            &["/srv/cl/t-lab/a.c", "/srv/cl/t-lab/Makefile"],
+            "/srv/cl/t-lab/output/o.txt",
+        );
+        assert_eq!(check_stored_paths(&server, &ok), Ok(()));
+        for bad in [
+            job(&["/etc/passwd"], "/srv/cl/t-lab/output/o.txt"),
+            job(
+                &["/srv/cl/t-lab/../../etc/passwd"],
+                "/srv/cl/t-lab/output/o.txt",
+            ),
+            job(&["/srv/cl/t-lab/./a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl//t-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["srv/cl/t-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/other-lab/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/t-lab/sub/a.c"], "/srv/cl/t-lab/output/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/tmp/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/srv/cl/t-lab/o.txt"),
+            job(&["/srv/cl/t-lab/a.c"], "/srv/cl/t-lab/elsewhere/o.txt"),
+        ] {
+            assert!(check_stored_paths(&server, &bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
+pub mod http;
+#[cfg(feature = "daemon")]
 pub mod labs;
 #[cfg(feature = "daemon")]
 pub mod logging;
@@ -33,6 +35,8 @@ pub mod manager;
 pub mod metrics;
 #[cfg(feature = "daemon")]
 pub mod model;
+#[cfg(feature = "daemon")]
+pub mod owner;
 #[cfg(feature = "daemon")]
 pub mod preallocator;
 #[cfg(feature = "daemon")]

@@ -377,7 +377,13 @@ impl Shared {
                 continue;
             }
             tracing::info!(job = job.id, "sending the callback of a dead manager");
-            match tokio::fs::read(&job.output_file).await {
+            // The path came from the store: read it only if addJob could have made it.
+            let checked = crate::labs::check_stored_paths(&self.app.config.server, &job);
+            let read = match checked {
+                Ok(()) => tokio::fs::read(&job.output_file).await,
+                Err(reason) => Err(std::io::Error::other(reason)),
+            };
+            match read {
                 Ok(content) => self.workers_ctx.callbacks.spawn(job, content),
                 Err(e) => {
                     job.callback = Some(CallbackState {
@@ -658,31 +664,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `<hostname>-<pid>-<4 hex digits>`: unique per process, and says where it runs.
-pub fn owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owner_ids_name_the_process() {
-        let id = owner_id();
-        assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
-        let tail = id.rsplit('-').next().unwrap_or_default();
-        assert_eq!(tail.len(), 4, "{id}");
-        assert!(tail.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
-    }
-}
+pub use crate::owner::owner_id;

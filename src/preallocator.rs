@@ -41,7 +41,7 @@
 //!
 //! Leftovers: [`Preallocator::sweep`] destroys machines with our prefix that no live manager
 //! owns — what Tango's `resetTango` did at start, made safe for several managers sharing
-//! one engine or account.
+//! one engine or account, with or without a shared store (see [`crate::owner`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -327,7 +327,7 @@ impl Preallocator {
                 Some(owner) if owner == self.owner => {
                     check_ours && vm.id.is_none_or(|id| !ours.contains(&id))
                 }
-                Some(owner) => !live.contains(owner),
+                Some(owner) => !live.contains(owner) && self.owner_gone(owner),
                 None => vm.id.is_none_or(|id| !known.contains(&id)),
             };
             if stray {
@@ -342,6 +342,21 @@ impl Preallocator {
             }
         }
         Ok(destroyed)
+    }
+
+    /// Whether another owner, absent from the store's live owners, is known to be gone: its
+    /// process, on this host, is not running; or, on another host, a shared store (which
+    /// every manager on the engine then uses) no longer holds its lease. With the memory
+    /// store another host's owner is never known gone: a daemon sharing the engine but not
+    /// the store keeps its machines.
+    fn owner_gone(&self, owner: &str) -> bool {
+        match crate::owner::liveness(owner) {
+            crate::owner::Liveness::Running => false,
+            crate::owner::Liveness::Gone => true,
+            crate::owner::Liveness::Unknown => {
+                self.app.config.store.backend != crate::config::StoreBackend::Memory
+            }
+        }
     }
 
     /// Destroys the machines a reaped manager left in its pools.

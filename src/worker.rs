@@ -183,6 +183,9 @@ enum Ending {
     MachineFailed { error: String, retry: bool },
     /// Another manager holds the job now.
     Abandoned,
+    /// The job as stored names files outside its courselab (the store was edited): it ends
+    /// here, no file is read or written, and the trace says why.
+    Refused { reason: String },
 }
 
 /// What the run step hands to copy-out: its final message, whether the machine may serve
@@ -273,6 +276,9 @@ impl Worker {
             retry: false,
         })?;
         let vm = self.initialize(&vmms, assignment).await?;
+        if let Err(reason) = labs::check_stored_paths(&self.ctx.config.server, &self.job) {
+            return Err(Ending::Refused { reason });
+        }
         self.wait(&vmms, &vm).await?;
         self.copy_in(&vmms, &vm).await?;
         let ran = self.run(&vmms, &vm).await?;
@@ -547,7 +553,7 @@ impl Worker {
                 drop(output);
                 self.header(&message);
                 self.header("Here is the output from the autograder:\n---");
-                self.complete(message, autodriver_output).await;
+                self.complete(message, Some(autodriver_output)).await;
                 // The machine is handed back once the output is out: destroying a
                 // single-use container takes longer than the rest of a short job, and the
                 // output need not wait for it.
@@ -556,6 +562,16 @@ impl Worker {
                 }
             }
             Ending::MachineFailed { error, retry } => self.machine_ended(error, retry).await,
+            Ending::Refused { reason } => {
+                tracing::error!(job = self.job.id, %reason, "job refused: its stored paths were tampered with");
+                if let Some(vm) = self.vm.take() {
+                    // Nothing ran on it.
+                    self.release(vm, true).await;
+                }
+                // No callback either: its output would be read from the same path.
+                self.job.notify_url = None;
+                self.complete(format!("Job refused: {reason}"), None).await;
+            }
         }
     }
 
@@ -581,7 +597,7 @@ impl Worker {
         let statuses = self.statuses;
         self.header(&format!("Job status: {statuses}"));
         self.header("Here is the output from the autograder:\n---");
-        self.complete(error, Vec::new()).await;
+        self.complete(error, Some(Vec::new())).await;
     }
 
     /// Back to the front of the queue for another try on a fresh machine.
@@ -608,16 +624,18 @@ impl Worker {
 
     /// Writes the output file and moves the job to the dead list with `final_message` as
     /// its last trace line, then starts the callback. See the module doc for the order.
-    async fn complete(&mut self, final_message: String, autodriver_output: Vec<u8>) {
+    /// `autodriver_output`: `None` when no output file may be written (a refused job).
+    async fn complete(&mut self, final_message: String, autodriver_output: Option<Vec<u8>>) {
         let mut content: Vec<u8> = self.header.concat().into_bytes();
-        content.extend_from_slice(&autodriver_output);
+        let write = autodriver_output.is_some();
+        content.extend_from_slice(autodriver_output.as_deref().unwrap_or_default());
         drop(autodriver_output);
 
         // Still ours? Otherwise the output file is another manager's to write.
         if !self.save().await {
             return;
         }
-        if let Err(e) = labs::write_output_file(&self.job.output_file, &content).await {
+        if write && let Err(e) = labs::write_output_file(&self.job.output_file, &content).await {
             tracing::error!(job = self.job.id, path = %self.job.output_file, error = %e,
                 "cannot write the output file");
             // The job still ends, once, but no output file is in place (the temporary file

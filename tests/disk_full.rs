@@ -185,25 +185,36 @@ fn config() -> Config {
 struct Rig {
     store: Arc<dyn JobStore>,
     fake: Arc<FakeVmms>,
-    inputs: tempfile::TempDir,
+    /// The courselabs directory; its one courselab's output folder is a link to the small
+    /// disk (workers refuse paths outside the courselabs).
+    root: tempfile::TempDir,
+    inputs: PathBuf,
     output_dir: PathBuf,
 }
 
 impl Rig {
     fn new(disk: &Tmpfs) -> Rig {
-        let output_dir = disk.path().join("output");
-        std::fs::create_dir(&output_dir).expect("output dir");
+        let root = tempfile::tempdir().expect("temp dir");
+        let inputs = root.path().join("t-lab");
+        std::fs::create_dir(&inputs).expect("courselab dir");
+        let full = disk.path().join("output");
+        std::fs::create_dir(&full).expect("output dir");
+        let output_dir = inputs.join("output");
+        std::os::unix::fs::symlink(&full, &output_dir).expect("output link");
         Rig {
             store: Arc::new(MemoryStore::new()),
             fake: FakeVmms::new("t"),
-            inputs: tempfile::tempdir().expect("temp dir"),
+            root,
+            inputs,
             output_dir,
         }
     }
 
     async fn start(&self) -> Manager {
         let vmms: Arc<dyn Vmms> = self.fake.clone();
-        let app = App::new(config(), self.store.clone(), vmms);
+        let mut config = config();
+        config.server.courselabs = self.root.path().to_path_buf();
+        let app = App::new(config, self.store.clone(), vmms);
         Manager::start(app).await.expect("manager starts")
     }
 
@@ -217,7 +228,7 @@ impl Rig {
 
     async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(self.inputs.path(), name);
+        let input = input_file(&self.inputs, name);
         let mut job = Job {
             id,
             name: name.to_string(),

@@ -30,20 +30,25 @@ const HANG: Duration = Duration::from_secs(90);
 /// enough that a leaked machine fails the test quickly.
 const CLEANUP: Duration = Duration::from_secs(30);
 
-/// A store, a fake backend, a directory for inputs and outputs.
+/// A store, a fake backend, a courselab directory for inputs and outputs.
 struct Rig {
     store: Arc<dyn JobStore>,
     fake: Arc<FakeVmms>,
-    dir: tempfile::TempDir,
+    /// The courselabs directory (workers refuse paths outside it).
+    root: tempfile::TempDir,
+    /// The one courselab, in `root`.
+    dir: std::path::PathBuf,
 }
 
 impl Rig {
     fn new(store: Arc<dyn JobStore>) -> Rig {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("output")).expect("output dir");
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("t-lab");
+        std::fs::create_dir_all(dir.join("output")).expect("output dir");
         Rig {
             store,
             fake: FakeVmms::new("t"),
+            root,
             dir,
         }
     }
@@ -56,7 +61,8 @@ impl Rig {
         }
     }
 
-    fn app(&self, config: Config) -> Arc<App> {
+    fn app(&self, mut config: Config) -> Arc<App> {
+        config.server.courselabs = self.root.path().to_path_buf();
         let vmms: Arc<dyn Vmms> = self.fake.clone();
         App::new(config, self.store.clone(), vmms)
     }
@@ -69,7 +75,6 @@ impl Rig {
 
     fn output_path(&self, name: &str) -> String {
         self.dir
-            .path()
             .join("output")
             .join(format!("{name}.txt"))
             .to_string_lossy()
@@ -79,7 +84,7 @@ impl Rig {
     /// A job as addJob builds it (not queued).
     async fn job(&self, name: &str, notify_url: Option<&str>) -> Job {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(self.dir.path(), name);
+        let input = input_file(&self.dir, name);
         let mut job = Job {
             id,
             name: name.to_string(),
@@ -167,7 +172,7 @@ impl Rig {
 
     /// Names in the output directory (to check no temporary file is left).
     fn output_dir_entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("output"))
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("output"))
             .expect("read output dir")
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -434,7 +439,7 @@ async fn every_final_message(store: Arc<dyn JobStore>) {
         ids.push(rig.submit(name).await);
     }
     // An input file that vanished before the job ran: copy-in fails on this host.
-    std::fs::remove_file(rig.dir.path().join("nocopyin.mk")).unwrap();
+    std::fs::remove_file(rig.dir.join("nocopyin.mk")).unwrap();
     let mut c = config();
     c.vmms.pool_size = 2;
     c.vmms.max_concurrent_jobs = 1;
@@ -1130,7 +1135,10 @@ async fn leftover_machines_are_destroyed_at_start(store: Arc<dyn JobStore>) {
         .heartbeat("other-live-manager", Duration::from_secs(60))
         .await
         .unwrap();
-    rig.fake.plant(machine(1500, Some("a-dead-manager")));
+    // A manager of this host whose process is gone (no pid is that high).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let dead = format!("{}-99999999.1-abcd", host.trim());
+    rig.fake.plant(machine(1500, Some(&dead)));
     rig.fake.plant(machine(1501, None));
     rig.fake.plant(machine(1502, Some("other-live-manager")));
     // An ownerless machine a live manager's pool names is not ours to destroy either.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
 use super::ApiState;
-use super::request::{Params, content_length, drain, header_text};
+use super::request::{Params, content_length, header_text, refuse};
 use super::status::{self, ApiError, Nothing};
 use crate::labs::{LabsError, OutputFile, SafeName, Stored};
 
@@ -72,7 +72,7 @@ pub async fn upload(
     };
     let (lab, name) = match checked.await {
         Ok(ok) => ok,
-        Err(e) => return Err(drain(body, e).await),
+        Err(e) => return Err(refuse(body, e)),
     };
     let limit = api.labs.max_input_file_size();
     if content_length(&headers).is_some_and(|length| length > limit) {

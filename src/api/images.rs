@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::ApiState;
-use super::request::{Params, content_length, drain, header_text};
+use super::request::{Params, content_length, header_text, refuse};
 use super::status::{self, ApiError, Nothing};
 use crate::labs::LabsError;
 use crate::vmms::Vmms;
@@ -86,6 +86,15 @@ pub async fn build(
 ) -> Result<Response, ApiError> {
     let checked = (|| {
         api.keys.check(&key)?;
+        // An image serves every course: only the keys of `server.build_keys` may replace one.
+        if let Some(builders) = &api.build_keys
+            && builders.check(&key).is_err()
+        {
+            return Err(ApiError::Failed(format!(
+                "{}: this key may not build images (server.build_keys)",
+                status::IMAGE_BUILD_FAILED
+            )));
+        }
         let Some(name) = header_text(&headers, "imagename")? else {
             return Err(ApiError::Request(
                 "Missing imageName header: it names the image to build".into(),
@@ -101,7 +110,7 @@ pub async fn build(
     })();
     let name = match checked {
         Ok(name) => name,
-        Err(e) => return Err(drain(body, e).await),
+        Err(e) => return Err(refuse(body, e)),
     };
     let limit = api.labs.max_input_file_size();
     if content_length(&headers).is_some_and(|length| length > limit) {

@@ -27,8 +27,12 @@ struct Info {
 }
 
 #[derive(Serialize)]
-struct InfoBody {
+struct InfoBody<'a> {
     info: Info,
+    /// An extension (absent when empty, so Python's shape is kept): what the operator must
+    /// hear about this setup, such as the default key served beyond this host.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// `GET /info/KEY/`.
@@ -57,6 +61,7 @@ pub async fn info(
                 copyout_errors: counters.copyout_errors,
                 num_threads: running + 1,
             },
+            warnings: &api.warnings,
         },
     ))
 }

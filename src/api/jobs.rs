@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::ApiState;
 use super::job_request::JobRequest;
-use super::request::{Params, all_digits, small_body};
+use super::request::{Params, all_digits, refuse, small_body};
 use super::status::{self, ApiError};
 use crate::labs::{Courselab, SafeName};
 use crate::model::{Counter, InputFile, Job, JobView, Machine};
@@ -35,9 +35,16 @@ pub async fn add_job(
     Params((key, courselab)): Params<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // The key and the courselab name before the body: a stranger's body is never read.
+    let checked = api
+        .keys
+        .check(&key)
+        .and_then(|digest| Ok(api.labs.courselab_of(&digest, &courselab)?));
+    let lab = match checked {
+        Ok(lab) => lab,
+        Err(e) => return Err(refuse(body, e)),
+    };
     let body = small_body(body, "addJob").await?;
-    let digest = api.keys.check(&key)?;
-    let lab = api.labs.courselab_of(&digest, &courselab)?;
     let request = JobRequest::parse(&body).map_err(ApiError::Request)?;
     let mut job = build_job(&api, &lab, &request)?;
 

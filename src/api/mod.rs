@@ -44,6 +44,10 @@ pub(crate) struct ApiState {
     pub app: Arc<App>,
     pub labs: Labs,
     pub keys: keys::Keys,
+    /// `server.build_keys`: who may call `/build`; `None`: every key.
+    pub build_keys: Option<keys::Keys>,
+    /// [`crate::config::Config::security_warnings`], shown by `/info`.
+    pub warnings: Vec<String>,
     pub images: images::ImageCache,
 }
 
@@ -130,6 +134,9 @@ pub fn router(app: Arc<App>) -> Router {
     let state = Arc::new(ApiState {
         labs: Labs::new(&app.config.server),
         keys: keys::Keys::new(&app.config.server.keys),
+        build_keys: (!app.config.server.build_keys.is_empty())
+            .then(|| keys::Keys::new(&app.config.server.build_keys)),
+        warnings: app.config.security_warnings(),
         images: images::ImageCache::new(),
         app,
     });

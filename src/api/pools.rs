@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ApiState;
-use super::request::{Params, all_digits, small_body};
+use super::request::{Params, all_digits, refuse, small_body};
 use super::status::{self, ApiError, Nothing};
 use crate::labs::SafeName;
 use crate::model::{Machine, PoolTarget, PoolView};
@@ -58,10 +58,13 @@ pub async fn prealloc(
     body: Body,
 ) -> Result<Response, ApiError> {
     if !all_digits(&num) {
-        return Err(ApiError::NotFound); // Tango's route demanded digits
+        return Err(refuse(body, ApiError::NotFound)); // Tango's route demanded digits
+    }
+    // The key before the body: a stranger's body is never read.
+    if let Err(e) = api.keys.check(&key) {
+        return Err(refuse(body, e));
     }
     let body = small_body(body, "prealloc").await?;
-    api.keys.check(&key)?;
     let config = &api.app.config;
     let Ok(size) = num.parse::<u32>() else {
         return Err(ApiError::Failed(status::INVALID_PREALLOC_SIZE.into()));

@@ -94,15 +94,19 @@ pub async fn small_body(body: Body, route: &str) -> Result<Bytes, ApiError> {
     }
 }
 
-/// Reads and discards (a bounded part of) `body`, then hands back `error` to answer with.
-pub async fn drain(body: Body, error: ApiError) -> ApiError {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = stream.next().await {
-        seen += chunk.len();
-        if seen > DRAIN_LIMIT {
-            break;
+/// Hands back `error` to answer with at once, and reads and discards (a bounded part of)
+/// `body` meanwhile, on its own task: the refusal never waits for the body, never holds it in
+/// memory, and a client that writes the whole body before reading still gets our answer.
+pub fn refuse(body: Body, error: ApiError) -> ApiError {
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
         }
-    }
+    });
     error
 }

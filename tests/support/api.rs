@@ -207,9 +207,14 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let router = tango::api::router(app.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("server runs");
-        });
+        // Served as the daemon serves it: its timeouts, connection cap and body rate.
+        let limits = tango::http::HttpLimits::new(&app.config.http);
+        let task = tokio::spawn(tango::http::serve(
+            listener,
+            router,
+            limits,
+            std::future::pending(),
+        ));
         // Autolab opens a fresh connection for every request.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)

@@ -97,6 +97,15 @@ impl LocalVmms {
         }
         // SAFETY: geteuid cannot fail.
         let privileged = unsafe { libc::geteuid() } == 0;
+        if !privileged && !local.allow_unisolated {
+            return Err(VmmsError::Backend(
+                "the local backend is not running as root, so jobs would run as tango's own \
+                 user and could read its configuration (the API keys) and every courselab; run \
+                 tango as root, or accept that with local.allow_unisolated = true (trying \
+                 things out on your own machine)"
+                    .into(),
+            ));
+        }
         let claims = if privileged {
             Some(UidClaims::open()?)
         } else {

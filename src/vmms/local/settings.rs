@@ -21,6 +21,10 @@ pub struct LocalConfig {
     pub uid_base: u32,
     /// How many machines may exist at once.
     pub uid_count: u32,
+    /// Allows running without root. Jobs then run as tango's own user, and can read what it
+    /// can: its configuration (the keys) and every courselab. Off: the backend refuses to
+    /// start unless tango is root.
+    pub allow_unisolated: bool,
 }
 
 impl Default for LocalConfig {
@@ -31,6 +35,7 @@ impl Default for LocalConfig {
             images: vec!["autograding_image".into()],
             uid_base: 2_000_000_000,
             uid_count: 1000,
+            allow_unisolated: false,
         }
     }
 }

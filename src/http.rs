@@ -1,0 +1,296 @@
+//! The listener: how connections are accepted and served, with the bounds that keep a slow or
+//! idle client from holding the daemon (`[http]` in the configuration).
+//!
+//! `axum::serve` gives hyper no timer, so hyper's header timeout is off there and a client
+//! sending a header byte every few seconds holds its connection forever; it has no cap on
+//! connections either. Here:
+//! - a connection has `http.header_timeout_secs` to send a request's headers, counted from
+//!   when it opens or the previous answer ends (so it is also the idle keep-alive timeout);
+//! - a request body must bring `http.body_min_bytes_per_sec` on average over each window of
+//!   `http.body_window_secs` while the handler waits for it ([`MinRate`]);
+//! - at most `http.max_connections` are served at once; beyond that new ones wait in the
+//!   kernel's listen backlog, so the daemon never runs out of file descriptors for them.
+//!
+//! Shutdown is graceful as before: on the signal the listener closes, every connection is told
+//! to finish its request in flight, and `serve` returns when they have.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Sleep;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::HttpConfig;
+
+/// How long to wait before accepting again after the process ran out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The bounds a connection is served under (from `[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub body_rate: BodyRate,
+}
+
+impl HttpLimits {
+    /// The limits `config` asks for; `max_connections = 0` becomes [`auto_max_connections`].
+    pub fn new(config: &HttpConfig) -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+            max_connections: match config.max_connections {
+                0 => auto_max_connections(),
+                n => n,
+            },
+            body_rate: BodyRate {
+                min_bytes: config
+                    .body_min_bytes_per_sec
+                    .saturating_mul(config.body_window_secs),
+                window: Duration::from_secs(config.body_window_secs),
+            },
+        }
+    }
+}
+
+/// The slowest a request body may arrive: `min_bytes` in each `window` (0: no bound).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRate {
+    pub min_bytes: u64,
+    pub window: Duration,
+}
+
+/// Raises the soft limit on open files to the hard one (systemd and shells start services at
+/// 1024 however high the hard limit is) and returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Half the open-file limit (each connection may also open a file, an upload or an output),
+/// less a reserve for the store, the backend and the logs; at least 64.
+pub fn auto_max_connections() -> usize {
+    let files = raise_open_files_limit().min(1 << 20) as usize;
+    (files.saturating_sub(256) / 2).max(64)
+}
+
+/// Serves `router` on `listener` under `limits` until `shutdown` resolves, then waits for the
+/// requests in flight to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let (stop, stopping) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A permit first: over the cap, connections stay in the backlog, unaccepted.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(
+            tcp,
+            router.clone(),
+            limits,
+            stopping.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    // Every connection is told to finish its request and close.
+    drop(stop);
+    connections.close();
+    connections.wait().await;
+}
+
+/// An accept error: a connection that failed before we took it is not ours to report; out
+/// of descriptors (or memory), wait a moment for some to be freed.
+async fn accept_failed(error: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "cannot accept a connection; retrying shortly");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// Serves one connection's requests; the permit is released when it closes.
+async fn serve_connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: HttpLimits,
+    mut stopping: watch::Receiver<()>,
+    _permit: OwnedSemaphorePermit,
+) {
+    // TCP_NODELAY: an answer written in pieces (poll streams the file: headers, chunks, the
+    // last chunk) must not wait for the client's delayed ACK, 40 ms a request (Nagle).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let rate = limits.body_rate;
+    let service = router.map_request(move |request: hyper::Request<Incoming>| {
+        request.map(|body| Body::new(MinRate::new(body, rate)))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+    let mut connection = std::pin::pin!(connection);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // Changed or closed: either way the daemon is stopping.
+            _ = stopping.changed(), if !told => {
+                told = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A request body that fails when it arrives slower than a [`BodyRate`] while it is being
+/// waited for, so a client trickling bytes cannot hold a handler (and its connection) for
+/// ever. A body that arrives at any normal speed, however large, passes untouched.
+pub struct MinRate<B> {
+    inner: B,
+    rate: BodyRate,
+    /// Bytes seen since the current window opened.
+    seen: u64,
+    /// When the current window closes; opened when the body first has nothing ready, so a
+    /// body that is there at once never reads the clock.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+/// The error a too-slow body ends with (the handler reports it as a bad request body).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body arrived too slowly (fewer than {min_bytes} bytes in {secs} seconds; see http.body_min_bytes_per_sec)"
+)]
+pub struct TooSlow {
+    min_bytes: u64,
+    secs: u64,
+}
+
+impl<B> MinRate<B> {
+    pub fn new(inner: B, rate: BodyRate) -> MinRate<B> {
+        MinRate {
+            inner,
+            rate,
+            seen: 0,
+            deadline: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for MinRate<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen = this.seen.saturating_add(data.len() as u64);
+                    if this.seen >= this.rate.min_bytes {
+                        // Enough for this window: the next one opens at the next wait.
+                        this.seen = 0;
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.rate.min_bytes == 0 {
+                    return Poll::Pending;
+                }
+                let window = this.rate.window;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlow {
+                        min_bytes: this.rate.min_bytes,
+                        secs: window.as_secs(),
+                    })))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
