@@ -415,3 +415,143 @@ async fn run_reports_jobs_that_do_not_succeed() {
     assert!(Path::new(&empty).exists());
     assert!(daemon.jobs(true).await.len() == 1);
 }
+
+// ---- for the people who run it: pipes, secrets, error causes ----
+
+/// Runs `tango ARGS` (server and key from the environment, as [`tango`]) with standard
+/// output a pipe whose reader is already gone, as `tango jobs | head -1` leaves it once
+/// `head` has its line.
+fn tango_into_closed_pipe(daemon: &Daemon, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANGO_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .args(args)
+        .env("TANGO_URL", daemon.url(""))
+        .env("TANGO_KEY", &daemon.key)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("run tango {args:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_every_subcommand_quietly() {
+    let daemon = Daemon::start(DaemonOptions::local()).await;
+    let hello = jobs::job("hello");
+    let dir = hello.dir.display().to_string();
+    // A finished job first, so that `jobs --dead`, `poll` and `open` have something to say.
+    let out = tango(&daemon, &["run", &dir, "--timeout", "20"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lab = "hello";
+    let listed = run_json(&daemon, &["jobs", "--dead"]).await;
+    let job = &listed["jobs"][0];
+    let output_file = job["outputFile"]
+        .as_str()
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or("")
+        .to_string();
+    assert!(!output_file.is_empty(), "{listed}");
+    let id = job["id"].to_string();
+    let makefile = hello.dir.join("Makefile").display().to_string();
+    let image = daemon.dir.path().join("image.tar");
+    std::fs::write(&image, b"not a tarball").expect("image file");
+    let image = image.display().to_string();
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["--version"],
+        vec!["jobs", "--help"],
+        vec!["open", lab],
+        vec!["upload", lab, &makefile],
+        vec!["add-job", lab, "Makefile", "--output-file", "piped.txt"],
+        vec!["poll", lab, &output_file],
+        vec!["info"],
+        vec!["jobs"],
+        vec!["jobs", "--dead"],
+        vec!["jobs", "--dead", "--json"],
+        vec!["pool"],
+        vec!["prealloc", "autograding_image", "0"],
+        // A finished job has no partial output: the refusal goes to stdout under --json.
+        vec!["partial-output", &id, "--json"],
+        vec!["run", &dir, "--timeout", "20"],
+        vec!["run", &dir, "--timeout", "20", "--jobs", "2"],
+        vec!["build", "piped", &image],
+    ];
+    for args in &commands {
+        let out = tango_into_closed_pipe(&daemon, args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "tango {args:?}: {stderr}"
+        );
+        // A closed pipe is not a failure: status 0, unless the server refused the request
+        // (a bad tarball, a finished job's partial output), which the status still says.
+        let expected = i32::from(args[0] == "build" || args[0] == "partial-output");
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "tango {args:?}: {}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn the_key_never_appears_in_help_or_errors() {
+    let key = "the-real-key-4242";
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .env("TANGO_KEY", key)
+            .env_remove("TANGO_URL")
+            .output()
+            .expect("run tango");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    for args in [
+        &["jobs", "--help"][..],
+        &["run", "--help"],
+        &["add-job", "--help"],
+    ] {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains("[env: TANGO_KEY]"), "{args:?}: {stdout}");
+        assert!(!stdout.contains(key) && !stderr.contains(key), "{stdout}");
+    }
+    // Nothing listens on this port: the error names the server and the cause, not the key.
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    for args in [
+        &["info", "--url", url.as_str()][..],
+        &["jobs", "--dead", "--url", url.as_str()],
+        &["info", "--url", url.as_str(), "--key", key],
+    ] {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stdout.contains(key) && !stderr.contains(key), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("tango: cannot connect to {url}: Connection refused (os error 111)"),
+        );
+    }
+}
+
+#[test]
+fn a_url_without_a_scheme_gets_a_hint() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .args(["info", "--url", "127.0.0.1:3000"])
+        .env_remove("TANGO_URL")
+        .env_remove("TANGO_KEY")
+        .output()
+        .expect("run tango");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "tango: --url \"127.0.0.1:3000\": not a URL; did you mean http://127.0.0.1:3000 ?"
+    );
+}

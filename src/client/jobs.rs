@@ -122,7 +122,7 @@ pub async fn add_job(args: AddJobArgs) -> Result<()> {
         )
         .await?;
     let id = job_id(&v)?;
-    client.print(&v, |_| println!("job {id} added: {job_name}"));
+    client.print(&v, |_| outln!("job {id} added: {job_name}"));
     Ok(())
 }
 
@@ -133,12 +133,15 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
     client.print(&v, |v| {
         let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
         if jobs.is_empty() {
-            println!("no {} jobs", if args.dead { "dead" } else { "live" });
+            outln!("no {} jobs", if args.dead { "dead" } else { "live" });
             return;
         }
-        println!(
+        outln!(
             "{:>6}  {:<8}  {:>7}  {:<32}  LAST TRACE",
-            "ID", "STATE", "RETRIES", "NAME"
+            "ID",
+            "STATE",
+            "RETRIES",
+            "NAME"
         );
         for job in jobs {
             let state = if args.dead {
@@ -154,7 +157,7 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
                 .and_then(Value::as_str)
                 .map(|l| l.split_once('|').map_or(l, |(_, m)| m))
                 .unwrap_or("");
-            println!(
+            outln!(
                 "{:>6}  {:<8}  {:>7}  {:<32}  {last}",
                 job["id"].to_string(),
                 state,
@@ -171,7 +174,9 @@ pub async fn partial_output(args: PartialOutputArgs) -> Result<()> {
     let v = client
         .get(&client.url("getPartialOutput", &[&args.job_id.to_string()]))
         .await?;
-    client.print(&v, |v| print!("{}", v["output"].as_str().unwrap_or("")));
+    client.print(&v, |v| {
+        super::output::bytes(v["output"].as_str().unwrap_or("").as_bytes())
+    });
     Ok(())
 }
 

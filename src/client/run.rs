@@ -68,14 +68,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let summary = summarize(&report);
     let failed = report.iter().filter(|r| r["status"] != "success").count();
     if client.json {
-        println!(
+        outln!(
             "{}",
             super::pretty(&json!({"courselab": courselab, "jobs": report, "summary": summary}))
         );
     } else if args.jobs == 1 {
         if let Some(output) = &submitted[0].output {
-            use std::io::Write;
-            let _ = std::io::stdout().write_all(output);
+            super::output::bytes(output);
         }
     } else {
         print_table(&report, &summary, args.jobs);
@@ -252,12 +251,16 @@ fn save_outputs(save: &Path, submitted: &[Submitted]) -> Result<()> {
 
 /// The report for people: one line per job, then the counts and times of `summary`.
 fn print_table(report: &[Value], summary: &Value, jobs: u32) {
-    println!(
+    outln!(
         "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  OUTPUT FILE",
-        "ID", "STATUS", "SECONDS", "QUEUED", "RUN"
+        "ID",
+        "STATUS",
+        "SECONDS",
+        "QUEUED",
+        "RUN"
     );
     for r in report {
-        println!(
+        outln!(
             "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  {}",
             r["id"].to_string(),
             r["status"].as_str().unwrap_or(""),
@@ -277,9 +280,11 @@ fn print_table(report: &[Value], summary: &Value, jobs: u32) {
         })
         .unwrap_or_default();
     let s = &summary["seconds"];
-    println!(
+    outln!(
         "{jobs} jobs: {statuses}; seconds min {} median {} max {}",
-        s["min"], s["median"], s["max"]
+        s["min"],
+        s["median"],
+        s["max"]
     );
 }
 
