@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "tango",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TANGO_COMMIT"), ")"),
     about = "Autolab's Tango autograding daemon, in Rust"
 )]
 struct Cli {

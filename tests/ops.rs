@@ -461,7 +461,13 @@ async fn metrics_count_what_happened() {
     .await;
     daemon.wait_dead(id, WAIT).await;
 
-    let response = reqwest::get(daemon.url("/metrics")).await.expect("scrape");
+    // As Prometheus asks.
+    let response = reqwest::Client::new()
+        .get(daemon.url("/metrics"))
+        .header("accept", OPENMETRICS_ACCEPT)
+        .send()
+        .await
+        .expect("scrape");
     assert!(response.status().is_success());
     let content_type = response
         .headers()
@@ -503,16 +509,19 @@ async fn metrics_count_what_happened() {
     assert_eq!(sample(&m, "tango_live_jobs"), 0.0);
     assert_eq!(sample(&m, "tango_running_jobs"), 0.0);
     assert_eq!(sample(&m, "tango_dead_jobs"), 4.0);
-    // Pools, as /pool reports them.
+    // Pools, as /pool reports them: free and busy, which add up to the total.
     let pools = daemon.get_json(&format!("/pool/{}/", daemon.key)).await;
     let pools = pools["pools"].as_object().expect("pools").clone();
     assert!(pools.contains_key("autograding_image"), "{pools:?}");
     for (name, pool) in pools {
-        for state in ["total", "free"] {
-            let want = pool[state].as_array().map_or(0, Vec::len) as f64;
-            let key = format!("tango_pool_machines{{pool=\"{name}\",state=\"{state}\"}}");
-            assert_eq!(sample(&m, &key), want, "{key}");
-        }
+        let count = |state: &str| pool[state].as_array().map_or(0, Vec::len) as f64;
+        let key = |state: &str| format!("tango_pool_machines{{pool=\"{name}\",state=\"{state}\"}}");
+        assert_eq!(sample(&m, &key("free")), count("free"), "{name}");
+        assert_eq!(
+            sample(&m, &key("free")) + sample(&m, &key("busy")),
+            count("total"),
+            "{name}"
+        );
     }
     // Jobs by final status.
     assert_eq!(
@@ -576,6 +585,136 @@ async fn metrics_count_what_happened() {
     assert!(
         (run_total - run_sum).abs() < 1e-3,
         "{run_total} vs {run_sum}"
+    );
+}
+
+/// What Prometheus sends in `Accept` when it scrapes.
+const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Runs `promtool ARGS` with `stdin`; its status, stdout and stderr. promtool is Debian's
+/// `prometheus` package (scripts/test.sh installs it).
+fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .expect("write to promtool");
+    drop(input);
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+async fn scrape(daemon: &Daemon, accept: Option<&str>) -> (String, String) {
+    let mut request = reqwest::Client::new().get(daemon.url("/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("scrape");
+    assert!(response.status().is_success(), "{}", response.status());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (content_type, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_in_both_formats() {
+    let daemon = Daemon::start(local("", "")).await;
+    // A finished job, so that every family has samples, histograms included.
+    let dir = job_dir(daemon.dir.path(), "promtool", &["echo checked"]);
+    let id = submit(&daemon, "ops-promtool", &dir, &job_options("p.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+
+    // No Accept (curl), or Prometheus text asked for: Prometheus text 0.0.4, which
+    // `promtool check metrics` lints, with no finding.
+    for accept in [None, Some("text/plain;version=0.0.4")] {
+        let (content_type, text) = scrape(&daemon, accept).await;
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(!text.contains("# EOF"), "{text}");
+        let (ok, said) = promtool(&["check", "metrics"], &text);
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    }
+
+    // Prometheus's Accept: OpenMetrics. promtool's linter reads only Prometheus text, but
+    // its backfill parses OpenMetrics strictly (it wants a timestamp on each sample, which
+    // the test adds).
+    let (content_type, text) = scrape(&daemon, Some(OPENMETRICS_ACCEPT)).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let stamped: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} {now}\n")
+            }
+        })
+        .collect();
+    let input = daemon.dir.path().join("metrics.om");
+    std::fs::write(&input, &stamped).expect("write");
+    let blocks = daemon.dir.path().join("blocks");
+    let out = std::process::Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(&blocks)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The build and the process.
+    let m = samples(&text);
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .arg("--version")
+        .output()
+        .expect("tango --version");
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let commit = version
+        .trim()
+        .strip_suffix(')')
+        .and_then(|v| v.rsplit_once("(commit "))
+        .map(|(_, c)| c.to_string())
+        .unwrap_or_else(|| panic!("no commit in --version: {version}"));
+    assert!(!commit.is_empty() && commit != "unknown", "{version}");
+    let info = format!(
+        "tango_build_info{{version=\"{}\",commit=\"{commit}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&m, &info), 1.0, "{text}");
+    assert!(sample(&m, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&m, "process_open_fds") >= 3.0);
+    assert!(sample(&m, "process_cpu_seconds_total") > 0.0);
+    let started = sample(&m, "process_start_time_seconds");
+    assert!(
+        started <= now as f64 + 1.0 && started > now as f64 - 3600.0,
+        "{started} vs now {now}"
     );
 }
 

@@ -161,10 +161,17 @@ async fn hello() -> Response {
 
 /// `GET metrics.path`: Prometheus metrics (no key: scrapers do not carry one, and the
 /// body holds counts only, never a key, a path or a job's name).
-async fn metrics_text(axum::extract::State(api): axum::extract::State<Arc<ApiState>>) -> Response {
+/// The format follows `Accept`: OpenMetrics when asked for, else Prometheus text.
+async fn metrics_text(
+    axum::extract::State(api): axum::extract::State<Arc<ApiState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     use axum::response::IntoResponse;
-    match crate::metrics::render(api.app.store.as_ref(), api.app.started, &api.app.metrics).await {
-        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let app = &api.app;
+    match crate::metrics::render(app.store.as_ref(), app.started, &app.metrics, format).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {e}\n"),
