@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tango::config::{Config, Overrides, StoreBackend};
+use tango::daemon::Failure;
 
 /// See Cargo.toml: measured, glibc's allocator cost a sixth of an addJob's CPU time.
 #[global_allocator]
@@ -106,21 +107,21 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config, no_manager } => match config.load() {
-            Ok(config) => runtime.block_on(tango::daemon::serve(config, !no_manager)),
-            Err(e) => Err(e),
-        },
-        Command::Manager { config } => match config.load() {
-            Ok(config) => runtime.block_on(tango::daemon::manager(config)),
-            Err(e) => Err(e),
-        },
+        Command::Serve { config, no_manager } => config
+            .load()
+            .map_err(Failure::Config)
+            .and_then(|config| runtime.block_on(tango::daemon::serve(config, !no_manager))),
+        Command::Manager { config } => config
+            .load()
+            .map_err(Failure::Config)
+            .and_then(|config| runtime.block_on(tango::daemon::manager(config))),
         Command::Client(command) => return runtime.block_on(client::main(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("{message}");
-            ExitCode::from(2)
+        Err(failure) => {
+            eprintln!("{failure}");
+            ExitCode::from(failure.exit_code())
         }
     }
 }

@@ -443,20 +443,25 @@ impl ProcessStats {
 }
 
 /// When this process started, in Unix seconds: its start in clock ticks after boot
-/// (`/proc/self/stat`, field 22) plus the boot time (`/proc/stat`'s `btime`).
+/// (`/proc/self/stat`, field 22) plus the boot time, which is the wall clock less the
+/// time since boot (`CLOCK_BOOTTIME`; `/proc/stat` is hidden under systemd's
+/// `ProcSubset=pid`).
 fn start_time(ticks_per_second: f64) -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which may itself hold spaces and parentheses.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let ticks: f64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
-    let boot: f64 = std::fs::read_to_string("/proc/stat")
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    (ticks_per_second > 0.0).then(|| boot + ticks / ticks_per_second)
+        .as_secs_f64();
+    // SAFETY: clock_gettime only writes into the struct given it.
+    let since_boot = unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        (libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut t) == 0)
+            .then(|| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+    }?;
+    (ticks_per_second > 0.0).then(|| now - since_boot + ticks / ticks_per_second)
 }
 
 /// Rewrites an OpenMetrics body as Prometheus text 0.0.4. The samples are the same; what

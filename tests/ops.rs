@@ -207,7 +207,11 @@ fn systemd_hears_no_ready_when_the_store_does_not_answer() {
         .env("NOTIFY_SOCKET", &path)
         .output()
         .expect("run tango serve");
-    assert!(!out.status.success(), "started without its store");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "EX_TEMPFAIL: a store that is not there yet may come"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("store"),
         "{}",
@@ -233,12 +237,93 @@ fn an_unknown_backend_is_refused_at_start_with_the_known_ones() {
         .env_remove("TANGO_CONFIG")
         .output()
         .expect("run tango serve");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "tango: config: vmms.name: unknown backend \"qemu\"; expected one of localDocker, \
          distDocker, ec2SSH, tashiSSH, local"
     );
+}
+
+#[test]
+fn configuration_errors_exit_78() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nport = \"three thousand\"\n").expect("config");
+    let missing = dir.path().join("missing.toml");
+    let courselabs = dir.path().join("courselabs").display().to_string();
+    let bad_args = ["serve", "--config", bad.to_str().expect("path")];
+    let missing_args = ["serve", "--config", missing.to_str().expect("path")];
+    let memory_manager = ["manager", "--store", "memory", "--courselabs", &courselabs];
+    for args in [&bad_args[..], &missing_args, &memory_manager] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .env_remove("TANGO_CONFIG")
+            .output()
+            .expect("run tango");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+// ---- health ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_routes_say_whether_the_daemon_lives_and_can_work() {
+    let mut redis = support::private_redis::PrivateRedis::start();
+    let daemon = Daemon::start(local(
+        "",
+        &format!(
+            "[store]\nbackend = \"redis\"\nredis_host = \"127.0.0.1\"\nredis_port = {}\n\
+             namespace = \"health-{}\"\n",
+            redis.port,
+            support::unique()
+        ),
+    ))
+    .await;
+    let get = |path: &str| {
+        let url = daemon.url(path);
+        async move {
+            let response = reqwest::get(url).await.expect("GET");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            let body: Value = serde_json::from_str(&text).expect("JSON body");
+            (status, body)
+        }
+    };
+    // No key needed.
+    let (status, body) = get("/healthz").await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ready", "store": "ok", "vmms": "ok"}),
+        "{body}"
+    );
+
+    // The store goes away: alive, but not ready, and the answer says why.
+    redis.kill();
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_ne!(body["store"], "ok", "{body}");
+    assert_eq!(body["vmms"], "ok", "{body}");
+    let (status, _) = get("/healthz").await;
+    assert_eq!(status, 200);
+
+    // It comes back: ready again once the store's client has reconnected.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 // ---- graceful shutdown ----

@@ -12,6 +12,7 @@
 //! with `docs/openapi.yaml`).
 
 mod courselab;
+mod health;
 mod images;
 mod info;
 // Public so the property tests (`tests/fuzz.rs`) can feed it arbitrary bodies.
@@ -137,8 +138,12 @@ pub fn router(app: Arc<App>) -> Router {
     for endpoint in Endpoint::ALL {
         router = router.route(endpoint.path(), endpoint.handler());
     }
-    // Not Tango's: Prometheus's, at a configurable path outside the table above.
+    // Not Tango's: health checks and Prometheus's metrics, outside the table above.
+    router = router
+        .route(health::PATHS[0], get(health::healthz))
+        .route(health::PATHS[1], get(health::readyz));
     let metrics = &state.app.config.metrics;
+    // (config.rs refuses a metrics.path that is a health route.)
     if metrics.enabled && metrics.path != "/" {
         router = router.route(&metrics.path, get(metrics_text));
     }
