@@ -52,6 +52,7 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), Failure> {
     }
     // Held to the end: dropping it writes out the lines still queued.
     let _log = crate::logging::init(&config.log).map_err(Failure::Config)?;
+    reopen_logs_on_hangup()?;
     std::fs::create_dir_all(&config.server.courselabs).map_err(|e| {
         Failure::Config(format!(
             "tango: server.courselabs: cannot create {}: {e}",
@@ -73,8 +74,19 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), Failure> {
     } else {
         None
     };
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, with_manager, "RESTful Tango listening");
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| addr.clone(), |a: SocketAddr| a.to_string());
+    // Python Tango's words, which scripts (and scripts/quickstart.sh) look for.
+    tracing::info!(
+        version = %crate::VERSION,
+        commit = %crate::COMMIT,
+        listen = %listen,
+        backend = %app.config.vmms.name,
+        store = %store_description(&app.config),
+        manager = with_manager,
+        "RESTful Tango listening"
+    );
     // Listening, and open_app has had the store answer a ping.
     notify_systemd(sd_notify::NotifyState::Ready);
     // TCP_NODELAY: an answer written in pieces (poll streams the file: headers, chunks, the
@@ -110,11 +122,39 @@ pub async fn manager(config: Config) -> Result<(), Failure> {
     }
     // Held to the end: dropping it writes out the lines still queued.
     let _log = crate::logging::init(&config.log).map_err(Failure::Config)?;
+    reopen_logs_on_hangup()?;
     let app = open_app(config).await?;
     let manager = start_manager(&app).await?;
     notify_systemd(sd_notify::NotifyState::Ready);
     stopping().await;
     manager.shutdown(grace(&app)).await;
+    Ok(())
+}
+
+/// The store as the start line names it: never its password.
+fn store_description(config: &Config) -> String {
+    let store = &config.store;
+    match store.backend {
+        StoreBackend::Memory => "memory".into(),
+        StoreBackend::Redis => format!(
+            "redis://{}:{}/{} (namespace {})",
+            store.redis_host, store.redis_port, store.redis_db, store.namespace
+        ),
+    }
+}
+
+/// Opens the log file again on each SIGHUP (logrotate's `postrotate`), instead of dying of
+/// it, which is SIGHUP's default.
+fn reopen_logs_on_hangup() -> Result<(), Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| Failure::Runtime(format!("tango: cannot handle SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            crate::logging::reopen();
+            tracing::info!("SIGHUP: log file reopened");
+        }
+    });
     Ok(())
 }
 

@@ -828,6 +828,68 @@ async fn metrics_follow_their_configuration() {
 // ---- logs ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_line_names_version_backend_store_and_address() {
+    let daemon = Daemon::start(local("", "")).await;
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RESTful Tango listening"))
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    for field in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        "commit=".into(),
+        format!("listen=127.0.0.1:{}", daemon.port),
+        "backend=local".into(),
+        "store=memory".into(),
+        "manager=true".into(),
+    ] {
+        assert!(line.contains(&field), "{field} not in {line}");
+    }
+    assert!(!line.contains("Some("), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_log_file_for_logrotate() {
+    let daemon = Daemon::start(local("", "[log]\nfile = \"{DAEMON_DIR}/file.log\"\n")).await;
+    let file = daemon.dir.path().join("file.log");
+    let rotated = daemon.dir.path().join("file.log.1");
+    let wait_for = |path: PathBuf, text: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            if content.contains(text) {
+                return content;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not in {path:?}: {content}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(file.clone(), "RESTful Tango listening").await;
+
+    // What logrotate does: move the file away, then SIGHUP.
+    std::fs::rename(&file, &rotated).expect("rotate");
+    daemon.signal(libc::SIGHUP);
+    wait_for(file.clone(), "SIGHUP").await;
+    assert!(daemon.exited().is_none(), "SIGHUP killed the daemon");
+
+    // Later lines (a job's) go to the new file only.
+    let dir = job_dir(daemon.dir.path(), "rotated", &["echo rotated"]);
+    let id = submit(&daemon, "ops-rotate", &dir, &job_options("r.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+    let new = wait_for(file, "job_id=").await;
+    assert!(new.contains(&format!("job_id={id}")), "{new}");
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(old.contains("RESTful Tango listening"), "{old}");
+    assert!(
+        !old.contains("job_id="),
+        "a job's line in the rotated file: {old}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_about_a_job_carries_its_id_and_name() {
     // JSON lines into log.file (LOGFILE); standard error stays empty.
     let daemon = Daemon::start(local(
