@@ -41,6 +41,8 @@ pub mod model;
 #[cfg(feature = "daemon")]
 pub mod preallocator;
 #[cfg(feature = "daemon")]
+pub mod provenance;
+#[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod vmms;

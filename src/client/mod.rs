@@ -128,8 +128,8 @@ pub struct Conn {
     /// Server host name (replaces the URL's host).
     #[arg(long, short = 's')]
     pub server: Option<String>,
-    /// Server port (replaces the URL's port; `-P` as in tango-cli.py).
-    #[arg(long, short = 'P')]
+    /// Server port (replaces the URL's port; `-P` as in tango-cli.py, `-p` as `serve`).
+    #[arg(long, short = 'P', visible_short_alias = 'p')]
     pub port: Option<u16>,
     /// The API key (better from the environment than on a command line others can see).
     #[arg(

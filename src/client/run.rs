@@ -26,8 +26,15 @@ pub struct RunArgs {
     /// Submit this many copies of the job.
     #[arg(long, default_value_t = 1)]
     pub jobs: u32,
+    /// The output file's name (default: a fresh one per run; with --jobs, `_N` appended).
+    #[arg(long)]
+    pub output_file: Option<String>,
     #[command(flatten)]
     pub job: JobFields,
+    /// Exit 1 when make ends with a non-zero status in any job ("Autodriver: Job exited with
+    /// status N"), which Tango still counts a success: for CI checking a reference solution.
+    #[arg(long)]
+    pub fail_on_make_error: bool,
     /// Seconds to wait for all outputs before giving up.
     #[arg(long, default_value_t = 1800)]
     pub wait: u64,
@@ -85,7 +92,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
             args.jobs
         )));
     }
+    if args.fail_on_make_error {
+        let make_failed: Vec<String> = submitted
+            .iter()
+            .filter_map(|job| make_status(job.output.as_deref()?).filter(|s| *s != 0))
+            .map(|s| s.to_string())
+            .collect();
+        if !make_failed.is_empty() {
+            return Err(ClientError::Failed(format!(
+                "make failed in {} of {} jobs (status {})",
+                make_failed.len(),
+                args.jobs,
+                make_failed.join(", ")
+            )));
+        }
+    }
     Ok(())
+}
+
+/// make's exit status, from the autodriver's `Autodriver: Job exited with status N` line.
+fn make_status(output: &[u8]) -> Option<i64> {
+    const LINE: &str = "Autodriver: Job exited with status ";
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .find_map(|l| l.strip_prefix(LINE))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Uploads each file under its own name; returns the addJob `files` entries that name them.
@@ -125,7 +156,7 @@ async fn submit(
         } else {
             String::new()
         };
-        let output_file = match &args.job.output_file {
+        let output_file = match &args.output_file {
             Some(f) => format!("{f}{suffix}"),
             None => format!("tango-run-{stamp}{suffix}_{dir_name}_autograde.txt"),
         };
