@@ -1,6 +1,6 @@
 //! The REST API, wire-compatible with Python Tango: same routes (each with its trailing
-//! slash), same methods, same status bodies; PROTOCOL.md is the contract and
-//! `docs/rest-api.md` / `docs/openapi.yaml` describe it for users.
+//! slash), same methods, same status bodies, as `docs/rest-api.md` and `docs/openapi.yaml` describe
+//! them.
 //!
 //! Handlers are thin: they check the key and the names a client sent, then call
 //! [`crate::labs`] (files), the store, and the backend through their traits. Errors from
@@ -66,7 +66,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Every route, in PROTOCOL.md's order.
+    /// Every route, in the order of `docs/rest-api.md`.
     pub const ALL: [Endpoint; 12] = [
         Endpoint::Hello,
         Endpoint::Open,
