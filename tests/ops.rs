@@ -848,6 +848,44 @@ async fn the_start_line_names_version_backend_store_and_address() {
     assert!(!line.contains("Some("), "{line}");
 }
 
+/// What `tango serve` writes to a terminal in its first two seconds (util-linux `script`
+/// gives it a pseudo-terminal), with `NO_COLOR` set to `no_color` or unset.
+fn serve_at_a_terminal(no_color: Option<&str>) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = format!(
+        "timeout -s INT 2 {} serve --vmms local --port 0 --courselabs {}",
+        env!("CARGO_BIN_EXE_tango"),
+        dir.path().join("courselabs").display()
+    );
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qec", &serve, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("TANGO_CONFIG");
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let out = command.output().expect("script (util-linux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn no_color_turns_colours_off_at_a_terminal() {
+    let coloured = serve_at_a_terminal(None);
+    assert!(coloured.contains("RESTful Tango listening"), "{coloured}");
+    assert!(
+        coloured.contains("\x1b["),
+        "no colours at a terminal: {coloured}"
+    );
+    let plain = serve_at_a_terminal(Some("1"));
+    assert!(plain.contains("RESTful Tango listening"), "{plain}");
+    assert!(
+        !plain.contains("\x1b["),
+        "colours despite NO_COLOR: {plain:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reopens_the_log_file_for_logrotate() {
     let daemon = Daemon::start(local("", "[log]\nfile = \"{DAEMON_DIR}/file.log\"\n")).await;
