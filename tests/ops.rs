@@ -848,6 +848,31 @@ async fn the_start_line_names_version_backend_store_and_address() {
     assert!(!line.contains("Some("), "{line}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_reaches_the_log_even_at_trace() {
+    let key = "k3y-that-must-not-be-logged";
+    let mut options = local("", "");
+    options.key = key.into();
+    options.env = vec![("RUST_LOG".into(), "trace".into())];
+    let daemon = Daemon::start(options).await;
+    // A job through every step, and requests refused for a wrong key or a bad name.
+    let dir = job_dir(daemon.dir.path(), "keyless", &["echo keyless"]);
+    let id = submit(&daemon, "ops-keyless", &dir, &job_options("k.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+    let wrong = format!("{key}-wrong");
+    for path in [
+        format!("/info/{wrong}/"),
+        format!("/open/{wrong}/lab/"),
+        format!("/open/{key}/bad..name/"),
+        format!("/poll/{key}/ops-keyless/missing.txt/"),
+    ] {
+        let _ = reqwest::get(daemon.url(&path)).await.expect("GET");
+    }
+    let log = daemon.log_text();
+    assert!(log.contains("request"), "trace lines expected: {log}");
+    assert!(!log.contains(key), "the key in the log:\n{log}");
+}
+
 /// What `tango serve` writes to a terminal in its first two seconds (util-linux `script`
 /// gives it a pseudo-terminal), with `NO_COLOR` set to `no_color` or unset.
 fn serve_at_a_terminal(no_color: Option<&str>) -> String {
