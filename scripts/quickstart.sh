@@ -35,9 +35,14 @@ command -v curl >/dev/null || die "curl is needed"
 
 if [[ -z ${TANGO_BIN:-} || -z ${AUTODRIVER:-} ]]; then
   command -v cargo >/dev/null || die "cargo is needed to build tango (or set TANGO_BIN and AUTODRIVER)"
-  say "building tango and the autodriver (cargo build)"
-  (cd "$repo" && cargo build --locked --bin tango --bin autodriver >&2)
-  target=${CARGO_TARGET_DIR:-$repo/target}
+  # The build directory scripts/test.sh uses too, so running both compiles the dependencies
+  # once; and only what grading a sample job needs (not the EC2 backend's SDK, which is most
+  # of a cold build).
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tango-rs/target}
+  say "building tango and the autodriver (cargo build, into $CARGO_TARGET_DIR)"
+  (cd "$repo" && cargo build --locked --no-default-features --features daemon \
+    --bin tango --bin autodriver >&2)
+  target=$CARGO_TARGET_DIR
   TANGO_BIN=${TANGO_BIN:-$target/debug/tango}
   AUTODRIVER=${AUTODRIVER:-$target/debug/autodriver}
 fi

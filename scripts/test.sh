@@ -20,13 +20,15 @@ log() { printf '\n== %s\n' "$*"; }
 
 # ---- what the tests need, installed when missing ----
 # Debian packages: Redis (the store), an sshd and ssh (standing in for EC2/Tashi VMs), sudo
-# (the VM's autodriver runs through it), debootstrap (the Docker test image's root fs).
+# (the VM's autodriver runs through it), debootstrap (the Docker test image's root fs),
+# prometheus (its promtool checks the /metrics bodies, tests/ops.rs).
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 [[ -x /usr/sbin/sshd ]] || need_apt+=(openssh-server)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v sudo >/dev/null || need_apt+=(sudo)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive

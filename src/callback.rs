@@ -1,5 +1,5 @@
 //! Notifying Autolab that a job has ended: one POST of the output file to the job's
-//! `callback_url` (PROTOCOL.md section 6).
+//! `callback_url` (docs/rest-api.md, `POST /addJob`).
 //!
 //! The request is what Autolab's `autograde_done` action parses: `multipart/form-data` with
 //! one part named `file` that carries a `filename` (Rails exposes a part as an uploaded file

@@ -748,6 +748,12 @@ impl MetricsConfig {
                 format!("must start with '/', got {:?}", self.path),
             );
         }
+        if ["/healthz", "/readyz"].contains(&self.path.as_str()) {
+            return invalid(
+                "metrics.path",
+                format!("{:?} is the health check's route", self.path),
+            );
+        }
         Ok(())
     }
 }

@@ -10,38 +10,84 @@ use crate::app::App;
 use crate::config::{Config, StoreBackend};
 use crate::manager::Manager;
 
+/// Why the daemon could not start (or stopped), one line for the terminal and the journal,
+/// with the exit status that tells a supervisor whether trying again can help (sysexits.h;
+/// the systemd unit has `RestartPreventExitStatus=78`).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The configuration cannot work as written: a restart would fail the same way.
+    #[error("{0}")]
+    Config(String),
+    /// Something it needs (the store, the backend, the port) is not there yet: a restart
+    /// later may succeed (a Redis that comes up after Tango).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server failed while running.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Failure {
+    /// EX_CONFIG (78), EX_TEMPFAIL (75), or 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 78,
+            Failure::Unavailable(_) => 75,
+            Failure::Runtime(_) => 1,
+        }
+    }
+}
+
 /// Runs the REST server (and, with `with_manager`, the job manager) until SIGINT or SIGTERM.
 /// Errors are one line, for the terminal and the journal.
-pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
+pub async fn serve(config: Config, with_manager: bool) -> Result<(), Failure> {
     if !with_manager && config.store.backend == StoreBackend::Memory {
-        return Err(
+        return Err(Failure::Config(
             "tango: --no-manager: store.backend is memory, so no other process \
                     could run the jobs; use store.backend = \"redis\" (or --store redis) with \
                     `tango manager` processes, or drop --no-manager"
                 .into(),
-        );
+        ));
     }
     // Held to the end: dropping it writes out the lines still queued.
-    let _log = crate::logging::init(&config.log)?;
+    let _log = crate::logging::init(&config.log).map_err(Failure::Config)?;
+    reopen_logs_on_hangup()?;
     std::fs::create_dir_all(&config.server.courselabs).map_err(|e| {
-        format!(
+        Failure::Config(format!(
             "tango: server.courselabs: cannot create {}: {e}",
             config.server.courselabs.display()
-        )
+        ))
     })?;
     let app = open_app(config).await?;
     let addr = format!("{}:{}", app.config.server.bind, app.config.server.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("tango: cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(&addr).await.map_err(|e| {
+        let message = format!("tango: cannot listen on {addr}: {e}");
+        // Taken by another process: it may go. Not ours to take: it will not.
+        match e.kind() {
+            std::io::ErrorKind::AddrInUse => Failure::Unavailable(message),
+            _ => Failure::Config(message),
+        }
+    })?;
     let manager = if with_manager {
         Some(start_manager(&app).await?)
     } else {
         None
     };
-    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| addr.clone(), |a: SocketAddr| a.to_string());
     let limits = crate::http::HttpLimits::new(&app.config.http);
-    tracing::info!(addr = ?local, with_manager, max_connections = limits.max_connections, "RESTful Tango listening");
+    // Python Tango's words, which scripts (and scripts/quickstart.sh) look for.
+    tracing::info!(
+        version = %crate::VERSION,
+        commit = %crate::COMMIT,
+        listen = %listen,
+        backend = %app.config.vmms.name,
+        store = %store_description(&app.config),
+        manager = with_manager,
+        max_connections = limits.max_connections,
+        "RESTful Tango listening"
+    );
     // Listening, and open_app has had the store answer a ping.
     notify_systemd(sd_notify::NotifyState::Ready);
     // Graceful: on the signal the listener closes (no new requests), requests in flight
@@ -62,17 +108,18 @@ pub async fn serve(config: Config, with_manager: bool) -> Result<(), String> {
 
 /// Runs only the job manager, sharing a Redis store with `tango serve --no-manager` and
 /// other managers.
-pub async fn manager(config: Config) -> Result<(), String> {
+pub async fn manager(config: Config) -> Result<(), Failure> {
     if config.store.backend == StoreBackend::Memory {
-        return Err(
+        return Err(Failure::Config(
             "tango: manager: store.backend is memory, which a separate process cannot \
                     share; set store.backend = \"redis\" (or --store redis), or run `tango serve` \
                     with its built-in manager"
                 .into(),
-        );
+        ));
     }
     // Held to the end: dropping it writes out the lines still queued.
-    let _log = crate::logging::init(&config.log)?;
+    let _log = crate::logging::init(&config.log).map_err(Failure::Config)?;
+    reopen_logs_on_hangup()?;
     let app = open_app(config).await?;
     let manager = start_manager(&app).await?;
     notify_systemd(sd_notify::NotifyState::Ready);
@@ -81,28 +128,55 @@ pub async fn manager(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The store as the start line names it: never its password.
+fn store_description(config: &Config) -> String {
+    let store = &config.store;
+    match store.backend {
+        StoreBackend::Memory => "memory".into(),
+        StoreBackend::Redis => format!(
+            "redis://{}:{}/{} (namespace {})",
+            store.redis_host, store.redis_port, store.redis_db, store.namespace
+        ),
+    }
+}
+
+/// Opens the log file again on each SIGHUP (logrotate's `postrotate`), instead of dying of
+/// it, which is SIGHUP's default.
+fn reopen_logs_on_hangup() -> Result<(), Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| Failure::Runtime(format!("tango: cannot handle SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            crate::logging::reopen();
+            tracing::info!("SIGHUP: log file reopened");
+        }
+    });
+    Ok(())
+}
+
 /// The store, the backend and the shared services, checked to work.
-async fn open_app(config: Config) -> Result<Arc<App>, String> {
+async fn open_app(config: Config) -> Result<Arc<App>, Failure> {
     for notice in config.notices() {
         tracing::warn!("configuration: {notice}");
     }
     let store = crate::store::open(&config)
         .await
-        .map_err(|e| format!("tango: store: {e}"))?;
+        .map_err(|e| Failure::Unavailable(format!("tango: store: {e}")))?;
     store
         .ping()
         .await
-        .map_err(|e| format!("tango: store: {e}"))?;
+        .map_err(|e| Failure::Unavailable(format!("tango: store: {e}")))?;
     let vmms = crate::vmms::open(&config)
         .await
-        .map_err(|e| format!("tango: vmms.name: {e}"))?;
+        .map_err(|e| Failure::Unavailable(format!("tango: vmms.name: {e}")))?;
     Ok(App::new(config, store, vmms))
 }
 
-async fn start_manager(app: &Arc<App>) -> Result<Manager, String> {
+async fn start_manager(app: &Arc<App>) -> Result<Manager, Failure> {
     Manager::start(app.clone())
         .await
-        .map_err(|e| format!("tango: manager: {e}"))
+        .map_err(|e| Failure::Unavailable(format!("tango: manager: {e}")))
 }
 
 fn grace(app: &App) -> Duration {

@@ -13,6 +13,11 @@
 pub mod autodriver;
 pub mod host;
 
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this build was made from (see `build.rs`), or "unknown".
+pub const COMMIT: &str = env!("TANGO_COMMIT");
+
 #[cfg(feature = "daemon")]
 pub mod api;
 #[cfg(feature = "daemon")]
@@ -39,6 +44,8 @@ pub mod model;
 pub mod owner;
 #[cfg(feature = "daemon")]
 pub mod preallocator;
+#[cfg(feature = "daemon")]
+pub mod provenance;
 #[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]

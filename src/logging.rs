@@ -7,9 +7,15 @@
 //! by every runtime thread, cost the API more than the requests themselves. Nothing is
 //! dropped (a full queue makes the logger wait), and a line reaches the file within about a
 //! millisecond; only lines still queued when the process is killed with SIGKILL are lost.
+//!
+//! A log file is opened again on [`reopen`] (SIGHUP, see `daemon.rs`), so that logrotate can
+//! move it away and the next line starts the new one. Colours are used only for a person at a
+//! terminal, and never when `NO_COLOR` is set (<https://no-color.org>).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -62,6 +68,68 @@ impl<W: Write> Write for Paced<W> {
     }
 }
 
+/// Set by [`reopen`]; the log thread opens the file again before its next write.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Asks the log thread to open `log.file` again (by its name) before it next writes: after
+/// logrotate has renamed it, lines go to a new file of that name. Without a log file, does
+/// nothing.
+pub fn reopen() {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+/// `log.file`, opened for appending, and opened again when [`reopen`] asks.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl LogFile {
+    fn open(path: &PathBuf) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Switches to a fresh open of the path if asked; on failure keeps the old file (the
+    /// lines still land somewhere) and says so there.
+    fn reopen_if_asked(&mut self) {
+        if !REOPEN.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match LogFile::open(&self.path) {
+            Ok(file) => self.file = file,
+            Err(e) => {
+                let _ = writeln!(
+                    self.file,
+                    "tango: cannot reopen the log file {}: {e}; still writing here",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.reopen_if_asked();
+        self.file.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.reopen_if_asked();
+        self.file.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Whether to colour lines: only for a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string.
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. Errors name the log file that could not be opened.
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let level = match config.level.to_ascii_lowercase().as_str() {
@@ -78,16 +146,17 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let (writer, guard, ansi) = if config.file.is_empty() {
         // Colours only for a person at a terminal: journald and files get plain text.
-        let ansi = std::io::stderr().is_terminal();
+        let ansi = use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        );
         let (writer, guard) = background(std::io::stderr());
         (writer, guard, ansi)
     } else {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.file)
+        let path = PathBuf::from(&config.file);
+        let file = LogFile::open(&path)
             .map_err(|e| format!("log.file: cannot open {}: {e}", config.file))?;
-        let (writer, guard) = background(file);
+        let (writer, guard) = background(LogFile { path, file });
         (writer, guard, false)
     };
     let result = if config.json {
@@ -109,4 +178,17 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
 /// every process. (Not `id`/`name`: JSON lines give the span's own name as `name`.)
 pub fn job_span(job: &crate::model::Job) -> tracing::Span {
     tracing::info_span!("job", job_id = job.id, job_name = %job.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 }

@@ -1,7 +1,7 @@
 //! The nouns Tango passes around: a job, its input files, the machine it runs on, its trace.
 //!
 //! These are stored as JSON (never a language-specific pickle) in field names of our own;
-//! [`JobView`] is the separate, exact shape `/jobs` answers with (PROTOCOL.md section 5.7),
+//! [`JobView`] is the separate, exact shape `/jobs` answers with (docs/rest-api.md, `GET /jobs`),
 //! so what we store can grow without changing the wire, and secrets never reach it.
 
 use chrono::{DateTime, Utc};

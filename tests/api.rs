@@ -1,6 +1,6 @@
 //! The REST API against a real server on 127.0.0.1:0, driven the way Autolab drives it
 //! (form-urlencoded content types, a lowercase `filename` header, a fresh connection per
-//! request), asserting the exact JSON of PROTOCOL.md, types included.
+//! request), asserting the exact JSON of docs/rest-api.md, types included.
 
 // A test is a scenario read from top to bottom: its length is its story, not several things.
 #![allow(clippy::too_many_lines)]

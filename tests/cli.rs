@@ -415,3 +415,347 @@ async fn run_reports_jobs_that_do_not_succeed() {
     assert!(Path::new(&empty).exists());
     assert!(daemon.jobs(true).await.len() == 1);
 }
+
+// ---- for the people who run it: pipes, secrets, error causes ----
+
+/// Runs `tango ARGS` (server and key from the environment, as [`tango`]) with standard
+/// output a pipe whose reader is already gone, as `tango jobs | head -1` leaves it once
+/// `head` has its line.
+fn tango_into_closed_pipe(daemon: &Daemon, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANGO_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .args(args)
+        .env("TANGO_URL", daemon.url(""))
+        .env("TANGO_KEY", &daemon.key)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("run tango {args:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_every_subcommand_quietly() {
+    let daemon = Daemon::start(DaemonOptions::local()).await;
+    let hello = jobs::job("hello");
+    let dir = hello.dir.display().to_string();
+    // A finished job first, so that `jobs --dead`, `poll` and `open` have something to say.
+    let out = tango(&daemon, &["run", &dir, "--timeout", "20"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lab = "hello";
+    let listed = run_json(&daemon, &["jobs", "--dead"]).await;
+    let job = &listed["jobs"][0];
+    let output_file = job["outputFile"]
+        .as_str()
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or("")
+        .to_string();
+    assert!(!output_file.is_empty(), "{listed}");
+    let id = job["id"].to_string();
+    let makefile = hello.dir.join("Makefile").display().to_string();
+    let image = daemon.dir.path().join("image.tar");
+    std::fs::write(&image, b"not a tarball").expect("image file");
+    let image = image.display().to_string();
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["--version"],
+        vec!["jobs", "--help"],
+        vec!["open", lab],
+        vec!["upload", lab, &makefile],
+        vec!["add-job", lab, "Makefile", "--output-file", "piped.txt"],
+        vec!["poll", lab, &output_file],
+        vec!["info"],
+        vec!["jobs"],
+        vec!["jobs", "--dead"],
+        vec!["jobs", "--dead", "--json"],
+        vec!["pool"],
+        vec!["prealloc", "autograding_image", "0"],
+        // A finished job has no partial output: the refusal goes to stdout under --json.
+        vec!["partial-output", &id, "--json"],
+        vec!["run", &dir, "--timeout", "20"],
+        vec!["run", &dir, "--timeout", "20", "--jobs", "2"],
+        vec!["build", "piped", &image],
+    ];
+    for args in &commands {
+        let out = tango_into_closed_pipe(&daemon, args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "tango {args:?}: {stderr}"
+        );
+        // A closed pipe is not a failure: status 0, unless the server refused the request
+        // (a bad tarball, a finished job's partial output), which the status still says.
+        let expected = i32::from(args[0] == "build" || args[0] == "partial-output");
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "tango {args:?}: {}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn the_key_never_appears_in_help_or_errors() {
+    let key = "the-real-key-4242";
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .env("TANGO_KEY", key)
+            .env("TANGO_ACCESS_KEY", key)
+            .env_remove("TANGO_URL")
+            .output()
+            .expect("run tango");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    for args in [
+        &["jobs", "--help"][..],
+        &["run", "--help"],
+        &["add-job", "--help"],
+    ] {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains("[env: TANGO_KEY]"), "{args:?}: {stdout}");
+        if args[0] != "jobs" {
+            assert!(
+                stdout.contains("[env: TANGO_ACCESS_KEY]"),
+                "{args:?}: {stdout}"
+            );
+        }
+        assert!(!stdout.contains(key) && !stderr.contains(key), "{stdout}");
+    }
+    // Nothing listens on this port: the error names the server and the cause, not the key.
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    for args in [
+        &["info", "--url", url.as_str()][..],
+        &["jobs", "--dead", "--url", url.as_str()],
+        &["info", "--url", url.as_str(), "--key", key],
+    ] {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stdout.contains(key) && !stderr.contains(key), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("tango: cannot connect to {url}: Connection refused (os error 111)"),
+        );
+    }
+}
+
+#[test]
+fn a_url_without_a_scheme_gets_a_hint() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .args(["info", "--url", "127.0.0.1:3000"])
+        .env_remove("TANGO_URL")
+        .env_remove("TANGO_KEY")
+        .output()
+        .expect("run tango");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "tango: --url \"127.0.0.1:3000\": not a URL; did you mean http://127.0.0.1:3000 ?"
+    );
+}
+
+// ---- tango-cli.py parity, CI use, configuration check ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fails_on_a_make_error_only_when_asked_and_max_kb_caps_the_output() {
+    let daemon = Daemon::start(DaemonOptions::local()).await;
+    let nonzero = jobs::job("nonzero").dir.display().to_string();
+    // Tango counts a failing make a success (the autodriver returned normally)...
+    let out = tango(&daemon, &["run", &nonzero, "--timeout", "20"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Job exited with status 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    // ... which a CI pipeline checking a reference solution asks to see as a failure.
+    let out = tango(
+        &daemon,
+        &["run", &nonzero, "--timeout", "20", "--fail-on-make-error"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "tango: make failed in 1 of 1 jobs (status 2)"
+    );
+    let hello = jobs::job("hello").dir.display().to_string();
+    let out = tango(
+        &daemon,
+        &["run", &hello, "--timeout", "20", "--fail-on-make-error"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // --max-kb (tango-cli's --maxsize) reaches the server: a flood is cut to about 1 KiB.
+    let flood = jobs::job("flood").dir.display().to_string();
+    let out = tango(
+        &daemon,
+        &["run", &flood, "--timeout", "60", "--max-kb", "1"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = out.stdout.len();
+    assert!(
+        printed < 4096,
+        "{printed} bytes printed with --max-kb 1:\n{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn add_job_says_in_its_usage_that_output_file_is_required() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .args(["add-job", "--help"])
+        .output()
+        .expect("run tango");
+    assert!(
+        text(&out.stdout).contains("Usage: tango add-job [OPTIONS] --output-file <OUTPUT_FILE>"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .args(["add-job", "lab", "Makefile"])
+        .output()
+        .expect("run tango");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--output-file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn port_flags_mean_the_same_on_server_and_client_and_manager_has_none() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .output()
+            .expect("run tango");
+        text(&out.stdout)
+    };
+    let h = help(&["serve", "--help"]);
+    assert!(h.contains("-p, --port") && h.contains("[alias: -P]"), "{h}");
+    // The client takes -p and -P alike: both reach the port given.
+    let port = support::free_port().to_string();
+    for flag in ["-p", "-P", "--port"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(["info", "--url", "http://127.0.0.1:1", flag, &port])
+            .env_remove("TANGO_URL")
+            .output()
+            .expect("run tango");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains(&format!("http://127.0.0.1:{port}:")),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+    }
+    let h = help(&["manager", "--help"]);
+    assert!(!h.contains("--port") && !h.contains("--bind"), "{h}");
+}
+
+#[test]
+fn completions_and_version() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .output()
+            .expect("run tango");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for word in ["add-job", "partial-output", "output-file", "completions"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    // bash reads the script without complaint.
+    let script = run(&["completions", "bash"]);
+    let status = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .expect("bash");
+    assert!(status.success());
+    let version = run(&["--version"]);
+    let commit = version
+        .trim()
+        .strip_prefix(&format!("tango {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    assert!(
+        commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{version}"
+    );
+}
+
+#[test]
+fn config_check_shows_each_value_and_its_source_and_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tango.toml");
+    std::fs::write(
+        &file,
+        "[server]\nport = 3005\nkeys = [\"file-secret-key\"]\n[store]\nredis_password = \"redis-pw\"\n",
+    )
+    .expect("config");
+    let file = file.display().to_string();
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TANGO_") {
+                command.env_remove(&name);
+            }
+        }
+        let out = command
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run tango");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = check(
+        &["config", "check", "--config", &file, "--vmms", "local"],
+        &[("TANGO_LOG_LEVEL", "info")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        format!("server.port = 3005  # file {file}"),
+        "server.bind = \"0.0.0.0\"  # default".into(),
+        "log.level = \"info\"  # environment TANGO_LOG_LEVEL".into(),
+        "vmms.name = \"local\"  # flag --vmms".into(),
+        "server.keys = \"********\"".into(),
+        "store.redis_password = \"********\"".into(),
+    ] {
+        assert!(stdout.contains(&line), "{line:?} not in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("file-secret-key") && !stdout.contains("redis-pw"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("# configuration OK\n"), "{stdout}");
+
+    // What serve refuses, config check refuses, with the same line and status.
+    for args in [
+        &["--config", file.as_str(), "--vmms", "qemu"][..],
+        &["--config", "/nonexistent/tango.toml"],
+    ] {
+        let (code, stdout, stderr) = check(&[&["config", "check"][..], args].concat(), &[]);
+        assert_eq!(code, Some(78), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        let (serve_code, _, serve_stderr) = check(&[&["serve"][..], args].concat(), &[]);
+        assert_eq!(serve_code, Some(78));
+        assert_eq!(stderr, serve_stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

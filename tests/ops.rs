@@ -207,7 +207,11 @@ fn systemd_hears_no_ready_when_the_store_does_not_answer() {
         .env("NOTIFY_SOCKET", &path)
         .output()
         .expect("run tango serve");
-    assert!(!out.status.success(), "started without its store");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "EX_TEMPFAIL: a store that is not there yet may come"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("store"),
         "{}",
@@ -233,12 +237,93 @@ fn an_unknown_backend_is_refused_at_start_with_the_known_ones() {
         .env_remove("TANGO_CONFIG")
         .output()
         .expect("run tango serve");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "tango: config: vmms.name: unknown backend \"qemu\"; expected one of localDocker, \
          distDocker, ec2SSH, tashiSSH, local"
     );
+}
+
+#[test]
+fn configuration_errors_exit_78() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nport = \"three thousand\"\n").expect("config");
+    let missing = dir.path().join("missing.toml");
+    let courselabs = dir.path().join("courselabs").display().to_string();
+    let bad_args = ["serve", "--config", bad.to_str().expect("path")];
+    let missing_args = ["serve", "--config", missing.to_str().expect("path")];
+    let memory_manager = ["manager", "--store", "memory", "--courselabs", &courselabs];
+    for args in [&bad_args[..], &missing_args, &memory_manager] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+            .args(args)
+            .env_remove("TANGO_CONFIG")
+            .output()
+            .expect("run tango");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+// ---- health ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_routes_say_whether_the_daemon_lives_and_can_work() {
+    let mut redis = support::private_redis::PrivateRedis::start();
+    let daemon = Daemon::start(local(
+        "",
+        &format!(
+            "[store]\nbackend = \"redis\"\nredis_host = \"127.0.0.1\"\nredis_port = {}\n\
+             namespace = \"health-{}\"\n",
+            redis.port,
+            support::unique()
+        ),
+    ))
+    .await;
+    let get = |path: &str| {
+        let url = daemon.url(path);
+        async move {
+            let response = reqwest::get(url).await.expect("GET");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            let body: Value = serde_json::from_str(&text).expect("JSON body");
+            (status, body)
+        }
+    };
+    // No key needed.
+    let (status, body) = get("/healthz").await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ready", "store": "ok", "vmms": "ok"}),
+        "{body}"
+    );
+
+    // The store goes away: alive, but not ready, and the answer says why.
+    redis.kill();
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_ne!(body["store"], "ok", "{body}");
+    assert_eq!(body["vmms"], "ok", "{body}");
+    let (status, _) = get("/healthz").await;
+    assert_eq!(status, 200);
+
+    // It comes back: ready again once the store's client has reconnected.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 // ---- graceful shutdown ----
@@ -472,7 +557,13 @@ async fn metrics_count_what_happened() {
     .await;
     daemon.wait_dead(id, WAIT).await;
 
-    let response = reqwest::get(daemon.url("/metrics")).await.expect("scrape");
+    // As Prometheus asks.
+    let response = reqwest::Client::new()
+        .get(daemon.url("/metrics"))
+        .header("accept", OPENMETRICS_ACCEPT)
+        .send()
+        .await
+        .expect("scrape");
     assert!(response.status().is_success());
     let content_type = response
         .headers()
@@ -514,16 +605,19 @@ async fn metrics_count_what_happened() {
     assert_eq!(sample(&m, "tango_live_jobs"), 0.0);
     assert_eq!(sample(&m, "tango_running_jobs"), 0.0);
     assert_eq!(sample(&m, "tango_dead_jobs"), 4.0);
-    // Pools, as /pool reports them.
+    // Pools, as /pool reports them: free and busy, which add up to the total.
     let pools = daemon.get_json(&format!("/pool/{}/", daemon.key)).await;
     let pools = pools["pools"].as_object().expect("pools").clone();
     assert!(pools.contains_key("autograding_image"), "{pools:?}");
     for (name, pool) in pools {
-        for state in ["total", "free"] {
-            let want = pool[state].as_array().map_or(0, Vec::len) as f64;
-            let key = format!("tango_pool_machines{{pool=\"{name}\",state=\"{state}\"}}");
-            assert_eq!(sample(&m, &key), want, "{key}");
-        }
+        let count = |state: &str| pool[state].as_array().map_or(0, Vec::len) as f64;
+        let key = |state: &str| format!("tango_pool_machines{{pool=\"{name}\",state=\"{state}\"}}");
+        assert_eq!(sample(&m, &key("free")), count("free"), "{name}");
+        assert_eq!(
+            sample(&m, &key("free")) + sample(&m, &key("busy")),
+            count("total"),
+            "{name}"
+        );
     }
     // Jobs by final status.
     assert_eq!(
@@ -590,6 +684,136 @@ async fn metrics_count_what_happened() {
     );
 }
 
+/// What Prometheus sends in `Accept` when it scrapes.
+const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Runs `promtool ARGS` with `stdin`; its status, stdout and stderr. promtool is Debian's
+/// `prometheus` package (scripts/test.sh installs it).
+fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .expect("write to promtool");
+    drop(input);
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+async fn scrape(daemon: &Daemon, accept: Option<&str>) -> (String, String) {
+    let mut request = reqwest::Client::new().get(daemon.url("/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("scrape");
+    assert!(response.status().is_success(), "{}", response.status());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (content_type, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_in_both_formats() {
+    let daemon = Daemon::start(local("", "")).await;
+    // A finished job, so that every family has samples, histograms included.
+    let dir = job_dir(daemon.dir.path(), "promtool", &["echo checked"]);
+    let id = submit(&daemon, "ops-promtool", &dir, &job_options("p.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+
+    // No Accept (curl), or Prometheus text asked for: Prometheus text 0.0.4, which
+    // `promtool check metrics` lints, with no finding.
+    for accept in [None, Some("text/plain;version=0.0.4")] {
+        let (content_type, text) = scrape(&daemon, accept).await;
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(!text.contains("# EOF"), "{text}");
+        let (ok, said) = promtool(&["check", "metrics"], &text);
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    }
+
+    // Prometheus's Accept: OpenMetrics. promtool's linter reads only Prometheus text, but
+    // its backfill parses OpenMetrics strictly (it wants a timestamp on each sample, which
+    // the test adds).
+    let (content_type, text) = scrape(&daemon, Some(OPENMETRICS_ACCEPT)).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let stamped: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} {now}\n")
+            }
+        })
+        .collect();
+    let input = daemon.dir.path().join("metrics.om");
+    std::fs::write(&input, &stamped).expect("write");
+    let blocks = daemon.dir.path().join("blocks");
+    let out = std::process::Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(&blocks)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The build and the process.
+    let m = samples(&text);
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_tango"))
+        .arg("--version")
+        .output()
+        .expect("tango --version");
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let commit = version
+        .trim()
+        .strip_suffix(')')
+        .and_then(|v| v.rsplit_once("(commit "))
+        .map(|(_, c)| c.to_string())
+        .unwrap_or_else(|| panic!("no commit in --version: {version}"));
+    assert!(!commit.is_empty() && commit != "unknown", "{version}");
+    let info = format!(
+        "tango_build_info{{version=\"{}\",commit=\"{commit}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&m, &info), 1.0, "{text}");
+    assert!(sample(&m, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&m, "process_open_fds") >= 3.0);
+    assert!(sample(&m, "process_cpu_seconds_total") > 0.0);
+    let started = sample(&m, "process_start_time_seconds");
+    assert!(
+        started <= now as f64 + 1.0 && started > now as f64 - 3600.0,
+        "{started} vs now {now}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_their_configuration() {
     let moved = Daemon::start(local("", "[metrics]\npath = \"/prometheus\"\n")).await;
@@ -613,6 +837,131 @@ async fn metrics_follow_their_configuration() {
 }
 
 // ---- logs ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_line_names_version_backend_store_and_address() {
+    let daemon = Daemon::start(local("", "")).await;
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RESTful Tango listening"))
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    for field in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        "commit=".into(),
+        format!("listen=127.0.0.1:{}", daemon.port),
+        "backend=local".into(),
+        "store=memory".into(),
+        "manager=true".into(),
+    ] {
+        assert!(line.contains(&field), "{field} not in {line}");
+    }
+    assert!(!line.contains("Some("), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_reaches_the_log_even_at_trace() {
+    let key = "k3y-that-must-not-be-logged";
+    let mut options = local("", "");
+    options.key = key.into();
+    options.env = vec![("RUST_LOG".into(), "trace".into())];
+    let daemon = Daemon::start(options).await;
+    // A job through every step, and requests refused for a wrong key or a bad name.
+    let dir = job_dir(daemon.dir.path(), "keyless", &["echo keyless"]);
+    let id = submit(&daemon, "ops-keyless", &dir, &job_options("k.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+    let wrong = format!("{key}-wrong");
+    for path in [
+        format!("/info/{wrong}/"),
+        format!("/open/{wrong}/lab/"),
+        format!("/open/{key}/bad..name/"),
+        format!("/poll/{key}/ops-keyless/missing.txt/"),
+    ] {
+        let _ = reqwest::get(daemon.url(&path)).await.expect("GET");
+    }
+    let log = daemon.log_text();
+    assert!(log.contains("request"), "trace lines expected: {log}");
+    assert!(!log.contains(key), "the key in the log:\n{log}");
+}
+
+/// What `tango serve` writes to a terminal in its first two seconds (util-linux `script`
+/// gives it a pseudo-terminal), with `NO_COLOR` set to `no_color` or unset.
+fn serve_at_a_terminal(no_color: Option<&str>) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = format!(
+        "timeout -s INT 2 {} serve --vmms local --port 0 --courselabs {}",
+        env!("CARGO_BIN_EXE_tango"),
+        dir.path().join("courselabs").display()
+    );
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qec", &serve, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("TANGO_CONFIG");
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let out = command.output().expect("script (util-linux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn no_color_turns_colours_off_at_a_terminal() {
+    let coloured = serve_at_a_terminal(None);
+    assert!(coloured.contains("RESTful Tango listening"), "{coloured}");
+    assert!(
+        coloured.contains("\x1b["),
+        "no colours at a terminal: {coloured}"
+    );
+    let plain = serve_at_a_terminal(Some("1"));
+    assert!(plain.contains("RESTful Tango listening"), "{plain}");
+    assert!(
+        !plain.contains("\x1b["),
+        "colours despite NO_COLOR: {plain:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_log_file_for_logrotate() {
+    let daemon = Daemon::start(local("", "[log]\nfile = \"{DAEMON_DIR}/file.log\"\n")).await;
+    let file = daemon.dir.path().join("file.log");
+    let rotated = daemon.dir.path().join("file.log.1");
+    let wait_for = |path: PathBuf, text: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            if content.contains(text) {
+                return content;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not in {path:?}: {content}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(file.clone(), "RESTful Tango listening").await;
+
+    // What logrotate does: move the file away, then SIGHUP.
+    std::fs::rename(&file, &rotated).expect("rotate");
+    daemon.signal(libc::SIGHUP);
+    wait_for(file.clone(), "SIGHUP").await;
+    assert!(daemon.exited().is_none(), "SIGHUP killed the daemon");
+
+    // Later lines (a job's) go to the new file only.
+    let dir = job_dir(daemon.dir.path(), "rotated", &["echo rotated"]);
+    let id = submit(&daemon, "ops-rotate", &dir, &job_options("r.txt", 20)).await;
+    daemon.wait_dead(id, WAIT).await;
+    let new = wait_for(file, "job_id=").await;
+    assert!(new.contains(&format!("job_id={id}")), "{new}");
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(old.contains("RESTful Tango listening"), "{old}");
+    assert!(
+        !old.contains("job_id="),
+        "a job's line in the rotated file: {old}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_about_a_job_carries_its_id_and_name() {

@@ -1388,18 +1388,22 @@ async fn a_thousand_jobs_from_many_clients_all_end(store: Arc<dyn JobStore>) {
 
 #[tokio::test]
 async fn a_separate_manager_refuses_the_memory_store() {
-    let err = tango::daemon::manager(Config::default())
+    let failure = tango::daemon::manager(Config::default())
         .await
         .expect_err("refused");
+    assert_eq!(failure.exit_code(), 78, "a configuration error");
+    let err = failure.to_string();
     assert!(err.contains("memory") && err.contains("redis"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
 }
 
 #[tokio::test]
 async fn serving_without_a_manager_refuses_the_memory_store() {
-    let err = tango::daemon::serve(Config::default(), false)
+    let failure = tango::daemon::serve(Config::default(), false)
         .await
         .expect_err("refused");
+    assert_eq!(failure.exit_code(), 78, "a configuration error");
+    let err = failure.to_string();
     assert!(
         err.contains("--no-manager") && err.contains("redis"),
         "{err}"

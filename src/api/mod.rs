@@ -1,6 +1,6 @@
 //! The REST API, wire-compatible with Python Tango: same routes (each with its trailing
-//! slash), same methods, same status bodies; PROTOCOL.md is the contract and
-//! `docs/rest-api.md` / `docs/openapi.yaml` describe it for users.
+//! slash), same methods, same status bodies, as `docs/rest-api.md` and `docs/openapi.yaml` describe
+//! them.
 //!
 //! Handlers are thin: they check the key and the names a client sent, then call
 //! [`crate::labs`] (files), the store, and the backend through their traits. Errors from
@@ -12,6 +12,7 @@
 //! with `docs/openapi.yaml`).
 
 mod courselab;
+mod health;
 mod images;
 mod info;
 // Public so the property tests (`tests/fuzz.rs`) can feed it arbitrary bodies.
@@ -69,7 +70,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Every route, in PROTOCOL.md's order.
+    /// Every route, in the order of `docs/rest-api.md`.
     pub const ALL: [Endpoint; 12] = [
         Endpoint::Hello,
         Endpoint::Open,
@@ -144,8 +145,12 @@ pub fn router(app: Arc<App>) -> Router {
     for endpoint in Endpoint::ALL {
         router = router.route(endpoint.path(), endpoint.handler());
     }
-    // Not Tango's: Prometheus's, at a configurable path outside the table above.
+    // Not Tango's: health checks and Prometheus's metrics, outside the table above.
+    router = router
+        .route(health::PATHS[0], get(health::healthz))
+        .route(health::PATHS[1], get(health::readyz));
     let metrics = &state.app.config.metrics;
+    // (config.rs refuses a metrics.path that is a health route.)
     if metrics.enabled && metrics.path != "/" {
         router = router.route(&metrics.path, get(metrics_text));
     }
@@ -168,10 +173,17 @@ async fn hello() -> Response {
 
 /// `GET metrics.path`: Prometheus metrics (no key: scrapers do not carry one, and the
 /// body holds counts only, never a key, a path or a job's name).
-async fn metrics_text(axum::extract::State(api): axum::extract::State<Arc<ApiState>>) -> Response {
+/// The format follows `Accept`: OpenMetrics when asked for, else Prometheus text.
+async fn metrics_text(
+    axum::extract::State(api): axum::extract::State<Arc<ApiState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     use axum::response::IntoResponse;
-    match crate::metrics::render(api.app.store.as_ref(), api.app.started, &api.app.metrics).await {
-        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let app = &api.app;
+    match crate::metrics::render(app.store.as_ref(), app.started, &app.metrics, format).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {e}\n"),

@@ -30,7 +30,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
         )
         .await?;
     client.print(&v, |v| {
-        println!("{}: {}", args.image, super::status_message(v))
+        outln!("{}: {}", args.image, super::status_message(v))
     });
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! Courselabs: `open`, `upload`, `poll`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -45,10 +44,10 @@ pub async fn open(args: OpenArgs) -> Result<()> {
     let client = Client::new(&args.conn)?;
     let v = client.get(&client.url("open", &[&args.courselab])).await?;
     client.print(&v, |v| {
-        println!("{}: {}", args.courselab, super::status_message(v));
+        outln!("{}: {}", args.courselab, super::status_message(v));
         if let Some(files) = v["files"].as_object() {
             for (name, md5) in files {
-                println!("  {}  {name}", md5.as_str().unwrap_or("?"));
+                outln!("  {}  {name}", md5.as_str().unwrap_or("?"));
             }
         }
     });
@@ -69,12 +68,12 @@ pub async fn upload(args: UploadArgs) -> Result<()> {
         };
         let v = upload_one(&client, &url, &name, read_file(path)?).await?;
         if !client.json {
-            println!("{name}: {}", super::status_message(&v));
+            outln!("{name}: {}", super::status_message(&v));
         }
         answers.push(json!({"file": name, "answer": v}));
     }
     if client.json {
-        println!("{}", super::pretty(&Value::Array(answers)));
+        outln!("{}", super::pretty(&Value::Array(answers)));
     }
     Ok(())
 }
@@ -104,14 +103,14 @@ pub async fn poll(args: PollArgs) -> Result<()> {
                     "statusMsg": "Output file found",
                     "output": String::from_utf8_lossy(&bytes),
                 });
-                println!("{}", super::pretty(&v));
+                outln!("{}", super::pretty(&v));
             } else if let Some(out) = &args.out {
                 std::fs::write(out, &bytes).map_err(|error| ClientError::File {
                     path: out.display().to_string(),
                     error,
                 })?;
             } else {
-                let _ = std::io::stdout().write_all(&bytes);
+                super::output::bytes(&bytes);
             }
             Ok(())
         }

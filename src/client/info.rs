@@ -16,7 +16,7 @@ pub async fn info(args: InfoArgs) -> Result<()> {
     client.print(&v, |v| {
         if let Some(info) = v["info"].as_object() {
             for (name, value) in info {
-                println!("{name:<16} {value}");
+                outln!("{name:<16} {value}");
             }
         }
     });

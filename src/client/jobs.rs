@@ -14,6 +14,9 @@ pub struct AddJobArgs {
     /// must be `Makefile`).
     #[arg(required = true)]
     pub files: Vec<String>,
+    /// The output file's name (poll it with this).
+    #[arg(long)]
+    pub output_file: String,
     #[command(flatten)]
     pub job: JobFields,
 }
@@ -24,9 +27,6 @@ pub struct JobFields {
     /// The image (pool) to run on.
     #[arg(long, default_value = "autograding_image")]
     pub image: String,
-    /// The output file's name (poll it with this).
-    #[arg(long)]
-    pub output_file: Option<String>,
     /// Seconds the job may run (0: the server's default).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
@@ -39,12 +39,34 @@ pub struct JobFields {
     /// Run without network.
     #[arg(long)]
     pub disable_network: bool,
+    /// Largest output kept, in KiB (0: the server's default; tango-cli's --maxsize).
+    #[arg(long, default_value_t = 0)]
+    pub max_kb: u64,
+    /// Per-job EC2 credentials (ec2SSH), as tango-cli's --accessKeyId.
+    #[arg(
+        long,
+        env = "TANGO_ACCESS_KEY_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub access_key_id: String,
+    /// The secret of --access-key-id. Set TANGO_ACCESS_KEY rather than this flag: a command
+    /// line is visible to every user of the machine (ps).
+    #[arg(
+        long,
+        env = "TANGO_ACCESS_KEY",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub access_key: String,
 }
 
 impl JobFields {
-    /// The addJob body, in Autolab's field order.
+    /// The addJob body, in Autolab's field order; `max_kb` and the EC2 credentials only
+    /// when given (as tango-cli.py sends them).
     pub fn body(&self, files: Vec<Value>, output_file: &str, job_name: &str) -> Value {
-        json!({
+        let mut body = json!({
             "image": self.image,
             "files": files,
             "output_file": output_file,
@@ -52,7 +74,15 @@ impl JobFields {
             "callback_url": self.callback_url,
             "jobName": job_name,
             "disable_network": self.disable_network,
-        })
+        });
+        if self.max_kb > 0 {
+            body["max_kb"] = self.max_kb.into();
+        }
+        if !self.access_key.is_empty() {
+            body["accessKeyId"] = self.access_key_id.clone().into();
+            body["accessKey"] = self.access_key.clone().into();
+        }
+        body
     }
 }
 
@@ -103,11 +133,7 @@ pub async fn add_job(args: AddJobArgs) -> Result<()> {
         .iter()
         .map(|f| file_spec(f))
         .collect::<Result<Vec<_>>>()?;
-    let output_file = args
-        .job
-        .output_file
-        .clone()
-        .ok_or_else(|| ClientError::Usage("--output-file is required".into()))?;
+    let output_file = args.output_file.clone();
     let job_name = args
         .job
         .job_name
@@ -122,7 +148,7 @@ pub async fn add_job(args: AddJobArgs) -> Result<()> {
         )
         .await?;
     let id = job_id(&v)?;
-    client.print(&v, |_| println!("job {id} added: {job_name}"));
+    client.print(&v, |_| outln!("job {id} added: {job_name}"));
     Ok(())
 }
 
@@ -133,12 +159,15 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
     client.print(&v, |v| {
         let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
         if jobs.is_empty() {
-            println!("no {} jobs", if args.dead { "dead" } else { "live" });
+            outln!("no {} jobs", if args.dead { "dead" } else { "live" });
             return;
         }
-        println!(
+        outln!(
             "{:>6}  {:<8}  {:>7}  {:<32}  LAST TRACE",
-            "ID", "STATE", "RETRIES", "NAME"
+            "ID",
+            "STATE",
+            "RETRIES",
+            "NAME"
         );
         for job in jobs {
             let state = if args.dead {
@@ -154,7 +183,7 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
                 .and_then(Value::as_str)
                 .map(|l| l.split_once('|').map_or(l, |(_, m)| m))
                 .unwrap_or("");
-            println!(
+            outln!(
                 "{:>6}  {:<8}  {:>7}  {:<32}  {last}",
                 job["id"].to_string(),
                 state,
@@ -171,7 +200,9 @@ pub async fn partial_output(args: PartialOutputArgs) -> Result<()> {
     let v = client
         .get(&client.url("getPartialOutput", &[&args.job_id.to_string()]))
         .await?;
-    client.print(&v, |v| print!("{}", v["output"].as_str().unwrap_or("")));
+    client.print(&v, |v| {
+        super::output::bytes(v["output"].as_str().unwrap_or("").as_bytes())
+    });
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 //! `statusId -1`, its `statusMsg` goes to stderr and the command exits 1; a connection or
 //! usage problem exits 2.
 
+#[macro_use]
+mod output;
+
 mod build;
 mod courselab;
 mod info;
@@ -72,17 +75,17 @@ pub async fn main(command: ClientCommand) -> ExitCode {
             json,
         }) => {
             if json {
-                println!("{}", pretty(&body));
+                output::last_line(format_args!("{}", pretty(&body)));
             }
-            eprintln!("tango: server: {message}");
+            errln!("tango: server: {message}");
             ExitCode::from(1)
         }
         Err(ClientError::Failed(message)) => {
-            eprintln!("tango: {message}");
+            errln!("tango: {message}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("tango: {e}");
+            errln!("tango: {e}");
             ExitCode::from(2)
         }
     }
@@ -102,8 +105,10 @@ pub enum ClientError {
     /// Jobs ran but did not all succeed (`run`).
     #[error("{0}")]
     Failed(String),
-    #[error("cannot reach the server: {0}")]
-    Http(#[from] reqwest::Error),
+    /// Talking to the server failed; the text names the server (never the key) and the
+    /// cause at the bottom of the error's chain ("Connection refused").
+    #[error("{0}")]
+    Http(String),
     #[error("{0}")]
     Protocol(String),
     #[error("{0}")]
@@ -123,11 +128,18 @@ pub struct Conn {
     /// Server host name (replaces the URL's host).
     #[arg(long, short = 's')]
     pub server: Option<String>,
-    /// Server port (replaces the URL's port).
-    #[arg(long, short = 'P')]
+    /// Server port (replaces the URL's port; `-P` as in tango-cli.py, `-p` as `serve`).
+    #[arg(long, short = 'P', visible_short_alias = 'p')]
     pub port: Option<u16>,
-    /// The API key.
-    #[arg(long, short = 'k', env = "TANGO_KEY", default_value = "test")]
+    /// The API key (better from the environment than on a command line others can see).
+    #[arg(
+        long,
+        short = 'k',
+        env = "TANGO_KEY",
+        default_value = "test",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub key: String,
     /// Print the server's JSON (one document on stdout) instead of text.
     #[arg(long)]
@@ -148,14 +160,15 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `base` as errors print it.
+    shown: String,
     key: String,
     pub json: bool,
 }
 
 impl Client {
     pub fn new(conn: &Conn) -> Result<Client> {
-        let mut url = reqwest::Url::parse(&conn.url)
-            .map_err(|e| ClientError::Usage(format!("--url {:?}: {e}", conn.url)))?;
+        let mut url = parse_url(&conn.url)?;
         if let Some(host) = &conn.server {
             url.set_host(Some(host))
                 .map_err(|e| ClientError::Usage(format!("--server {host:?}: {e}")))?;
@@ -166,10 +179,15 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(conn.http_timeout.max(1)))
-            .build()?;
+            .build()
+            .map_err(|e| ClientError::Http(format!("cannot make an HTTP client: {e}")))?;
+        let base = url.as_str().trim_end_matches('/').to_string();
+        // What errors show: the server without a password a URL might carry.
+        let _ = url.set_password(None);
         Ok(Client {
             http,
-            base: url.as_str().trim_end_matches('/').to_string(),
+            shown: url.as_str().trim_end_matches('/').to_string(),
+            base,
             key: conn.key.clone(),
             json: conn.json,
         })
@@ -187,8 +205,8 @@ impl Client {
 
     /// GET a JSON route; `Err(Server)` when it answers `statusId -1`.
     pub async fn get(&self, url: &str) -> Result<Value> {
-        let response = self.http.get(url).send().await?;
-        self.answer(response).await
+        let response = self.http.get(url).send().await;
+        self.answer(self.reached(response)?).await
     }
 
     /// POST a body (with headers); `Err(Server)` when it answers `statusId -1`.
@@ -202,16 +220,16 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await?;
-        self.answer(response).await
+        let response = request.send().await;
+        self.answer(self.reached(response)?).await
     }
 
     /// GET that may answer raw bytes (poll): `Ok(Ok(bytes))` or `Ok(Err(json))`.
     pub async fn get_raw(&self, url: &str) -> Result<std::result::Result<Vec<u8>, Value>> {
-        let response = self.http.get(url).send().await?;
+        let response = self.reached(self.http.get(url).send().await)?;
         if is_json(&response) {
             let status = response.status();
-            let text = response.text().await?;
+            let text = response.text().await.map_err(|e| self.failed(&e))?;
             let value: Value = serde_json::from_str(&text)
                 .map_err(|e| ClientError::Protocol(format!("HTTP {status}: not JSON ({e})")))?;
             return Ok(Err(value));
@@ -220,12 +238,36 @@ impl Client {
         if !status.is_success() {
             return Err(ClientError::Protocol(format!("HTTP {status}")));
         }
-        Ok(Ok(response.bytes().await?.to_vec()))
+        let bytes = response.bytes().await.map_err(|e| self.failed(&e))?;
+        Ok(Ok(bytes.to_vec()))
+    }
+
+    /// The response, or what went wrong reaching the server.
+    pub fn reached(
+        &self,
+        response: reqwest::Result<reqwest::Response>,
+    ) -> Result<reqwest::Response> {
+        response.map_err(|e| self.failed(&e))
+    }
+
+    /// An HTTP error as one line: the server (never the request's URL, which holds the key)
+    /// and the innermost cause, which is the one that says what to fix.
+    pub fn failed(&self, error: &reqwest::Error) -> ClientError {
+        let what = if error.is_timeout() {
+            "no answer in time from"
+        } else if error.is_connect() {
+            "cannot connect to"
+        } else if error.is_body() || error.is_decode() {
+            "cannot read the answer of"
+        } else {
+            "cannot talk to"
+        };
+        ClientError::Http(format!("{what} {}: {}", self.shown, root_cause(error)))
     }
 
     async fn answer(&self, response: reqwest::Response) -> Result<Value> {
         let status = response.status();
-        let text = response.text().await?;
+        let text = response.text().await.map_err(|e| self.failed(&e))?;
         let value: Value = serde_json::from_str(&text).map_err(|_| {
             ClientError::Protocol(format!(
                 "HTTP {status}: not a Tango answer: {}",
@@ -250,11 +292,47 @@ impl Client {
     /// Prints `value` for `--json`, else runs `human`.
     pub fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
         if self.json {
-            println!("{}", pretty(value));
+            outln!("{}", pretty(value));
         } else {
             human(value);
         }
     }
+}
+
+/// Parses `--url`; one without a scheme (`127.0.0.1:3000`) gets a hint, not the URL
+/// parser's "relative URL without a base".
+fn parse_url(text: &str) -> Result<reqwest::Url> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        Ok(url) if url.has_host() => Err(ClientError::Usage(format!(
+            "--url {text:?}: scheme {:?} is not http or https",
+            url.scheme()
+        ))),
+        _ if !text.contains("://") => Err(ClientError::Usage(format!(
+            "--url {text:?}: not a URL; did you mean http://{text} ?"
+        ))),
+        Err(e) => Err(ClientError::Usage(format!("--url {text:?}: {e}"))),
+        Ok(_) => Err(ClientError::Usage(format!("--url {text:?}: no host"))),
+    }
+}
+
+/// The innermost error of a chain ("Connection refused (os error 111)"), without any URL.
+fn root_cause(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if std::ptr::addr_eq(cause, error) {
+        // No inner cause: reqwest's own text, with the URL taken out.
+        let mut text = error.to_string();
+        if let Some(url) = error.url() {
+            text = text
+                .replace(&format!(" for url ({url})"), "")
+                .replace(url.as_str(), "");
+        }
+        return text;
+    }
+    cause.to_string()
 }
 
 fn is_json(response: &reqwest::Response) -> bool {

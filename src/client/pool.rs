@@ -41,11 +41,11 @@ pub async fn pool(args: PoolArgs) -> Result<()> {
     client.print(&v, |v| {
         let pools = v["pools"].as_object().cloned().unwrap_or_default();
         if pools.is_empty() {
-            println!("no pools");
+            outln!("no pools");
         }
         for (name, pool) in pools {
             let count = |k: &str| pool[k].as_array().map_or(0, Vec::len);
-            println!(
+            outln!(
                 "{name}: {} machines, {} free  (total {} free {})",
                 count("total"),
                 count("free"),
@@ -80,7 +80,7 @@ pub async fn prealloc(args: PreallocArgs) -> Result<()> {
         )
         .await?;
     client.print(&v, |v| {
-        println!("{}: {}", args.image, super::status_message(v))
+        outln!("{}: {}", args.image, super::status_message(v))
     });
     Ok(())
 }

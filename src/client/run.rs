@@ -26,8 +26,15 @@ pub struct RunArgs {
     /// Submit this many copies of the job.
     #[arg(long, default_value_t = 1)]
     pub jobs: u32,
+    /// The output file's name (default: a fresh one per run; with --jobs, `_N` appended).
+    #[arg(long)]
+    pub output_file: Option<String>,
     #[command(flatten)]
     pub job: JobFields,
+    /// Exit 1 when make ends with a non-zero status in any job ("Autodriver: Job exited with
+    /// status N"), which Tango still counts a success: for CI checking a reference solution.
+    #[arg(long)]
+    pub fail_on_make_error: bool,
     /// Seconds to wait for all outputs before giving up.
     #[arg(long, default_value_t = 1800)]
     pub wait: u64,
@@ -68,14 +75,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let summary = summarize(&report);
     let failed = report.iter().filter(|r| r["status"] != "success").count();
     if client.json {
-        println!(
+        outln!(
             "{}",
             super::pretty(&json!({"courselab": courselab, "jobs": report, "summary": summary}))
         );
     } else if args.jobs == 1 {
         if let Some(output) = &submitted[0].output {
-            use std::io::Write;
-            let _ = std::io::stdout().write_all(output);
+            super::output::bytes(output);
         }
     } else {
         print_table(&report, &summary, args.jobs);
@@ -86,7 +92,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
             args.jobs
         )));
     }
+    if args.fail_on_make_error {
+        let make_failed: Vec<String> = submitted
+            .iter()
+            .filter_map(|job| make_status(job.output.as_deref()?).filter(|s| *s != 0))
+            .map(|s| s.to_string())
+            .collect();
+        if !make_failed.is_empty() {
+            return Err(ClientError::Failed(format!(
+                "make failed in {} of {} jobs (status {})",
+                make_failed.len(),
+                args.jobs,
+                make_failed.join(", ")
+            )));
+        }
+    }
     Ok(())
+}
+
+/// make's exit status, from the autodriver's `Autodriver: Job exited with status N` line.
+fn make_status(output: &[u8]) -> Option<i64> {
+    const LINE: &str = "Autodriver: Job exited with status ";
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .find_map(|l| l.strip_prefix(LINE))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Uploads each file under its own name; returns the addJob `files` entries that name them.
@@ -126,7 +156,7 @@ async fn submit(
         } else {
             String::new()
         };
-        let output_file = match &args.job.output_file {
+        let output_file = match &args.output_file {
             Some(f) => format!("{f}{suffix}"),
             None => format!("tango-run-{stamp}{suffix}_{dir_name}_autograde.txt"),
         };
@@ -252,12 +282,16 @@ fn save_outputs(save: &Path, submitted: &[Submitted]) -> Result<()> {
 
 /// The report for people: one line per job, then the counts and times of `summary`.
 fn print_table(report: &[Value], summary: &Value, jobs: u32) {
-    println!(
+    outln!(
         "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  OUTPUT FILE",
-        "ID", "STATUS", "SECONDS", "QUEUED", "RUN"
+        "ID",
+        "STATUS",
+        "SECONDS",
+        "QUEUED",
+        "RUN"
     );
     for r in report {
-        println!(
+        outln!(
             "{:>6}  {:<16}  {:>8}  {:>8}  {:>8}  {}",
             r["id"].to_string(),
             r["status"].as_str().unwrap_or(""),
@@ -277,9 +311,11 @@ fn print_table(report: &[Value], summary: &Value, jobs: u32) {
         })
         .unwrap_or_default();
     let s = &summary["seconds"];
-    println!(
+    outln!(
         "{jobs} jobs: {statuses}; seconds min {} median {} max {}",
-        s["min"], s["median"], s["max"]
+        s["min"],
+        s["median"],
+        s["max"]
     );
 }
 
