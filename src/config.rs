@@ -182,6 +182,10 @@ pub struct JobsConfig {
     /// Seconds a manager's lease on its jobs lasts without renewal. When a manager dies, its
     /// jobs go back to the queue this long after its last heartbeat.
     pub lease_secs: u64,
+    /// The duplicate guard: an addJob whose output file (courselab and `output_file`) a
+    /// queued or running job writes already queues nothing and answers with that job's id.
+    /// Python Tango ran such a resubmission twice.
+    pub deduplicate: bool,
 }
 
 /// Notifying Autolab when a job ends.
@@ -296,6 +300,7 @@ impl Default for JobsConfig {
             max_queued: 0,
             max_dead: 1000,
             lease_secs: 15,
+            deduplicate: true,
         }
     }
 }

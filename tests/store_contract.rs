@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
-use tango::store::{JobStore, StoreError};
+use tango::store::{Added, JobStore, StoreError};
 
 /// Two handles on one store.
 struct Fixture {
@@ -639,6 +639,121 @@ async fn add_job_cap_holds_under_concurrent_adds(f: Fixture) {
     assert_eq!(f.b.allocate_job_id().await.unwrap(), last + 1);
 }
 
+/// A submission as addJob hands it to `add_job_once`: its output file names it.
+fn submission(output: &str) -> Job {
+    let mut job = unnumbered("lab_hello_1_user@x.edu");
+    job.output_file = format!("/courselabs/0123456789abcdef-course/output/{output}");
+    job
+}
+
+async fn add_job_once_answers_a_live_duplicate_with_its_id(f: Fixture) {
+    let mut first = submission("1_user@x.edu_hello.txt");
+    assert_eq!(f.a.add_job_once(&mut first, 0).await.unwrap(), Added::New);
+    assert!(first.id > 0);
+    // Sent again while queued (from another process): nothing queued, no id used.
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(first.id));
+    assert_eq!(again.id, 0, "the duplicate is left as it was");
+    assert!(again.trace.is_empty());
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![first.id]);
+    assert_eq!(f.a.stats().await.unwrap().live, 1);
+    assert_eq!(f.a.counters().await.unwrap().job_requests, 2);
+    // Another submission of the same course is a job of its own.
+    let mut other = submission("2_user@x.edu_hello.txt");
+    assert_eq!(f.b.add_job_once(&mut other, 0).await.unwrap(), Added::New);
+    assert_eq!(other.id, first.id + 1, "the duplicate used no id");
+    // The same output name in another courselab directory is another submission.
+    let mut elsewhere = submission("1_user@x.edu_hello.txt");
+    elsewhere.output_file = elsewhere.output_file.replace("-course/", "-other/");
+    assert_eq!(
+        f.a.add_job_once(&mut elsewhere, 0).await.unwrap(),
+        Added::New
+    );
+    // Running, it is still the one answered.
+    let mut running = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(running.id, first.id);
+    running.assigned = true;
+    f.a.update_live(&running).await.unwrap();
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(first.id));
+    // Once it has ended, the same output file may be written by a new job (a regrade).
+    running.assigned = false;
+    running.trace("done");
+    f.a.finish(&running, 0).await.unwrap();
+    let mut regrade = submission("1_user@x.edu_hello.txt");
+    assert_eq!(f.b.add_job_once(&mut regrade, 0).await.unwrap(), Added::New);
+    assert!(regrade.id > elsewhere.id);
+    assert_eq!(
+        f.a.queued_ids().await.unwrap(),
+        vec![other.id, elsewhere.id, regrade.id]
+    );
+    // A full queue still refuses a new submission, but not a duplicate.
+    let mut full = submission("3_user@x.edu_hello.txt");
+    assert!(matches!(
+        f.a.add_job_once(&mut full, 3).await,
+        Err(StoreError::QueueFull(3))
+    ));
+    let mut again = submission("2_user@x.edu_hello.txt");
+    let answer = f.a.add_job_once(&mut again, 3).await.unwrap();
+    assert_eq!(answer, Added::Existing(other.id));
+}
+
+async fn add_job_once_sees_jobs_added_without_the_guard(f: Fixture) {
+    let mut plain = submission("1_user@x.edu_hello.txt");
+    f.a.add_job(&mut plain, 0).await.unwrap();
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(plain.id));
+    // Without the guard, a second job is queued (Tango's behaviour, `deduplicate = false`).
+    let mut twice = submission("1_user@x.edu_hello.txt");
+    f.b.add_job(&mut twice, 0).await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![plain.id, twice.id]);
+}
+
+async fn add_job_once_at_the_same_instant_queues_one_job(f: Fixture) {
+    // Eight submissions each sent five times, all at once from both handles, so that Redis
+    // gets copies of one submission in one script call and in several.
+    const SUBMISSIONS: usize = 8;
+    const COPIES: usize = 5;
+    let mut tasks = Vec::new();
+    for i in 0..SUBMISSIONS * COPIES {
+        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut job = submission(&format!("{}_user@x.edu_hello.txt", i % SUBMISSIONS));
+            let answer = store.add_job_once(&mut job, 0).await.unwrap();
+            (i % SUBMISSIONS, answer, job.id)
+        }));
+    }
+    let mut new: Vec<Option<JobId>> = vec![None; SUBMISSIONS];
+    let mut answered: Vec<Vec<JobId>> = vec![Vec::new(); SUBMISSIONS];
+    for task in tasks {
+        let (submission, answer, id) = task.await.unwrap();
+        match answer {
+            Added::New => {
+                assert!(
+                    new[submission].is_none(),
+                    "submission {submission} queued twice"
+                );
+                new[submission] = Some(id);
+            }
+            Added::Existing(existing) => answered[submission].push(existing),
+        }
+    }
+    let queued = f.a.queued_ids().await.unwrap();
+    assert_eq!(queued.len(), SUBMISSIONS);
+    for (submission, id) in new.iter().enumerate() {
+        let id = id.unwrap_or_else(|| panic!("submission {submission} never queued"));
+        assert!(queued.contains(&id));
+        assert_eq!(answered[submission], vec![id; COPIES - 1]);
+    }
+    assert_eq!(
+        f.b.counters().await.unwrap().job_requests,
+        (SUBMISSIONS * COPIES) as u64
+    );
+}
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -679,4 +794,7 @@ every_backend!(
     add_job_counts_numbers_stamps_and_queues,
     add_job_cap_holds_under_concurrent_adds,
     concurrent_add_jobs_each_get_their_id_and_their_own_json,
+    add_job_once_answers_a_live_duplicate_with_its_id,
+    add_job_once_sees_jobs_added_without_the_guard,
+    add_job_once_at_the_same_instant_queues_one_job,
 );

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{Added, JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// The in-memory store.
@@ -31,6 +31,8 @@ struct State {
     dead: HashMap<JobId, Job>,
     dead_order: VecDeque<JobId>,
     queue: VecDeque<JobId>,
+    /// Output file → the live job writing it, for [`JobStore::add_job_once`].
+    outputs: HashMap<String, JobId>,
     /// Jobs each manager has claimed and not yet finished or requeued.
     claimed: HashMap<String, Vec<JobId>>,
     /// When each manager's lease runs out.
@@ -65,6 +67,33 @@ impl MemoryStore {
         }
     }
 
+    /// `add_job`, and with `once` `add_job_once`.
+    fn add(&self, job: &mut Job, max_queued: u64, once: bool) -> Result<Added, StoreError> {
+        {
+            let mut s = self.lock();
+            s.counters.job_requests += 1;
+            if once && let Some(id) = s.writer_of(&job.output_file) {
+                return Ok(Added::Existing(id));
+            }
+            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
+                return Err(StoreError::QueueFull(s.queue.len() as u64));
+            }
+            let id = s.next_job_id;
+            s.next_job_id += 1;
+            job.id = id;
+            job.owner = None;
+            job.assigned = false;
+            job.timings.added = Some(unix_now());
+            job.trace(added_line(&job.name, id));
+            s.queue.push_back(id);
+            s.outputs.insert(job.output_file.clone(), id);
+            s.live.insert(id, job.clone());
+        }
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+        Ok(Added::New)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind, never a half-applied
         // change that matters more than losing the whole store would.
@@ -80,6 +109,21 @@ impl State {
         match self.live.get_mut(&job.id) {
             Some(live) if live.owner.is_some() && live.owner == job.owner => Ok(live),
             _ => Err(StoreError::LeaseLost(job.id)),
+        }
+    }
+
+    /// The live job writing `output_file`, if any.
+    fn writer_of(&self, output_file: &str) -> Option<JobId> {
+        self.outputs
+            .get(output_file)
+            .copied()
+            .filter(|id| self.live.contains_key(id))
+    }
+
+    /// A job leaves the live ones: its output file is free for a new submission.
+    fn forget_output(&mut self, job: &Job) {
+        if self.outputs.get(&job.output_file) == Some(&job.id) {
+            self.outputs.remove(&job.output_file);
         }
     }
 
@@ -188,6 +232,7 @@ impl JobStore for MemoryStore {
             job.owner = None;
             job.assigned = false;
             s.queue.push_back(job.id);
+            s.outputs.insert(job.output_file.clone(), job.id);
             s.live.insert(job.id, job);
         }
         self.queued.notify_waiters();
@@ -196,25 +241,11 @@ impl JobStore for MemoryStore {
     }
 
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
-        {
-            let mut s = self.lock();
-            s.counters.job_requests += 1;
-            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
-                return Err(StoreError::QueueFull(s.queue.len() as u64));
-            }
-            let id = s.next_job_id;
-            s.next_job_id += 1;
-            job.id = id;
-            job.owner = None;
-            job.assigned = false;
-            job.timings.added = Some(unix_now());
-            job.trace(added_line(&job.name, id));
-            s.queue.push_back(id);
-            s.live.insert(id, job.clone());
-        }
-        self.queued.notify_waiters();
-        self.queued.notify_one();
-        Ok(())
+        self.add(job, max_queued, false).map(|_| ())
+    }
+
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError> {
+        self.add(job, max_queued, true)
     }
 
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
@@ -276,6 +307,7 @@ impl JobStore for MemoryStore {
         }
         let owner = job.owner.clone().unwrap_or_default();
         s.live.remove(&job.id);
+        s.forget_output(job);
         s.unclaim(&owner, job.id);
         s.push_dead(dead, max_dead);
         Ok(())

@@ -56,6 +56,15 @@ pub struct StoreStats {
     pub queued: u64,
 }
 
+/// What [`JobStore::add_job_once`] did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Queued under the id now in the job.
+    New,
+    /// Not queued: this live job (queued or running) already writes the same output file.
+    Existing(JobId),
+}
+
 /// What [`JobStore::reap_expired`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reaped {
@@ -100,6 +109,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// [`added_line`], and adds it to the live jobs and the tail of the queue. On success
     /// `job` is as stored.
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError>;
+
+    /// [`JobStore::add_job`] guarded against a submission sent twice: when a live job
+    /// (queued or running) has the same `output_file` (the courselab's directory and the
+    /// output name, unique per submission in Autolab), nothing is queued, no id is used, and
+    /// that job's id comes back as [`Added::Existing`]; the request is still counted. Atomic
+    /// with every other add: of two such calls at the same instant, one queues the job and
+    /// the other answers with its id. Jobs added by either method are seen by this one.
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError>;
 
     /// Takes the head of the queue for `owner`, waiting up to `wait` for one to arrive. The
     /// job comes back with `owner` set; it stays live (and `assigned` stays as it was) until

@@ -39,12 +39,12 @@ mod waiter;
 pub use link::{CALL_BUDGET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 use super::flight::SharedRead;
-use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{Added, JobStore, Reaped, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{
     Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime, unix_now,
 };
-use adds::Adds;
+use adds::{Adds, NewJob, Terms};
 use keys::Keys;
 use link::{Link, Retry};
 use scripts::SCRIPTS;
@@ -155,8 +155,8 @@ impl RedisStore {
         job: &mut Job,
         timings: Timings,
         stamp: &str,
-        max_queued: u64,
-    ) -> Result<(), StoreError> {
+        terms: Terms,
+    ) -> Result<Added, StoreError> {
         let id = self.allocate_job_id().await?;
         let mut whole = released(job);
         whole.id = id;
@@ -169,15 +169,52 @@ impl RedisStore {
             .key(&keys.queue)
             .key(&keys.live)
             .key(&keys.lease)
-            .key(&keys.assigned);
+            .key(&keys.assigned)
+            .key(&keys.outputs)
+            .key(&keys.output_of);
         invocation
             .arg(Counter::JobRequests.name())
-            .arg(max_queued)
+            .arg(terms.max_queued)
             .arg(id)
-            .arg(encode(keys, &whole)?);
-        added(self.run(Retry::IfUnsent, &invocation).await?)?;
+            .arg(encode(keys, &whole)?)
+            .arg(&whole.output_file)
+            .arg(if terms.once { "1" } else { "0" });
+        if let Err(existing) = added(self.run(Retry::IfUnsent, &invocation).await?)? {
+            return Ok(existing);
+        }
         *job = whole;
-        Ok(())
+        Ok(Added::New)
+    }
+
+    /// `add_job`, and with the guard on `add_job_once`.
+    async fn add(&self, job: &mut Job, terms: Terms) -> Result<Added, StoreError> {
+        let mut stored = released(job);
+        stored.id = 0;
+        stored.timings.added = Some(unix_now());
+        let stamp = ctime(Utc::now());
+        stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
+        let json = encode(&self.keys, &stored)?;
+        // The usual case: Redis takes the id and writes it into the JSON, in one call with
+        // the other jobs being added meanwhile. A job whose own text holds the marker
+        // cannot be cut there, and goes whole.
+        let Some([_, before, after]) = new_job_parts(&json) else {
+            return self.add_whole_job(job, stored.timings, &stamp, terms).await;
+        };
+        let new = NewJob {
+            before,
+            after,
+            output: &stored.output_file,
+        };
+        let id = match added(self.adds.add(new, terms).await?)? {
+            Ok(id) => id,
+            Err(existing) => return Ok(existing),
+        };
+        stored.id = id;
+        // The line as Redis wrote it, made again rather than searched for the marker.
+        stored.trace.pop();
+        stored.trace_stamped(&stamp, added_line(&stored.name, id));
+        *job = stored;
+        Ok(Added::New)
     }
 
     /// `HMGET` of every counter, in [`Counter::ALL`]'s order.
@@ -262,7 +299,11 @@ impl JobStore for RedisStore {
     async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError> {
         let json = encode(&self.keys, &released(job))?;
         let mut invocation = self.invocation(&SCRIPTS.enqueue);
-        invocation.arg(job.id).arg(json).arg(max_queued);
+        invocation
+            .arg(job.id)
+            .arg(json)
+            .arg(max_queued)
+            .arg(&job.output_file);
         let full: i64 = self.run(Retry::IfUnsent, &invocation).await?;
         if full >= 0 {
             return Err(StoreError::QueueFull(full as u64));
@@ -271,27 +312,19 @@ impl JobStore for RedisStore {
     }
 
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
-        let mut stored = released(job);
-        stored.id = 0;
-        stored.timings.added = Some(unix_now());
-        let stamp = ctime(Utc::now());
-        stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
-        let json = encode(&self.keys, &stored)?;
-        // The usual case: Redis takes the id and writes it into the JSON, in one call with
-        // the other jobs being added meanwhile. A job whose own text holds the marker
-        // cannot be cut there, and goes whole.
-        let Some([_, before, after]) = new_job_parts(&json) else {
-            return self
-                .add_whole_job(job, stored.timings, &stamp, max_queued)
-                .await;
+        let terms = Terms {
+            max_queued,
+            once: false,
         };
-        let id = added(self.adds.add(before, after, max_queued).await?)?;
-        stored.id = id;
-        // The line as Redis wrote it, made again rather than searched for the marker.
-        stored.trace.pop();
-        stored.trace_stamped(&stamp, added_line(&stored.name, id));
-        *job = stored;
-        Ok(())
+        self.add(job, terms).await.map(|_| ())
+    }
+
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError> {
+        let terms = Terms {
+            max_queued,
+            once: true,
+        };
+        self.add(job, terms).await
     }
 
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {

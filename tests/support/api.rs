@@ -556,6 +556,13 @@ impl JobStore for DownStore {
     ) -> Result<(), tango::store::StoreError> {
         down()
     }
+    async fn add_job_once(
+        &self,
+        _: &mut tango::model::Job,
+        _: u64,
+    ) -> Result<tango::store::Added, tango::store::StoreError> {
+        down()
+    }
     async fn claim_next(
         &self,
         _: &str,

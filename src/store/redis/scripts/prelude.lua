@@ -31,6 +31,15 @@ local function unclaim(owner, id)
   redis.call('ZREM', ck, id)
   if redis.call('EXISTS', ck) == 0 then redis.call('SREM', key('claimers'), owner) end
 end
+-- A job leaves the live ones: its output file is free for a new submission.
+local function forget_output(id)
+  local output = redis.call('HGET', key('output-of'), id)
+  if not output then return end
+  redis.call('HDEL', key('output-of'), id)
+  if redis.call('HGET', key('outputs'), output) == id then
+    redis.call('HDEL', key('outputs'), output)
+  end
+end
 local function push_dead(id, json, max_dead)
   if redis.call('HSET', key('dead'), id, json) == 1 then
     redis.call('RPUSH', key('dead-order'), id)
