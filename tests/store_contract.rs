@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
-use tango::store::{Added, JobStore, StoreError};
+use tango::store::redis::RedisStore;
+use tango::store::{Added, JobStore, Schedule, StoreError};
 
 /// Two handles on one store.
 struct Fixture {
@@ -31,6 +32,27 @@ async fn redis() -> Fixture {
     Fixture {
         a: support::redis_store(&config).await,
         b: support::redis_store(&config).await,
+    }
+}
+
+/// Two handles on one store whose claims follow `schedule`.
+async fn memory_with(schedule: Schedule) -> Fixture {
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new().with_schedule(schedule));
+    Fixture {
+        a: store.clone(),
+        b: store,
+    }
+}
+
+async fn redis_with(schedule: Schedule) -> Fixture {
+    let config = support::redis_config();
+    let open = || async {
+        let store = RedisStore::connect(&config).await.expect("redis store");
+        Arc::new(store.with_schedule(schedule.clone())) as Arc<dyn JobStore>
+    };
+    Fixture {
+        a: open().await,
+        b: open().await,
     }
 }
 
@@ -754,6 +776,159 @@ async fn add_job_once_at_the_same_instant_queues_one_job(f: Fixture) {
     );
 }
 
+/// A job of `courselab` (its directory `<tenant>-<courselab>`), queued by addJob.
+async fn add_to(store: &dyn JobStore, courselab: &str, n: usize) -> JobId {
+    let mut job = unnumbered(&format!("{courselab}_{n}"));
+    job.output_file = format!("/labs/0123456789abcdef-{courselab}/output/{n}.txt");
+    store.add_job(&mut job, 0).await.expect("add_job");
+    job.id
+}
+
+/// The courselab of each of the next `n` claims, by `owner`.
+async fn claim_labs(store: &dyn JobStore, owner: &str, n: usize) -> Vec<String> {
+    let mut labs = Vec::new();
+    for _ in 0..n {
+        let job = store
+            .claim_next(owner, NO_WAIT)
+            .await
+            .unwrap()
+            .expect("a job");
+        labs.push(job.name.split('_').next().unwrap_or_default().to_string());
+    }
+    labs
+}
+
+async fn fair_share_puts_a_lone_job_before_a_burst(f: Fixture) {
+    let mut burst = Vec::new();
+    for n in 0..200 {
+        burst.push(add_to(&*f.a, "A", n).await);
+    }
+    // The pool is busy with A's first jobs when B's one job arrives.
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        claimed.push(f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap().id);
+    }
+    let lone = add_to(&*f.b, "B", 0).await;
+    // `/jobs` still lists the queue in the order jobs came.
+    let mut waiting = burst[3..].to_vec();
+    waiting.push(lone);
+    assert_eq!(f.a.queued_ids().await.unwrap(), waiting);
+    let next: Vec<JobId> = [
+        f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap().id,
+        f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap().id,
+    ]
+    .to_vec();
+    assert!(
+        next.contains(&lone),
+        "B's job waits behind A's burst: {next:?}"
+    );
+    claimed.extend(next.iter().filter(|&&id| id != lone));
+    while let Some(job) = f.b.claim_next("m2", NO_WAIT).await.unwrap() {
+        claimed.push(job.id);
+    }
+    assert_eq!(claimed, burst, "A's jobs leave in their order");
+}
+
+async fn fair_share_alternates_and_requeued_jobs_keep_their_place(f: Fixture) {
+    for n in 0..4 {
+        add_to(&*f.a, "A", n).await;
+        add_to(&*f.a, "A", 10 + n).await;
+    }
+    for n in 0..2 {
+        add_to(&*f.b, "B", n).await;
+        add_to(&*f.b, "C", n).await;
+    }
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(first.name, "A_0");
+    // A requeued job goes back to the head of its courselab, and its turn was used.
+    f.a.requeue(&first).await.unwrap();
+    let labs = claim_labs(&*f.b, "m2", 8).await;
+    assert_eq!(labs, ["B", "C", "A", "B", "C", "A", "A", "A"]);
+    let rest = f.a.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        rest.name, "A_2",
+        "A's jobs in their order: A_0, A_10, A_1, A_11, ..."
+    );
+}
+
+async fn fair_share_weights_give_a_courselab_more_turns(f: Fixture) {
+    for n in 0..9 {
+        add_to(&*f.a, "A", n).await;
+        add_to(&*f.a, "B", n).await;
+    }
+    let labs = claim_labs(&*f.b, "m2", 9).await;
+    assert_eq!(labs, ["A", "B", "A", "A", "B", "A", "A", "B", "A"]);
+}
+
+async fn fifo_takes_the_oldest_job_whatever_its_courselab(f: Fixture) {
+    for n in 0..5 {
+        add_to(&*f.a, "A", n).await;
+    }
+    add_to(&*f.a, "B", 0).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    f.a.requeue(&first).await.unwrap();
+    let labs = claim_labs(&*f.b, "m2", 6).await;
+    assert_eq!(labs, ["A", "A", "A", "A", "A", "B"]);
+}
+
+async fn fair_share_claims_by_several_managers_take_each_job_once(f: Fixture) {
+    let mut all = HashSet::new();
+    for n in 0..300 {
+        let lab = ["A", "B", "C", "D", "E"][n % 5];
+        all.insert(add_to(&*f.a, lab, n).await);
+    }
+    let mut drains = Vec::new();
+    for (i, store) in [f.a.clone(), f.b.clone(), f.a.clone(), f.b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        drains.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(job) = store.claim_next(&format!("m{i}"), NO_WAIT).await.unwrap() {
+                got.push(job.id);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for d in drains {
+        claimed.extend(d.await.unwrap());
+    }
+    assert_eq!(claimed.len(), all.len(), "no job taken twice, none left");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), all);
+    assert!(f.a.queued_ids().await.unwrap().is_empty());
+}
+
+macro_rules! scheduled {
+    ($($case:ident: $schedule:expr),* $(,)?) => {
+        mod scheduled {
+            $(
+                mod $case {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn memory() {
+                        super::super::$case(super::super::memory_with($schedule).await).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn redis() {
+                        super::super::$case(super::super::redis_with($schedule).await).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+scheduled!(
+    fair_share_weights_give_a_courselab_more_turns: tango::store::Schedule {
+        fifo: false,
+        weights: [("A".to_string(), 2)].into_iter().collect(),
+    },
+    fifo_takes_the_oldest_job_whatever_its_courselab: tango::store::Schedule {
+        fifo: true,
+        ..Default::default()
+    },
+);
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -797,4 +972,7 @@ every_backend!(
     add_job_once_answers_a_live_duplicate_with_its_id,
     add_job_once_sees_jobs_added_without_the_guard,
     add_job_once_at_the_same_instant_queues_one_job,
+    fair_share_puts_a_lone_job_before_a_burst,
+    fair_share_alternates_and_requeued_jobs_keep_their_place,
+    fair_share_claims_by_several_managers_take_each_job_once,
 );

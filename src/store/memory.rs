@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Added, JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{Added, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// The in-memory store.
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Which queued job a claim takes.
+    schedule: Schedule,
     /// Wakes claimers when a job enters the queue.
     queued: Notify,
 }
@@ -31,6 +33,14 @@ struct State {
     dead: HashMap<JobId, Job>,
     dead_order: VecDeque<JobId>,
     queue: VecDeque<JobId>,
+    /// The same ids by courselab ([`lab_of`]), each in queue order, for fair share.
+    labs: HashMap<String, VecDeque<JobId>>,
+    /// The courselabs with jobs queued, and the pass each is at (see [`Schedule`]).
+    waiting: HashMap<String, f64>,
+    /// The pass of each courselab that has had a job claimed.
+    pass: HashMap<String, f64>,
+    /// The pass of the last claim: where a courselab that starts waiting enters, at least.
+    vtime: f64,
     /// Output file → the live job writing it, for [`JobStore::add_job_once`].
     outputs: HashMap<String, JobId>,
     /// Jobs each manager has claimed and not yet finished or requeued.
@@ -64,7 +74,15 @@ impl MemoryStore {
                 ..State::default()
             }),
             queued: Notify::new(),
+            schedule: Schedule::default(),
         }
+    }
+
+    /// The store, its claims made in `schedule`'s order.
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     /// `add_job`, and with `once` `add_job_once`.
@@ -85,9 +103,9 @@ impl MemoryStore {
             job.assigned = false;
             job.timings.added = Some(unix_now());
             job.trace(added_line(&job.name, id));
-            s.queue.push_back(id);
             s.outputs.insert(job.output_file.clone(), id);
             s.live.insert(id, job.clone());
+            s.push_queued(id, false);
         }
         self.queued.notify_waiters();
         self.queued.notify_one();
@@ -110,6 +128,71 @@ impl State {
             Some(live) if live.owner.is_some() && live.owner == job.owner => Ok(live),
             _ => Err(StoreError::LeaseLost(job.id)),
         }
+    }
+
+    /// Queues a live job at the tail, or with `front` at the head, of the queue and of its
+    /// courselab's queue; a courselab that was not waiting enters at its pass, or at the
+    /// last claim's if it is behind.
+    fn push_queued(&mut self, id: JobId, front: bool) {
+        let lab = self
+            .live
+            .get(&id)
+            .map(|job| lab_of(&job.output_file).to_string())
+            .unwrap_or_default();
+        let lab_queue = self.labs.entry(lab.clone()).or_default();
+        if front {
+            self.queue.push_front(id);
+            lab_queue.push_front(id);
+        } else {
+            self.queue.push_back(id);
+            lab_queue.push_back(id);
+        }
+        if !self.waiting.contains_key(&lab) {
+            let pass = self.pass.get(&lab).copied().unwrap_or(0.0).max(self.vtime);
+            self.waiting.insert(lab, pass);
+        }
+    }
+
+    /// Takes the next id out of the queue: its head with a FIFO schedule, else the head of
+    /// the courselab with the lowest pass (ties by name), whose pass moves on.
+    fn take_next(&mut self, schedule: &Schedule) -> Option<JobId> {
+        let turn = self
+            .waiting
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
+            .map(|(lab, pass)| (lab.clone(), *pass));
+        let (id, lab) = match turn {
+            Some((lab, pass)) if !schedule.fifo => {
+                let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
+                let next = pass + schedule.stride(&lab);
+                self.vtime = pass;
+                self.pass.insert(lab.clone(), next);
+                self.waiting.insert(lab.clone(), next);
+                if let Some(id) = id
+                    && let Some(at) = self.queue.iter().position(|&queued| queued == id)
+                {
+                    self.queue.remove(at);
+                }
+                (id, lab)
+            }
+            _ => {
+                let id = self.queue.pop_front()?;
+                let lab = self
+                    .live
+                    .get(&id)
+                    .map(|job| lab_of(&job.output_file).to_string())
+                    .unwrap_or_default();
+                if let Some(ids) = self.labs.get_mut(&lab) {
+                    ids.retain(|&queued| queued != id);
+                }
+                (Some(id), lab)
+            }
+        };
+        if self.labs.get(&lab).is_none_or(VecDeque::is_empty) {
+            self.labs.remove(&lab);
+            self.waiting.remove(&lab);
+        }
+        id.or_else(|| self.queue.pop_front())
     }
 
     /// The live job writing `output_file`, if any.
@@ -162,7 +245,7 @@ impl State {
                 job.owner = None;
                 job.assigned = false;
             }
-            self.queue.push_front(*id);
+            self.push_queued(*id, true);
         }
         let keys: Vec<_> = self
             .pools
@@ -231,9 +314,10 @@ impl JobStore for MemoryStore {
             let mut job = job.clone();
             job.owner = None;
             job.assigned = false;
-            s.queue.push_back(job.id);
-            s.outputs.insert(job.output_file.clone(), job.id);
-            s.live.insert(job.id, job);
+            let id = job.id;
+            s.outputs.insert(job.output_file.clone(), id);
+            s.live.insert(id, job);
+            s.push_queued(id, false);
         }
         self.queued.notify_waiters();
         self.queued.notify_one();
@@ -256,7 +340,7 @@ impl JobStore for MemoryStore {
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                while let Some(id) = s.queue.pop_front() {
+                while let Some(id) = s.take_next(&self.schedule) {
                     let Some(job) = s.live.get_mut(&id) else {
                         continue;
                     };
@@ -288,7 +372,7 @@ impl JobStore for MemoryStore {
             live.owner = None;
             live.assigned = false;
             s.unclaim(&owner, job.id);
-            s.queue.push_front(job.id);
+            s.push_queued(job.id, true);
         }
         self.queued.notify_waiters();
         self.queued.notify_one();

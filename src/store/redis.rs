@@ -39,7 +39,7 @@ mod waiter;
 pub use link::{CALL_BUDGET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 use super::flight::SharedRead;
-use super::{Added, JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{Added, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{
     Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime, unix_now,
@@ -65,6 +65,8 @@ pub struct RedisStore {
     overview_read: SharedRead<Result<(Counters, StoreStats), StoreError>>,
     /// New jobs on their way to Redis together (`add_job`).
     adds: Arc<Adds>,
+    /// Which queued job a claim takes.
+    schedule: Schedule,
 }
 
 impl RedisStore {
@@ -87,7 +89,15 @@ impl RedisStore {
             link,
             keys,
             overview_read: SharedRead::default(),
+            schedule: Schedule::default(),
         })
+    }
+
+    /// The store, its claims made in `schedule`'s order.
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     // ---- calling Redis ----
@@ -140,7 +150,12 @@ impl RedisStore {
     /// Takes the head of the queue for `owner` now, if there is one.
     async fn try_claim(&self, owner: &str) -> Result<Option<Job>, StoreError> {
         let mut invocation = self.invocation(&SCRIPTS.claim);
-        invocation.arg(owner);
+        invocation
+            .arg(owner)
+            .arg(if self.schedule.fifo { "1" } else { "0" });
+        for (courselab, weight) in &self.schedule.weights {
+            invocation.arg(courselab).arg(weight);
+        }
         let claimed: Option<(String, bool)> = self.run(Retry::IfUnsent, &invocation).await?;
         claimed
             .map(|(json, assigned)| live_job(&self.keys, &json, Some(owner.to_string()), assigned))
@@ -173,6 +188,7 @@ impl RedisStore {
             .key(&keys.outputs)
             .key(&keys.output_of);
         invocation
+            .arg(&keys.ns)
             .arg(Counter::JobRequests.name())
             .arg(terms.max_queued)
             .arg(id)

@@ -216,6 +216,7 @@ impl Adds {
             .key(&keys.outputs)
             .key(&keys.output_of);
         invocation
+            .arg(&keys.ns)
             .arg(Counter::JobRequests.name())
             .arg(terms.max_queued)
             .arg(if terms.once { "1" } else { "0" });

@@ -14,6 +14,10 @@
 //! | `<ns>:lease` | hash | job id → the manager holding it (claimed, not yet requeued or finished) |
 //! | `<ns>:assigned` | set | ids of live jobs dispatched to a machine |
 //! | `<ns>:queue` | list | ids of unassigned jobs, head first |
+//! | `<ns>:labq:<lab>` | list | the queued ids of one courselab (`store::lab_of`), head first: fair share |
+//! | `<ns>:labs-waiting` | sorted set | courselabs with jobs queued → their pass |
+//! | `<ns>:lab-pass` | hash | courselab → its pass, kept while it has nothing queued |
+//! | `<ns>:vtime` | string | the pass of the last fair-share claim |
 //! | `<ns>:outputs` | hash | output file → the id of the job added last to write it (the duplicate guard; stale once that job is not live) |
 //! | `<ns>:output-of` | hash | live job id → its output file, so that its `outputs` entry goes when it ends |
 //! | `<ns>:claimed:<owner>` | sorted set | ids a manager holds (score = id, for requeueing in order) |

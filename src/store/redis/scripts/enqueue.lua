@@ -16,4 +16,5 @@ redis.call('SREM', key('assigned'), ARGV[2])
 redis.call('RPUSH', key('queue'), ARGV[2])
 redis.call('HSET', key('outputs'), ARGV[5], ARGV[2])
 redis.call('HSET', key('output-of'), ARGV[2], ARGV[5])
+queue_lab(ARGV[2], false)
 return -1

@@ -12,4 +12,5 @@ redis.call('SREM', key('assigned'), id)
 redis.call('HDEL', key('lease'), id)
 unclaim(owner, id)
 redis.call('LPUSH', key('queue'), id)
+queue_lab(id, true)
 return 1
