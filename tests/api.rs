@@ -412,6 +412,70 @@ async fn a_submission_sent_twice_is_queued_once_redis() {
     a_submission_sent_twice_is_queued_once(redis().await).await;
 }
 
+/// `/cancel` (an extension): a queued job leaves the queue; ended, unknown, wrong key and
+/// a malformed id each get their answer. (A manager ending the job: `tests/pipeline.rs`.)
+async fn cancel_answers_for_each_state_of_a_job(store: Arc<dyn JobStore>) {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start_with(store, |_| {}).await;
+    server.prepare_lab(LAB).await;
+    let added = server.add_job(LAB, &autolab_job("course1")).await;
+    let id = added["jobId"].as_str().unwrap().to_string();
+    let wrong = server
+        .post(&format!("/cancel/nokey/{id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        wrong,
+        json!({"statusId": -1, "statusMsg": "Key not recognized"})
+    );
+    let answer = server
+        .post(&format!("/cancel/{KEY}/{id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        answer,
+        json!({"statusId": 0, "statusMsg": "Cancel requested", "jobId": id, "was": "queued"})
+    );
+    let server_store = server.app.store.clone();
+    assert!(server_store.queued_ids().await.unwrap().is_empty());
+    let unknown = server
+        .post(&format!("/cancel/{KEY}/987654/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        unknown,
+        json!({"statusId": -1, "statusMsg": "Job 987654 not found"})
+    );
+    // A rejected job is among the dead ones: already finished.
+    let mut bad = autolab_job("course1");
+    bad["image"] = json!("nosuchimage");
+    bad["output_file"] = json!("other.txt");
+    server.add_job(LAB, &bad).await;
+    let dead = server.get_json(&format!("/jobs/{KEY}/1/")).await;
+    let dead_id = dead["jobs"][0]["id"].as_u64().expect("a dead job");
+    let finished = server
+        .post(&format!("/cancel/{KEY}/{dead_id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        finished,
+        json!({"statusId": -1, "statusMsg": format!("Job {dead_id} has already finished")})
+    );
+    let raw = server
+        .raw(
+            format!("POST /cancel/{KEY}/x1/ HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(raw.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_answers_for_each_state_of_a_job_memory() {
+    cancel_answers_for_each_state_of_a_job(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_answers_for_each_state_of_a_job_redis() {
+    cancel_answers_for_each_state_of_a_job(redis().await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_duplicate_guard_a_resend_is_queued_again() {
     let _shared = QUIET.read().await;

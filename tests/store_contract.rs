@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
 use tango::store::redis::RedisStore;
-use tango::store::{Added, JobStore, Schedule, StoreError};
+use tango::store::{Added, CancelRequest, JobStore, Schedule, StoreError};
 
 /// Two handles on one store.
 struct Fixture {
@@ -899,6 +899,70 @@ async fn fair_share_claims_by_several_managers_take_each_job_once(f: Fixture) {
     assert!(f.a.queued_ids().await.unwrap().is_empty());
 }
 
+async fn cancel_takes_a_queued_job_out_and_marks_a_running_one(f: Fixture) {
+    let queued = add_to(&*f.a, "A", 0).await;
+    let running = add_to(&*f.a, "A", 1).await;
+    let other = add_to(&*f.a, "B", 0).await;
+    f.a.heartbeat("m1", LEASE).await.unwrap();
+    f.a.heartbeat("m2", LEASE).await.unwrap();
+    // A queued job leaves the queue at once.
+    assert_eq!(
+        f.b.request_cancel(queued).await.unwrap(),
+        CancelRequest::Queued
+    );
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![running, other]);
+    let mut held = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(held.id, running, "the cancelled job is never claimed");
+    held.assigned = true;
+    f.a.update_live(&held).await.unwrap();
+    assert_eq!(
+        f.b.request_cancel(running).await.unwrap(),
+        CancelRequest::Running
+    );
+    // The queued one is ended by whichever manager looks first; the running one by its own.
+    let for_m2 = f.b.take_cancels("m2").await.unwrap();
+    assert_eq!(
+        for_m2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![queued]
+    );
+    assert_eq!(for_m2[0].owner.as_deref(), Some("m2"));
+    let for_m1 = f.a.take_cancels("m1").await.unwrap();
+    assert_eq!(
+        for_m1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![running]
+    );
+    assert!(for_m1[0].assigned);
+    // A marked job put back (a retry, or its manager gone) does not return to the queue.
+    let mut again = held.clone();
+    again.assigned = false;
+    f.a.requeue(&again).await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![other]);
+    f.b.release_owner("m2").await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![other]);
+    let retaken = f.a.take_cancels("m1").await.unwrap();
+    assert_eq!(
+        retaken.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![queued, running]
+    );
+    // Ended, it is finished for a cancel, and no longer to be ended.
+    for mut job in retaken {
+        job.trace("Cancelled");
+        f.a.finish(&job, 0).await.unwrap();
+    }
+    assert!(f.a.take_cancels("m1").await.unwrap().is_empty());
+    assert_eq!(
+        f.b.request_cancel(queued).await.unwrap(),
+        CancelRequest::Finished
+    );
+    assert_eq!(
+        f.b.request_cancel(987_654).await.unwrap(),
+        CancelRequest::Unknown
+    );
+    // The rest of the queue is untouched.
+    let next = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(next.id, other);
+}
+
 macro_rules! scheduled {
     ($($case:ident: $schedule:expr),* $(,)?) => {
         mod scheduled {
@@ -975,4 +1039,5 @@ every_backend!(
     fair_share_puts_a_lone_job_before_a_burst,
     fair_share_alternates_and_requeued_jobs_keep_their_place,
     fair_share_claims_by_several_managers_take_each_job_once,
+    cancel_takes_a_queued_job_out_and_marks_a_running_one,
 );

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Added, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of};
+use super::{
+    Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of,
+};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// The in-memory store.
@@ -41,6 +43,8 @@ struct State {
     pass: HashMap<String, f64>,
     /// The pass of the last claim: where a courselab that starts waiting enters, at least.
     vtime: f64,
+    /// Live jobs asked to be cancelled (see [`JobStore::request_cancel`]).
+    cancels: std::collections::HashSet<JobId>,
     /// Output file → the live job writing it, for [`JobStore::add_job_once`].
     outputs: HashMap<String, JobId>,
     /// Jobs each manager has claimed and not yet finished or requeued.
@@ -134,6 +138,10 @@ impl State {
     /// courselab's queue; a courselab that was not waiting enters at its pass, or at the
     /// last claim's if it is behind.
     fn push_queued(&mut self, id: JobId, front: bool) {
+        if self.cancels.contains(&id) {
+            // Cancelled: it waits, out of the queue, for a manager to end it.
+            return;
+        }
         let lab = self
             .live
             .get(&id)
@@ -391,6 +399,7 @@ impl JobStore for MemoryStore {
         }
         let owner = job.owner.clone().unwrap_or_default();
         s.live.remove(&job.id);
+        s.cancels.remove(&job.id);
         s.forget_output(job);
         s.unclaim(&owner, job.id);
         s.push_dead(dead, max_dead);
@@ -450,6 +459,54 @@ impl JobStore for MemoryStore {
             dead: s.dead.len() as u64,
             queued: s.queue.len() as u64,
         })
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
+        let mut s = self.lock();
+        let Some(job) = s.live.get(&id) else {
+            return Ok(if s.dead.contains_key(&id) {
+                CancelRequest::Finished
+            } else {
+                CancelRequest::Unknown
+            });
+        };
+        let held = job.owner.is_some();
+        let lab = lab_of(&job.output_file).to_string();
+        s.cancels.insert(id);
+        if held {
+            return Ok(CancelRequest::Running);
+        }
+        s.queue.retain(|&queued| queued != id);
+        if let Some(ids) = s.labs.get_mut(&lab) {
+            ids.retain(|&queued| queued != id);
+            if ids.is_empty() {
+                s.labs.remove(&lab);
+                s.waiting.remove(&lab);
+            }
+        }
+        Ok(CancelRequest::Queued)
+    }
+
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        let mut s = self.lock();
+        let mut ids: Vec<JobId> = s.cancels.iter().copied().collect();
+        ids.sort_unstable();
+        let mut taken = Vec::new();
+        for id in ids {
+            let Some(job) = s.live.get_mut(&id) else {
+                continue;
+            };
+            match job.owner.as_deref() {
+                Some(holder) if holder == owner => taken.push(job.clone()),
+                Some(_) => {}
+                None => {
+                    job.owner = Some(owner.to_string());
+                    taken.push(job.clone());
+                    s.claimed.entry(owner.to_string()).or_default().push(id);
+                }
+            }
+        }
+        Ok(taken)
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

@@ -107,6 +107,19 @@ pub enum Added {
     Existing(JobId),
 }
 
+/// What [`JobStore::request_cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// It was queued: it has left the queue, and a manager ends it.
+    Queued,
+    /// A manager holds it (waiting for a machine or running): that manager ends it.
+    Running,
+    /// It has ended already; nothing changed.
+    Finished,
+    /// No such job.
+    Unknown,
+}
+
 /// What [`JobStore::reap_expired`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reaped {
@@ -195,6 +208,19 @@ pub trait JobStore: Send + Sync + 'static {
     /// Ids of the unassigned jobs, head first.
     async fn queued_ids(&self) -> Result<Vec<JobId>, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    // ---- cancelling ----
+
+    /// Asks for a job to be cancelled. A queued job leaves the queue at once; a queued or
+    /// held job is marked, and stays live until a manager ends it
+    /// ([`JobStore::take_cancels`]). A marked job is never queued again (a requeue or a
+    /// reap leaves it out of the queue for a manager to end); [`JobStore::finish`] clears
+    /// the mark.
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError>;
+
+    /// The marked jobs `owner` is to end: those it holds, and those no manager holds, which
+    /// are now leased to it (each to one manager only).
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError>;
 
     // ---- managers and leases ----
 

@@ -39,7 +39,7 @@ mod waiter;
 pub use link::{CALL_BUDGET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 use super::flight::SharedRead;
-use super::{Added, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line};
+use super::{Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{
     Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime, unix_now,
@@ -479,6 +479,29 @@ impl JobStore for RedisStore {
             .llen(&self.keys.queue);
         let (live, dead, queued): (u64, u64, u64) = self.snapshot(&pipe).await?;
         Ok(StoreStats { live, dead, queued })
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.request_cancel);
+        invocation.arg(id);
+        // Marking twice is as good as once.
+        let found: String = self.run(Retry::Idempotent, &invocation).await?;
+        Ok(match found.as_str() {
+            "queued" => CancelRequest::Queued,
+            "running" => CancelRequest::Running,
+            "finished" => CancelRequest::Finished,
+            _ => CancelRequest::Unknown,
+        })
+    }
+
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.take_cancels);
+        invocation.arg(owner);
+        let taken: Vec<(String, bool)> = self.run(Retry::IfUnsent, &invocation).await?;
+        taken
+            .into_iter()
+            .map(|(json, assigned)| live_job(&self.keys, &json, Some(owner.to_string()), assigned))
+            .collect()
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

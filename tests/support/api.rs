@@ -563,6 +563,18 @@ impl JobStore for DownStore {
     ) -> Result<tango::store::Added, tango::store::StoreError> {
         down()
     }
+    async fn request_cancel(
+        &self,
+        _: u64,
+    ) -> Result<tango::store::CancelRequest, tango::store::StoreError> {
+        down()
+    }
+    async fn take_cancels(
+        &self,
+        _: &str,
+    ) -> Result<Vec<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
     async fn claim_next(
         &self,
         _: &str,

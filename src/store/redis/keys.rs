@@ -18,6 +18,7 @@
 //! | `<ns>:labs-waiting` | sorted set | courselabs with jobs queued → their pass |
 //! | `<ns>:lab-pass` | hash | courselab → its pass, kept while it has nothing queued |
 //! | `<ns>:vtime` | string | the pass of the last fair-share claim |
+//! | `<ns>:cancels` | set | live job ids asked to be cancelled, until a manager ends them |
 //! | `<ns>:outputs` | hash | output file → the id of the job added last to write it (the duplicate guard; stale once that job is not live) |
 //! | `<ns>:output-of` | hash | live job id → its output file, so that its `outputs` entry goes when it ends |
 //! | `<ns>:claimed:<owner>` | sorted set | ids a manager holds (score = id, for requeueing in order) |

@@ -36,6 +36,8 @@ pub(super) struct Scripts {
     pub(super) pool_remove: Script,
     pub(super) pools: Script,
     pub(super) owner_pools: Script,
+    pub(super) request_cancel: Script,
+    pub(super) take_cancels: Script,
 }
 
 /// What the scripts that name their keys from the namespace start with.
@@ -67,4 +69,6 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     pool_remove: with_prelude(include_str!("scripts/pool_remove.lua")),
     pools: with_prelude(include_str!("scripts/pools.lua")),
     owner_pools: with_prelude(include_str!("scripts/owner_pools.lua")),
+    request_cancel: with_prelude(include_str!("scripts/request_cancel.lua")),
+    take_cancels: with_prelude(include_str!("scripts/take_cancels.lua")),
 });

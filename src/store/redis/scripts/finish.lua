@@ -18,6 +18,7 @@ if not held(id, owner) then
 end
 redis.call('HDEL', key('live'), id)
 forget_output(id)
+redis.call('SREM', key('cancels'), id)
 redis.call('HDEL', key('lease'), id)
 redis.call('SREM', key('assigned'), id)
 unclaim(owner, id)

@@ -46,6 +46,13 @@ local function unqueue_lab(lab, id)
   redis.call('LREM', lk, 1, id)
   if redis.call('LLEN', lk) == 0 then redis.call('ZREM', key('labs-waiting'), lab) end
 end
+-- Puts a live job back at the head of the queue, unless it is to be cancelled: then it
+-- waits, out of the queue, for a manager to end it (take_cancels).
+local function queue_front(id)
+  if redis.call('SISMEMBER', key('cancels'), id) == 1 then return end
+  redis.call('LPUSH', key('queue'), id)
+  queue_lab(id, true)
+end
 -- Leases use the server's clock: managers on several hosts share one Redis.
 local function now_ms()
   local t = redis.call('TIME')
@@ -111,10 +118,7 @@ local function drop_owner(owner, requeued, machines)
       end
     end
   end
-  for i = #mine, 1, -1 do
-    redis.call('LPUSH', key('queue'), mine[i])
-    queue_lab(mine[i], true)
-  end
+  for i = #mine, 1, -1 do queue_front(mine[i]) end
   for _, id in ipairs(mine) do table.insert(requeued, id) end
   local pk = pools_key(owner)
   local names = redis.call('SMEMBERS', pk)
