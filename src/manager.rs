@@ -1,4 +1,5 @@
-//! The job manager: takes queued jobs in FIFO order, gets each a machine from the
+//! The job manager: takes queued jobs in the store's order (fair share across courselabs,
+//! or FIFO; `store::Schedule`), gets each a machine from the
 //! [`Preallocator`], and hands it to a [`worker`](crate::worker) task; keeps this manager's
 //! lease alive; recovers what dead managers left behind.
 //!
@@ -21,7 +22,11 @@
 //!   loop). While it waits the job is claimed but `assigned: false`; once it has a machine
 //!   it is traced `Dispatched job NAME:ID [try N]`, marked assigned, and its worker starts.
 //!   The head of the queue waits for its machine before the next job is looked at, which
-//!   is what makes the order FIFO.
+//!   is what keeps the store's order.
+//! - **Cancelling.** At each housekeeping the manager ends the jobs asked to be cancelled
+//!   that are its to end (`store.take_cancels`): a running job's worker task is stopped
+//!   and the job ended by `worker::cancel` (machine destroyed, `Cancelled`, callback); a
+//!   job no manager held is ended the same way here.
 //! - **Recovery at start** (Tango's `resetTango`, made safe for several managers): reap
 //!   dead managers, then destroy machines with our prefix that no live manager owns.
 //!   Jobs this process's predecessor held are requeued when its lease runs out.
