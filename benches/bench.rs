@@ -13,6 +13,8 @@
 //! - `burst`: COUNT jobs sent at once (or one after another), each timed from `addJob` to
 //!   its callback; and `docker-run`: bare `docker run --rm IMAGE true`, COUNT times,
 //!   PARALLEL at once, the engine's own pace (`bench/burst.rs`).
+//! - `fair`: COUNT jobs of one courselab sent at once, then one job of another; the lone
+//!   job's time to its callback, fair share against FIFO (`bench/burst.rs`).
 //!
 //! Times are taken here, on the client side, with the monotonic clock.
 
@@ -84,6 +86,15 @@ enum Command {
         /// Jobs run (and not timed) before the measured ones.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+    },
+    /// COUNT jobs of one courselab at once, then one of another: the lone job's wait.
+    Fair {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
     },
     /// `docker run --rm IMAGE true`, COUNT times, PARALLEL at once.
     DockerRun {
@@ -185,6 +196,7 @@ fn main() {
                 sequential,
                 warmup,
             } => burst::burst(&target, &job, count, sequential, warmup).await,
+            Command::Fair { target, job, count } => burst::fair(&target, &job, count).await,
             Command::DockerRun {
                 image,
                 count,

@@ -567,6 +567,23 @@ def hostile_section(rows, out):
                f"(target, issue 9: within 1.5x): {verdict(ratio <= 1.5)}.\n")
 
 
+def fair_section(rows, out):
+    section = rows.get("fair", [])
+    if not section:
+        return
+    out.append("## Fair share under a burst\n")
+    out.append("One course sends a burst of trivial jobs at once; once they are queued, another "
+               "course sends one job (`bench fair`, local backend, 2 jobs at a time). The lone "
+               "job's time is from its `addJob` to its callback.\n")
+    out.append("| `jobs.scheduling` | burst | lone job's time ms | burst jobs done before it "
+               "| burst median ms | burst wall s |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for r in section:
+        out.append(f"| {r['name']} | {r['count']} | {r['lone_ms']:.0f} | "
+                   f"{r['burst_jobs_before_lone']} | {r['burst']['p50_ms']:.0f} | {r['wall_s']:.1f} |")
+    out.append("")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--results", required=True)
@@ -611,6 +628,7 @@ def main():
     jobs_section(rows, out)
     burst_section(rows, out)
     hostile_section(rows, out)
+    fair_section(rows, out)
     out.append(METHOD.format(
         conns=",".join(str(c) for c in conns) or "1,16,64",
         secs=a.wrk_secs,

@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh                  # everything (about 25 minutes on two cores)
 #   scripts/bench.sh --quick          # a smoke pass: short runs, small counts
-#   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, burst, hostile
+#   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, burst, hostile, fair
 #   scripts/bench.sh --out FILE       # write the report elsewhere (default docs/benchmarks.md)
 #
 # Needs root (the local backend runs jobs as their own uids) and, for the Docker figures, a
@@ -17,7 +17,7 @@ root=$(pwd)
 command_line="scripts/bench.sh${*:+ $*}"
 
 quick=0
-all_sections=api,scale,jobs,burst,hostile
+all_sections=api,scale,jobs,burst,hostile,fair
 only=$all_sections
 out=docs/benchmarks.md
 while (($#)); do
@@ -35,10 +35,10 @@ want() { [[ ,$only, == *,$1,* ]]; }
 # Sizes: the full run, or a quick smoke pass.
 if ((quick)); then
   wrk_secs=2 wrk_rounds=1 conns=(1 16) scale_jobs=1000 scale_sample=200 e2e_count=3
-  hostile_count=3 hyperfine_runs=3 bursts=(10 20) burst_rounds=1 engine_runs=12 seq_count=3
+  hostile_count=3 fair_count=20 hyperfine_runs=3 bursts=(10 20) burst_rounds=1 engine_runs=12 seq_count=3
 else
   wrk_secs=2 wrk_rounds=3 conns=(1 16 64) scale_jobs=10000 scale_sample=1000 e2e_count=20
-  hostile_count=40 hyperfine_runs=20 bursts=(40 200) burst_rounds=2 engine_runs=40 seq_count=10
+  hostile_count=40 fair_count=200 hyperfine_runs=20 bursts=(40 200) burst_rounds=2 engine_runs=40 seq_count=10
 fi
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -536,6 +536,26 @@ memory_mb = 256'
   record hostile local "$line"
   echo "  $line" >&2
   stop_tango
+fi
+
+# ---- fair share under a burst ----
+if want fair; then
+  for scheduling in fifo fair; do
+    log "fair: $fair_count jobs of one course at once, then one of another ($scheduling, local)"
+    start_tango "fair-$scheduling" memory "[vmms]
+name = \"local\"
+pool_size = 2
+max_concurrent_jobs = 2
+createvm_secs = 0.0
+
+[jobs]
+scheduling = \"$scheduling\""
+    line=$("$bench_bin" fair --url "$tango_url" --key "$key" --courselabs "$tango_labs" \
+      --courselab busy --job "$run/trivial" --expect trivial-ok --count "$fair_count")
+    record fair "$scheduling" "$line"
+    echo "  $line" >&2
+    stop_tango
+  done
 fi
 
 # ---- the report ----

@@ -205,6 +205,28 @@ pub struct JobsConfig {
     /// Seconds a manager's lease on its jobs lasts without renewal. When a manager dies, its
     /// jobs go back to the queue this long after its last heartbeat.
     pub lease_secs: u64,
+    /// The duplicate guard: an addJob whose output file (courselab and `output_file`) a
+    /// queued or running job writes already queues nothing and answers with that job's id.
+    /// Python Tango ran such a resubmission twice.
+    pub deduplicate: bool,
+    /// The order jobs leave the queue: `fair` (round-robin across courselabs, FIFO within
+    /// each) or `fifo` (Tango's order: one queue, oldest first).
+    pub scheduling: Scheduling,
+    /// Fair share: jobs a courselab (by name, as Autolab sends it) gets per turn; 1 for any
+    /// courselab not listed.
+    pub weights: BTreeMap<String, u32>,
+}
+
+/// The order in which queued jobs are dispatched.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// Round-robin across the courselabs that have jobs waiting, FIFO within each: one
+    /// course's burst does not hold every other course's jobs behind it.
+    #[default]
+    Fair,
+    /// Tango's order: the oldest job first, whatever its courselab.
+    Fifo,
 }
 
 /// Notifying Autolab when a job ends.
@@ -331,6 +353,9 @@ impl Default for JobsConfig {
             max_queued: 0,
             max_dead: 1000,
             lease_secs: 15,
+            deduplicate: true,
+            scheduling: Scheduling::Fair,
+            weights: BTreeMap::new(),
         }
     }
 }
@@ -587,6 +612,7 @@ impl Config {
             self.check_seconds(),
             self.limits.validate(),
             self.check_positive(),
+            self.jobs.validate(),
             self.callback.validate(),
             self.metrics.validate(),
             self.local.validate(),
@@ -658,6 +684,18 @@ type Check = Result<(), (String, String)>;
 
 fn invalid(key: &str, message: String) -> Check {
     Err((key.to_string(), message))
+}
+
+impl JobsConfig {
+    fn validate(&self) -> Check {
+        match self.weights.iter().find(|(_, weight)| **weight == 0) {
+            Some((courselab, _)) => invalid(
+                "jobs.weights",
+                format!("the weight of {courselab:?} must be at least 1"),
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -1,4 +1,5 @@
-//! The job manager: takes queued jobs in FIFO order, gets each a machine from the
+//! The job manager: takes queued jobs in the store's order (fair share across courselabs,
+//! or FIFO; `store::Schedule`), gets each a machine from the
 //! [`Preallocator`], and hands it to a [`worker`](crate::worker) task; keeps this manager's
 //! lease alive; recovers what dead managers left behind.
 //!
@@ -21,7 +22,11 @@
 //!   loop). While it waits the job is claimed but `assigned: false`; once it has a machine
 //!   it is traced `Dispatched job NAME:ID [try N]`, marked assigned, and its worker starts.
 //!   The head of the queue waits for its machine before the next job is looked at, which
-//!   is what makes the order FIFO.
+//!   is what keeps the store's order.
+//! - **Cancelling.** At each housekeeping the manager ends the jobs asked to be cancelled
+//!   that are its to end (`store.take_cancels`): a running job's worker task is stopped
+//!   and the job ended by `worker::cancel` (machine destroyed, `Cancelled`, callback); a
+//!   job no manager held is ended the same way here.
 //! - **Recovery at start** (Tango's `resetTango`, made safe for several managers): reap
 //!   dead managers, then destroy machines with our prefix that no live manager owns.
 //!   Jobs this process's predecessor held are requeued when its lease runs out.
@@ -101,6 +106,11 @@ struct Shared {
     /// with how many tasks handle each: a worker that puts its job back for a retry still
     /// runs for a moment after the dispatcher has taken the job again.
     held: Mutex<HashMap<JobId, u32>>,
+    /// The running workers' cancel tokens, by job, each with the number of its task (a
+    /// job retried runs in a new task while the old one ends).
+    running: Mutex<HashMap<JobId, (u64, CancellationToken)>>,
+    /// Numbers the worker tasks, for `running`.
+    worker_count: std::sync::atomic::AtomicU64,
     /// Jobs the store says we hold but we are not handling, seen at the last housekeeping.
     orphan_suspects: Mutex<HashSet<JobId>>,
     /// Looks for such jobs still due: set when a claim failed (its answer may have been
@@ -145,6 +155,8 @@ impl Manager {
             sweep_due: AtomicBool::new(true),
             held: Mutex::new(HashMap::new()),
             orphan_suspects: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
+            worker_count: std::sync::atomic::AtomicU64::new(0),
             orphan_checks: AtomicU32::new(0),
         });
         // Alive before claiming anything: a claim by an owner without a lease would be
@@ -320,6 +332,7 @@ impl Shared {
             Ok(reaped) => self.take_over(reaped).await,
             Err(e) => tracing::warn!(error = %e, "cannot reap expired managers"),
         }
+        self.end_cancelled().await;
         if self.orphan_checks.load(Ordering::Acquire) > 0 {
             self.requeue_orphans().await;
         }
@@ -597,11 +610,17 @@ impl Shared {
     ) {
         let ctx = self.workers_ctx.clone();
         let kill = self.kill.clone();
+        let cancel = CancellationToken::new();
+        let number = self.worker_count.fetch_add(1, Ordering::Relaxed);
+        lock(&self.running).insert(id, (number, cancel.clone()));
+        let shared = self.clone();
         self.workers.spawn(async move {
             let _slot = permit;
             let _held = held;
             tokio::select! {
                 _ = kill.cancelled() => {}
+                // The worker stops at its next await; the job is ended as cancelled.
+                _ = cancel.cancelled() => worker::cancel(ctx, id).await,
                 result = AssertUnwindSafe(work).catch_unwind() => {
                     if result.is_err() {
                         tracing::error!(job = id, "worker panicked; giving the job up");
@@ -609,7 +628,39 @@ impl Shared {
                     }
                 }
             }
+            let mut running = lock(&shared.running);
+            if running.get(&id).is_some_and(|(n, _)| *n == number) {
+                running.remove(&id);
+            }
         });
+    }
+
+    /// Ends the jobs asked to be cancelled that are ours to end (`store::take_cancels`): a
+    /// running one's worker is stopped, one we took from outside the queue is ended here.
+    /// One waiting for its machine is stopped once its worker starts, at the next look.
+    async fn end_cancelled(self: &Arc<Self>) {
+        let jobs = match self.app.store.take_cancels(&self.owner).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the jobs to cancel");
+                return;
+            }
+        };
+        for job in jobs {
+            if let Some((_, cancel)) = lock(&self.running).get(&job.id) {
+                cancel.cancel();
+                continue;
+            }
+            if lock(&self.held).contains_key(&job.id) {
+                continue;
+            }
+            let held = self.hold(job.id);
+            let ctx = self.workers_ctx.clone();
+            self.workers.spawn(async move {
+                let _held = held;
+                worker::cancel(ctx, job.id).await;
+            });
+        }
     }
 
     /// Puts a claimed job back at the front of the queue, as it was (not a retry).

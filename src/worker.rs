@@ -146,6 +146,36 @@ pub async fn recover_from_panic(ctx: Arc<Context>, id: u64) {
         .await;
 }
 
+/// Ends a job asked to be cancelled (`store::request_cancel`) that this manager holds: its
+/// worker, if it had one, has been stopped; its machine, if it had one, is destroyed; the
+/// job ends with the trace line and the output file `Cancelled`, and its callback is sent,
+/// so that Autolab shows the submission as ended.
+pub async fn cancel(ctx: Arc<Context>, id: u64) {
+    let job = match ctx.store.live_job(id).await {
+        Ok(Some(job)) if job.owner.as_deref() == Some(&ctx.owner) => job,
+        _ => return,
+    };
+    let span = crate::logging::job_span(&job);
+    let mut worker = Worker::new(ctx, job);
+    if let Err(e) = worker.backend() {
+        tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
+    }
+    if worker.job.vm.instance.is_some() {
+        worker.vm = Some(worker.job.vm.clone());
+    }
+    worker
+        .end(Ending::Finished {
+            message: CANCELLED.into(),
+            output: None,
+            reusable: false,
+        })
+        .instrument(span)
+        .await;
+}
+
+/// The final message (trace line and output file) of a cancelled job.
+pub const CANCELLED: &str = "Cancelled";
+
 /// The exit status of each step, as Tango's `Job status:` line prints them (`None` for a
 /// step not reached).
 #[derive(Debug, Default, Clone, Copy)]

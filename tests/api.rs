@@ -331,6 +331,7 @@ async fn add_job_options_are_honoured() {
 
     // An empty callback_url is echoed as sent (Autolab's polling mode).
     let mut job = autolab_job("course1");
+    job["output_file"] = json!("user@x.edu_2_hello_autograde.txt");
     job["callback_url"] = json!("");
     job["max_kb"] = json!(1_000_000_000u64);
     job["timeout"] = json!(null);
@@ -369,9 +370,123 @@ async fn a_full_queue_refuses_jobs_with_the_stores_message() {
     server.prepare_lab(LAB).await;
     let first = server.add_job(LAB, &autolab_job("course1")).await;
     assert_eq!(first["statusId"], 0, "{first}");
+    let mut second = autolab_job("course1");
+    second["output_file"] = json!("user@x.edu_2_hello_autograde.txt");
     assert_eq!(
-        server.add_job(LAB, &autolab_job("course1")).await,
+        server.add_job(LAB, &second).await,
         json!({"statusId": -1, "statusMsg": "Job queue is full (1 jobs waiting); try again later"})
+    );
+}
+
+/// Autolab resends an addJob whose answer timed out: the resend gets the queued job's id,
+/// and only one job runs. Another submission of the same lab is a job of its own.
+async fn a_submission_sent_twice_is_queued_once(store: Arc<dyn JobStore>) {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start_with(store, |_| {}).await;
+    server.prepare_lab(LAB).await;
+    let first = server.add_job(LAB, &autolab_job("course1")).await;
+    assert_eq!(first["statusId"], 0, "{first}");
+    let again = server.add_job(LAB, &autolab_job("course1")).await;
+    assert_eq!(
+        again, first,
+        "the resend is answered as the first was, with its id"
+    );
+    let mut other = autolab_job("course1");
+    other["output_file"] = json!("user@x.edu_2_hello_autograde.txt");
+    let second = server.add_job(LAB, &other).await;
+    assert_eq!(second["statusId"], 0, "{second}");
+    assert_ne!(second["jobId"], first["jobId"]);
+    let live = server.get_json(&format!("/jobs/{KEY}/0/")).await;
+    assert_eq!(live["jobs"].as_array().map(Vec::len), Some(2), "{live}");
+    let info = server.get_json(&format!("/info/{KEY}/")).await;
+    assert_eq!(info["info"]["job_requests"], 3, "every request is counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_sent_twice_is_queued_once_memory() {
+    a_submission_sent_twice_is_queued_once(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_sent_twice_is_queued_once_redis() {
+    a_submission_sent_twice_is_queued_once(redis().await).await;
+}
+
+/// `/cancel` (an extension): a queued job leaves the queue; ended, unknown, wrong key and
+/// a malformed id each get their answer. (A manager ending the job: `tests/pipeline.rs`.)
+async fn cancel_answers_for_each_state_of_a_job(store: Arc<dyn JobStore>) {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start_with(store, |_| {}).await;
+    server.prepare_lab(LAB).await;
+    let added = server.add_job(LAB, &autolab_job("course1")).await;
+    let id = added["jobId"].as_str().unwrap().to_string();
+    let wrong = server
+        .post(&format!("/cancel/nokey/{id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        wrong,
+        json!({"statusId": -1, "statusMsg": "Key not recognized"})
+    );
+    let answer = server
+        .post(&format!("/cancel/{KEY}/{id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        answer,
+        json!({"statusId": 0, "statusMsg": "Cancel requested", "jobId": id, "was": "queued"})
+    );
+    let server_store = server.app.store.clone();
+    assert!(server_store.queued_ids().await.unwrap().is_empty());
+    let unknown = server
+        .post(&format!("/cancel/{KEY}/987654/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        unknown,
+        json!({"statusId": -1, "statusMsg": "Job 987654 not found"})
+    );
+    // A rejected job is among the dead ones: already finished.
+    let mut bad = autolab_job("course1");
+    bad["image"] = json!("nosuchimage");
+    bad["output_file"] = json!("other.txt");
+    server.add_job(LAB, &bad).await;
+    let dead = server.get_json(&format!("/jobs/{KEY}/1/")).await;
+    let dead_id = dead["jobs"][0]["id"].as_u64().expect("a dead job");
+    let finished = server
+        .post(&format!("/cancel/{KEY}/{dead_id}/"), &[], Vec::new())
+        .await;
+    assert_eq!(
+        finished,
+        json!({"statusId": -1, "statusMsg": format!("Job {dead_id} has already finished")})
+    );
+    let raw = server
+        .raw(
+            format!("POST /cancel/{KEY}/x1/ HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(raw.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_answers_for_each_state_of_a_job_memory() {
+    cancel_answers_for_each_state_of_a_job(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_answers_for_each_state_of_a_job_redis() {
+    cancel_answers_for_each_state_of_a_job(redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_duplicate_guard_a_resend_is_queued_again() {
+    let _shared = QUIET.read().await;
+    let server = TestServer::start_with(memory(), |c| c.jobs.deduplicate = false).await;
+    server.prepare_lab(LAB).await;
+    let first = server.add_job(LAB, &autolab_job("course1")).await;
+    let again = server.add_job(LAB, &autolab_job("course1")).await;
+    assert_eq!(again["statusId"], 0, "{again}");
+    assert_ne!(
+        again["jobId"], first["jobId"],
+        "Tango's behaviour: two jobs"
     );
 }
 

@@ -262,6 +262,21 @@ async fn every_subcommand_against_a_real_server() {
         text(&out.stderr)
     );
 
+    // cancel (an extension): the running job is asked to stop; an unknown id exits 1.
+    let out = tango(&daemon, &["cancel", &forever_id]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("job {forever_id} (running): cancel requested; a manager ends it")
+    );
+    let out = tango(&daemon, &["cancel", "987654"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Job 987654 not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // build: the local backend loads no images, so the server refuses; the client prints
     // its statusMsg and exits 1.
     let tarball = daemon.dir.path().join("image.tar");

@@ -18,8 +18,8 @@ use tango::app::App;
 use tango::config::Config;
 use tango::manager::Manager;
 use tango::model::{Counter, InputFile, Job, JobId, Machine, PoolTarget};
-use tango::store::JobStore;
 use tango::store::memory::MemoryStore;
+use tango::store::{CancelRequest, JobStore};
 use tango::vmms::{RunOutcome, Vmms};
 
 /// Generous bound for a test's jobs to end: only to turn a hang into a failure.
@@ -621,6 +621,63 @@ async fn copy_and_run_timeouts(store: Arc<dyn JobStore>) {
     assert_eq!(counter(&store, Counter::CopyoutErrors).await, 3);
     assert_eq!(counter(&store, Counter::RunjobTimeouts).await, 1);
     rig.wait_no_machine("one-off machines destroyed").await;
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn cancel_ends_a_queued_and_a_running_job(store: Arc<dyn JobStore>) {
+    let rig = Rig::new(store.clone());
+    let receiver = Receiver::start(|_| Reply::Status(204)).await;
+    rig.fake
+        .on(Step::Run, When::Job("runaway".into()), Action::Hang);
+    let mut c = one_off(config());
+    c.vmms.max_concurrent_jobs = 1;
+    // The manager looks for cancelled jobs every lease_secs / 3.
+    c.jobs.lease_secs = 1;
+    let (_app, manager) = rig.start(c).await;
+    let mut runaway = rig.job("runaway", Some(&receiver.url)).await;
+    runaway.timeout = 600;
+    rig.store.enqueue(&runaway, 0).await.unwrap();
+    eventually("the runaway job runs", || async {
+        rig.fake.state().runs_by_name.get("runaway") == Some(&1)
+    })
+    .await;
+    let waiting = rig.submit_with("waiting", Some(&receiver.url)).await;
+    assert_eq!(
+        store.request_cancel(waiting).await.unwrap(),
+        CancelRequest::Queued
+    );
+    assert_eq!(
+        store.request_cancel(runaway.id).await.unwrap(),
+        CancelRequest::Running
+    );
+    let dead = rig.wait_dead(&[runaway.id, waiting]).await;
+    for job in &dead {
+        assert_eq!(last_message(job), "Cancelled", "{:?}", job.trace);
+    }
+    assert_eq!(
+        output_lines(&rig.output("runaway")),
+        vec![
+            format!("Received job runaway:{}", runaway.id),
+            "Cancelled".into(),
+            "Here is the output from the autograder:".into(),
+            "---".into()
+        ]
+    );
+    assert!(output_lines(&rig.output("waiting")).contains(&"Cancelled".to_string()));
+    // Autolab hears of both; the waiting job never ran; the runaway's machine is gone.
+    eventually("both callbacks", || async {
+        receiver.requests().len() == 2
+    })
+    .await;
+    assert_eq!(rig.fake.state().runs_by_name.get("waiting"), None);
+    eventually("the machine destroyed", || async {
+        rig.fake.live_instances().is_empty()
+    })
+    .await;
+    assert_eq!(
+        store.request_cancel(runaway.id).await.unwrap(),
+        CancelRequest::Finished
+    );
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -1472,4 +1529,5 @@ every_store!(
     a_dead_managers_pending_callback_is_sent_once,
     shutdown_hands_running_jobs_back,
     a_thousand_jobs_from_many_clients_all_end,
+    cancel_ends_a_queued_and_a_running_job,
 );

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
-use tango::store::{JobStore, StoreError};
+use tango::store::redis::RedisStore;
+use tango::store::{Added, CancelRequest, JobStore, Schedule, StoreError};
 
 /// Two handles on one store.
 struct Fixture {
@@ -31,6 +32,27 @@ async fn redis() -> Fixture {
     Fixture {
         a: support::redis_store(&config).await,
         b: support::redis_store(&config).await,
+    }
+}
+
+/// Two handles on one store whose claims follow `schedule`.
+async fn memory_with(schedule: Schedule) -> Fixture {
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new().with_schedule(schedule));
+    Fixture {
+        a: store.clone(),
+        b: store,
+    }
+}
+
+async fn redis_with(schedule: Schedule) -> Fixture {
+    let config = support::redis_config();
+    let open = || async {
+        let store = RedisStore::connect(&config).await.expect("redis store");
+        Arc::new(store.with_schedule(schedule.clone())) as Arc<dyn JobStore>
+    };
+    Fixture {
+        a: open().await,
+        b: open().await,
     }
 }
 
@@ -643,6 +665,338 @@ async fn add_job_cap_holds_under_concurrent_adds(f: Fixture) {
     assert_eq!(f.b.allocate_job_id().await.unwrap(), last + 1);
 }
 
+/// A submission as addJob hands it to `add_job_once`: its output file names it.
+fn submission(output: &str) -> Job {
+    let mut job = unnumbered("lab_hello_1_user@x.edu");
+    job.output_file = format!("/courselabs/0123456789abcdef-course/output/{output}");
+    job
+}
+
+async fn add_job_once_answers_a_live_duplicate_with_its_id(f: Fixture) {
+    let mut first = submission("1_user@x.edu_hello.txt");
+    assert_eq!(f.a.add_job_once(&mut first, 0).await.unwrap(), Added::New);
+    assert!(first.id > 0);
+    // Sent again while queued (from another process): nothing queued, no id used.
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(first.id));
+    assert_eq!(again.id, 0, "the duplicate is left as it was");
+    assert!(again.trace.is_empty());
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![first.id]);
+    assert_eq!(f.a.stats().await.unwrap().live, 1);
+    assert_eq!(f.a.counters().await.unwrap().job_requests, 2);
+    // Another submission of the same course is a job of its own.
+    let mut other = submission("2_user@x.edu_hello.txt");
+    assert_eq!(f.b.add_job_once(&mut other, 0).await.unwrap(), Added::New);
+    assert_eq!(other.id, first.id + 1, "the duplicate used no id");
+    // The same output name in another courselab directory is another submission.
+    let mut elsewhere = submission("1_user@x.edu_hello.txt");
+    elsewhere.output_file = elsewhere.output_file.replace("-course/", "-other/");
+    assert_eq!(
+        f.a.add_job_once(&mut elsewhere, 0).await.unwrap(),
+        Added::New
+    );
+    // Running, it is still the one answered.
+    let mut running = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(running.id, first.id);
+    running.assigned = true;
+    f.a.update_live(&running).await.unwrap();
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(first.id));
+    // Once it has ended, the same output file may be written by a new job (a regrade).
+    running.assigned = false;
+    running.trace("done");
+    f.a.finish(&running, 0).await.unwrap();
+    let mut regrade = submission("1_user@x.edu_hello.txt");
+    assert_eq!(f.b.add_job_once(&mut regrade, 0).await.unwrap(), Added::New);
+    assert!(regrade.id > elsewhere.id);
+    assert_eq!(
+        f.a.queued_ids().await.unwrap(),
+        vec![other.id, elsewhere.id, regrade.id]
+    );
+    // A full queue still refuses a new submission, but not a duplicate.
+    let mut full = submission("3_user@x.edu_hello.txt");
+    assert!(matches!(
+        f.a.add_job_once(&mut full, 3).await,
+        Err(StoreError::QueueFull(3))
+    ));
+    let mut again = submission("2_user@x.edu_hello.txt");
+    let answer = f.a.add_job_once(&mut again, 3).await.unwrap();
+    assert_eq!(answer, Added::Existing(other.id));
+}
+
+async fn add_job_once_sees_jobs_added_without_the_guard(f: Fixture) {
+    let mut plain = submission("1_user@x.edu_hello.txt");
+    f.a.add_job(&mut plain, 0).await.unwrap();
+    let mut again = submission("1_user@x.edu_hello.txt");
+    let answer = f.b.add_job_once(&mut again, 0).await.unwrap();
+    assert_eq!(answer, Added::Existing(plain.id));
+    // Without the guard, a second job is queued (Tango's behaviour, `deduplicate = false`).
+    let mut twice = submission("1_user@x.edu_hello.txt");
+    f.b.add_job(&mut twice, 0).await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![plain.id, twice.id]);
+}
+
+async fn add_job_once_at_the_same_instant_queues_one_job(f: Fixture) {
+    // Eight submissions each sent five times, all at once from both handles, so that Redis
+    // gets copies of one submission in one script call and in several.
+    const SUBMISSIONS: usize = 8;
+    const COPIES: usize = 5;
+    let mut tasks = Vec::new();
+    for i in 0..SUBMISSIONS * COPIES {
+        let store = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut job = submission(&format!("{}_user@x.edu_hello.txt", i % SUBMISSIONS));
+            let answer = store.add_job_once(&mut job, 0).await.unwrap();
+            (i % SUBMISSIONS, answer, job.id)
+        }));
+    }
+    let mut new: Vec<Option<JobId>> = vec![None; SUBMISSIONS];
+    let mut answered: Vec<Vec<JobId>> = vec![Vec::new(); SUBMISSIONS];
+    for task in tasks {
+        let (submission, answer, id) = task.await.unwrap();
+        match answer {
+            Added::New => {
+                assert!(
+                    new[submission].is_none(),
+                    "submission {submission} queued twice"
+                );
+                new[submission] = Some(id);
+            }
+            Added::Existing(existing) => answered[submission].push(existing),
+        }
+    }
+    let queued = f.a.queued_ids().await.unwrap();
+    assert_eq!(queued.len(), SUBMISSIONS);
+    for (submission, id) in new.iter().enumerate() {
+        let id = id.unwrap_or_else(|| panic!("submission {submission} never queued"));
+        assert!(queued.contains(&id));
+        assert_eq!(answered[submission], vec![id; COPIES - 1]);
+    }
+    assert_eq!(
+        f.b.counters().await.unwrap().job_requests,
+        (SUBMISSIONS * COPIES) as u64
+    );
+}
+
+/// A job of `courselab` (its directory `<tenant>-<courselab>`), queued by addJob.
+async fn add_to(store: &dyn JobStore, courselab: &str, n: usize) -> JobId {
+    let mut job = unnumbered(&format!("{courselab}_{n}"));
+    job.output_file = format!("/labs/0123456789abcdef-{courselab}/output/{n}.txt");
+    store.add_job(&mut job, 0).await.expect("add_job");
+    job.id
+}
+
+/// The courselab of each of the next `n` claims, by `owner`.
+async fn claim_labs(store: &dyn JobStore, owner: &str, n: usize) -> Vec<String> {
+    let mut labs = Vec::new();
+    for _ in 0..n {
+        let job = store
+            .claim_next(owner, NO_WAIT)
+            .await
+            .unwrap()
+            .expect("a job");
+        labs.push(job.name.split('_').next().unwrap_or_default().to_string());
+    }
+    labs
+}
+
+async fn fair_share_puts_a_lone_job_before_a_burst(f: Fixture) {
+    let mut burst = Vec::new();
+    for n in 0..200 {
+        burst.push(add_to(&*f.a, "A", n).await);
+    }
+    // The pool is busy with A's first jobs when B's one job arrives.
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        claimed.push(f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap().id);
+    }
+    let lone = add_to(&*f.b, "B", 0).await;
+    // `/jobs` still lists the queue in the order jobs came.
+    let mut waiting = burst[3..].to_vec();
+    waiting.push(lone);
+    assert_eq!(f.a.queued_ids().await.unwrap(), waiting);
+    let next: Vec<JobId> = [
+        f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap().id,
+        f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap().id,
+    ]
+    .to_vec();
+    assert!(
+        next.contains(&lone),
+        "B's job waits behind A's burst: {next:?}"
+    );
+    claimed.extend(next.iter().filter(|&&id| id != lone));
+    while let Some(job) = f.b.claim_next("m2", NO_WAIT).await.unwrap() {
+        claimed.push(job.id);
+    }
+    assert_eq!(claimed, burst, "A's jobs leave in their order");
+}
+
+async fn fair_share_alternates_and_requeued_jobs_keep_their_place(f: Fixture) {
+    for n in 0..4 {
+        add_to(&*f.a, "A", n).await;
+        add_to(&*f.a, "A", 10 + n).await;
+    }
+    for n in 0..2 {
+        add_to(&*f.b, "B", n).await;
+        add_to(&*f.b, "C", n).await;
+    }
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(first.name, "A_0");
+    // A requeued job goes back to the head of its courselab, and its turn was used.
+    f.a.requeue(&first).await.unwrap();
+    let labs = claim_labs(&*f.b, "m2", 8).await;
+    assert_eq!(labs, ["B", "C", "A", "B", "C", "A", "A", "A"]);
+    let rest = f.a.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        rest.name, "A_2",
+        "A's jobs in their order: A_0, A_10, A_1, A_11, ..."
+    );
+}
+
+async fn fair_share_weights_give_a_courselab_more_turns(f: Fixture) {
+    for n in 0..9 {
+        add_to(&*f.a, "A", n).await;
+        add_to(&*f.a, "B", n).await;
+    }
+    let labs = claim_labs(&*f.b, "m2", 9).await;
+    assert_eq!(labs, ["A", "B", "A", "A", "B", "A", "A", "B", "A"]);
+}
+
+async fn fifo_takes_the_oldest_job_whatever_its_courselab(f: Fixture) {
+    for n in 0..5 {
+        add_to(&*f.a, "A", n).await;
+    }
+    add_to(&*f.a, "B", 0).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    f.a.requeue(&first).await.unwrap();
+    let labs = claim_labs(&*f.b, "m2", 6).await;
+    assert_eq!(labs, ["A", "A", "A", "A", "A", "B"]);
+}
+
+async fn fair_share_claims_by_several_managers_take_each_job_once(f: Fixture) {
+    let mut all = HashSet::new();
+    for n in 0..300 {
+        let lab = ["A", "B", "C", "D", "E"][n % 5];
+        all.insert(add_to(&*f.a, lab, n).await);
+    }
+    let mut drains = Vec::new();
+    for (i, store) in [f.a.clone(), f.b.clone(), f.a.clone(), f.b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        drains.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(job) = store.claim_next(&format!("m{i}"), NO_WAIT).await.unwrap() {
+                got.push(job.id);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for d in drains {
+        claimed.extend(d.await.unwrap());
+    }
+    assert_eq!(claimed.len(), all.len(), "no job taken twice, none left");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), all);
+    assert!(f.a.queued_ids().await.unwrap().is_empty());
+}
+
+async fn cancel_takes_a_queued_job_out_and_marks_a_running_one(f: Fixture) {
+    let queued = add_to(&*f.a, "A", 0).await;
+    let running = add_to(&*f.a, "A", 1).await;
+    let other = add_to(&*f.a, "B", 0).await;
+    f.a.heartbeat("m1", LEASE).await.unwrap();
+    f.a.heartbeat("m2", LEASE).await.unwrap();
+    // A queued job leaves the queue at once.
+    assert_eq!(
+        f.b.request_cancel(queued).await.unwrap(),
+        CancelRequest::Queued
+    );
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![running, other]);
+    let mut held = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(held.id, running, "the cancelled job is never claimed");
+    held.assigned = true;
+    f.a.update_live(&held).await.unwrap();
+    assert_eq!(
+        f.b.request_cancel(running).await.unwrap(),
+        CancelRequest::Running
+    );
+    // The queued one is ended by whichever manager looks first; the running one by its own.
+    let for_m2 = f.b.take_cancels("m2").await.unwrap();
+    assert_eq!(
+        for_m2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![queued]
+    );
+    assert_eq!(for_m2[0].owner.as_deref(), Some("m2"));
+    let for_m1 = f.a.take_cancels("m1").await.unwrap();
+    assert_eq!(
+        for_m1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![running]
+    );
+    assert!(for_m1[0].assigned);
+    // A marked job put back (a retry, or its manager gone) does not return to the queue.
+    let mut again = held.clone();
+    again.assigned = false;
+    f.a.requeue(&again).await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![other]);
+    f.b.release_owner("m2").await.unwrap();
+    assert_eq!(f.a.queued_ids().await.unwrap(), vec![other]);
+    let retaken = f.a.take_cancels("m1").await.unwrap();
+    assert_eq!(
+        retaken.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![queued, running]
+    );
+    // Ended, it is finished for a cancel, and no longer to be ended.
+    for mut job in retaken {
+        job.trace("Cancelled");
+        f.a.finish(&job, 0).await.unwrap();
+    }
+    assert!(f.a.take_cancels("m1").await.unwrap().is_empty());
+    assert_eq!(
+        f.b.request_cancel(queued).await.unwrap(),
+        CancelRequest::Finished
+    );
+    assert_eq!(
+        f.b.request_cancel(987_654).await.unwrap(),
+        CancelRequest::Unknown
+    );
+    // The rest of the queue is untouched.
+    let next = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(next.id, other);
+}
+
+macro_rules! scheduled {
+    ($($case:ident: $schedule:expr),* $(,)?) => {
+        mod scheduled {
+            $(
+                mod $case {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn memory() {
+                        super::super::$case(super::super::memory_with($schedule).await).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn redis() {
+                        super::super::$case(super::super::redis_with($schedule).await).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+scheduled!(
+    fair_share_weights_give_a_courselab_more_turns: tango::store::Schedule {
+        fifo: false,
+        weights: [("A".to_string(), 2)].into_iter().collect(),
+    },
+    fifo_takes_the_oldest_job_whatever_its_courselab: tango::store::Schedule {
+        fifo: true,
+        ..Default::default()
+    },
+);
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -683,4 +1037,11 @@ every_backend!(
     add_job_counts_numbers_stamps_and_queues,
     add_job_cap_holds_under_concurrent_adds,
     concurrent_add_jobs_each_get_their_id_and_their_own_json,
+    add_job_once_answers_a_live_duplicate_with_its_id,
+    add_job_once_sees_jobs_added_without_the_guard,
+    add_job_once_at_the_same_instant_queues_one_job,
+    fair_share_puts_a_lone_job_before_a_burst,
+    fair_share_alternates_and_requeued_jobs_keep_their_place,
+    fair_share_claims_by_several_managers_take_each_job_once,
+    cancel_takes_a_queued_job_out_and_marks_a_running_one,
 );

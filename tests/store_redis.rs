@@ -411,6 +411,38 @@ async fn a_job_holding_the_id_marker_is_added_as_given() {
     assert_eq!(store.counters().await.unwrap().job_requests, 1);
 }
 
+/// The same job, added whole, goes through the duplicate guard and fair share like any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_holding_the_id_marker_is_guarded_and_scheduled() {
+    let store = support::redis_store(&support::redis_config()).await;
+    let name = "evil\u{0}tango-new-job-id\u{0}";
+    let whole = || {
+        let mut new = job(0, name);
+        new.trace.clear();
+        new.output_file = "/labs/0123456789abcdef-A/output/evil.txt".into();
+        new
+    };
+    let mut first = whole();
+    assert_eq!(
+        store.add_job_once(&mut first, 0).await.unwrap(),
+        tango::store::Added::New
+    );
+    let mut again = whole();
+    assert_eq!(
+        store.add_job_once(&mut again, 0).await.unwrap(),
+        tango::store::Added::Existing(first.id)
+    );
+    // It waits in its courselab's list too: A's turn comes before B's (ties go by name),
+    // which it would not if only B were known to be waiting.
+    let mut other = job(0, "b");
+    other.trace.clear();
+    other.output_file = "/labs/0123456789abcdef-B/output/b.txt".into();
+    store.add_job(&mut other, 0).await.unwrap();
+    assert_eq!(store.queued_ids().await.unwrap(), vec![first.id, other.id]);
+    let claimed = store.claim_next("m1", Duration::ZERO).await.unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(first.id));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_colons_never_share_keys() {
     let store = support::redis_store(&support::redis_config()).await;

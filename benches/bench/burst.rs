@@ -241,3 +241,66 @@ pub async fn docker_run(
     out["p50_ms"] = json!(percentile(&samples, 50.0));
     Ok(out)
 }
+
+/// Fair share under a burst: `count` jobs of one courselab sent at once, then, once they are
+/// all queued, one job of another courselab. Reports that lone job's time from its `addJob`
+/// to its callback (`lone_ms`), beside the burst's own times and its length: under FIFO the
+/// lone job waits for the whole burst; with fair share it runs next.
+pub async fn fair(target: &Target, job: &JobArgs, count: usize) -> Result<Value, Error> {
+    let client = Arc::new(Client::new(target));
+    let busy = target.courselab.clone();
+    let lone_lab = format!("{busy}-other");
+    let files = client.upload_job(&busy, &job.job).await?;
+    client.upload_job(&lone_lab, &job.job).await?;
+    let (url, shared) = receiver(job.expect.clone()).await?;
+    let patience = Duration::from_secs(job.patience);
+    let body_for = |n: usize| {
+        let mut body = job_body(&job.image, &files, &output_name("fair"), job.timeout);
+        body["callback_url"] = json!(format!("{url}/cb/{n}"));
+        body
+    };
+    let start = Instant::now();
+    let adds = (0..count).map(|n| {
+        let client = client.clone();
+        let body = body_for(n);
+        let lab = busy.clone();
+        async move {
+            let at = Instant::now();
+            client.add_job(&lab, &body).await.map(|_| at)
+        }
+    });
+    let mut sent = Vec::with_capacity(count);
+    for added in futures::future::join_all(adds).await {
+        sent.push(added?);
+    }
+    let lone_sent = Instant::now();
+    client.add_job(&lone_lab, &body_for(count)).await?;
+    let numbers: Vec<usize> = (0..=count).collect();
+    wait_for(&shared, &numbers, patience).await?;
+    let arrivals = shared.0.lock().map_err(|_| "lock")?;
+    let samples: Vec<Duration> = sent
+        .iter()
+        .enumerate()
+        .map(|(n, at)| arrivals.at[&n].0.duration_since(*at))
+        .collect();
+    let (lone_done, _) = arrivals.at[&count];
+    let last = arrivals
+        .at
+        .values()
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap_or(start);
+    let done_before_lone = arrivals
+        .at
+        .iter()
+        .filter(|(n, (at, _))| **n < count && *at < lone_done)
+        .count();
+    let mut out = json!({
+        "count": count,
+        "lone_ms": lone_done.duration_since(lone_sent).as_secs_f64() * 1000.0,
+        "burst_jobs_before_lone": done_before_lone,
+        "wall_s": last.duration_since(start).as_secs_f64(),
+    });
+    out["burst"] = summary(&samples);
+    Ok(out)
+}

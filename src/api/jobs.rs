@@ -18,6 +18,7 @@ use super::request::{Params, all_digits, refuse, small_body};
 use super::status::{self, ApiError};
 use crate::labs::{Courselab, SafeName};
 use crate::model::{Counter, InputFile, Job, JobView, Machine};
+use crate::store::Added;
 
 /// How long fetching a running job's partial output may take (Autolab waits 30 s).
 const PARTIAL_OUTPUT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,15 +68,28 @@ pub async fn add_job(
         return Err(ApiError::Rejected(job.trace));
     }
 
-    // One store call: counts the request, takes the id, stamps the job and queues it.
-    app.store
-        .add_job(&mut job, app.config.jobs.max_queued)
-        .await?;
-    tracing::info!(job = job.id, name = %job.name, courselab = %lab.name, image = %job.vm.image, "job added");
+    // One store call: counts the request, takes the id, stamps the job and queues it (or,
+    // with the duplicate guard, finds the live job this request sends again).
+    let max_queued = app.config.jobs.max_queued;
+    let id = if app.config.jobs.deduplicate {
+        match app.store.add_job_once(&mut job, max_queued).await? {
+            Added::New => job.id,
+            Added::Existing(id) => {
+                tracing::info!(job = id, name = %job.name, courselab = %lab.name, "job sent again: answered with the live one");
+                id
+            }
+        }
+    } else {
+        app.store.add_job(&mut job, max_queued).await?;
+        job.id
+    };
+    if id == job.id {
+        tracing::info!(job = job.id, name = %job.name, courselab = %lab.name, image = %job.vm.image, "job added");
+    }
     Ok(status::ok(
         status::JOB_ADDED,
         JobAdded {
-            job_id: job.id.to_string(),
+            job_id: id.to_string(),
         },
     ))
 }

@@ -11,6 +11,7 @@
 //! [`Endpoint::ALL`] is the route table the router is built from (and which a test compares
 //! with `docs/openapi.yaml`).
 
+mod cancel;
 mod courselab;
 mod health;
 mod images;
@@ -67,11 +68,13 @@ pub enum Endpoint {
     Pool,
     Prealloc,
     Build,
+    /// Not Tango's: cancels a job.
+    Cancel,
 }
 
 impl Endpoint {
-    /// Every route, in the order of `docs/rest-api.md`.
-    pub const ALL: [Endpoint; 12] = [
+    /// Every route, in the order of `docs/rest-api.md`: Tango's, then the extensions.
+    pub const ALL: [Endpoint; 13] = [
         Endpoint::Hello,
         Endpoint::Open,
         Endpoint::Upload,
@@ -84,6 +87,7 @@ impl Endpoint {
         Endpoint::Pool,
         Endpoint::Prealloc,
         Endpoint::Build,
+        Endpoint::Cancel,
     ];
 
     /// The route's path pattern (axum's syntax, which is also OpenAPI's).
@@ -101,13 +105,18 @@ impl Endpoint {
             Endpoint::Pool => "/pool/{key}/{image}/",
             Endpoint::Prealloc => "/prealloc/{key}/{image}/{num}/",
             Endpoint::Build => "/build/{key}/",
+            Endpoint::Cancel => "/cancel/{key}/{jobId}/",
         }
     }
 
     /// The route's one method (as Python Tango served it).
     pub fn method(self) -> &'static str {
         match self {
-            Endpoint::Upload | Endpoint::AddJob | Endpoint::Prealloc | Endpoint::Build => "POST",
+            Endpoint::Upload
+            | Endpoint::AddJob
+            | Endpoint::Prealloc
+            | Endpoint::Build
+            | Endpoint::Cancel => "POST",
             _ => "GET",
         }
     }
@@ -126,6 +135,7 @@ impl Endpoint {
             Endpoint::Pool => get(pools::one_pool),
             Endpoint::Prealloc => post(pools::prealloc),
             Endpoint::Build => post(images::build),
+            Endpoint::Cancel => post(cancel::cancel),
         }
     }
 }

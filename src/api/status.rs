@@ -26,6 +26,8 @@ pub const OBTAINED_POOL: &str = "Found pool";
 pub const OBTAINED_ALL_POOLS: &str = "Found all pools";
 pub const PARTIAL_OUTPUT_OBTAINED: &str = "Partial output obtained";
 pub const IMAGE_BUILT: &str = "Docker image built";
+/// Not Tango's: `/cancel` took the request.
+pub const CANCEL_REQUESTED: &str = "Cancel requested";
 pub const WRONG_KEY: &str = "Key not recognized";
 pub const OUTPUT_NOT_FOUND: &str = "Output file not found";
 pub const INVALID_IMAGE: &str = "Invalid image name";

@@ -12,6 +12,7 @@
 mod output;
 
 mod build;
+mod cancel;
 mod courselab;
 mod info;
 mod jobs;
@@ -50,6 +51,8 @@ pub enum ClientCommand {
     PartialOutput(jobs::PartialOutputArgs),
     /// Open, upload every file of DIR, add the job, wait and print its output.
     Run(run::RunArgs),
+    /// Cancel a job, queued or running (an extension of Tango's API).
+    Cancel(cancel::CancelArgs),
 }
 
 /// Runs a client subcommand; the exit code says how it went.
@@ -66,6 +69,7 @@ pub async fn main(command: ClientCommand) -> ExitCode {
         ClientCommand::Build(a) => build::build(a).await,
         ClientCommand::PartialOutput(a) => jobs::partial_output(a).await,
         ClientCommand::Run(a) => run::run(a).await,
+        ClientCommand::Cancel(a) => cancel::cancel(a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,12 +12,16 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{
+    Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of,
+};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
 
 /// The in-memory store.
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Which queued job a claim takes.
+    schedule: Schedule,
     /// Wakes claimers when a job enters the queue.
     queued: Notify,
 }
@@ -31,6 +35,18 @@ struct State {
     dead: HashMap<JobId, Job>,
     dead_order: VecDeque<JobId>,
     queue: VecDeque<JobId>,
+    /// The same ids by courselab ([`lab_of`]), each in queue order, for fair share.
+    labs: HashMap<String, VecDeque<JobId>>,
+    /// The courselabs with jobs queued, and the pass each is at (see [`Schedule`]).
+    waiting: HashMap<String, f64>,
+    /// The pass of each courselab that has had a job claimed.
+    pass: HashMap<String, f64>,
+    /// The pass of the last claim: where a courselab that starts waiting enters, at least.
+    vtime: f64,
+    /// Live jobs asked to be cancelled (see [`JobStore::request_cancel`]).
+    cancels: std::collections::HashSet<JobId>,
+    /// Output file → the live job writing it, for [`JobStore::add_job_once`].
+    outputs: HashMap<String, JobId>,
     /// Jobs each manager has claimed and not yet finished or requeued.
     claimed: HashMap<String, Vec<JobId>>,
     /// When each manager's lease runs out.
@@ -62,7 +78,42 @@ impl MemoryStore {
                 ..State::default()
             }),
             queued: Notify::new(),
+            schedule: Schedule::default(),
         }
+    }
+
+    /// The store, its claims made in `schedule`'s order.
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// `add_job`, and with `once` `add_job_once`.
+    fn add(&self, job: &mut Job, max_queued: u64, once: bool) -> Result<Added, StoreError> {
+        {
+            let mut s = self.lock();
+            s.counters.job_requests += 1;
+            if once && let Some(id) = s.writer_of(&job.output_file) {
+                return Ok(Added::Existing(id));
+            }
+            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
+                return Err(StoreError::QueueFull(s.queue.len() as u64));
+            }
+            let id = s.next_job_id;
+            s.next_job_id += 1;
+            job.id = id;
+            job.owner = None;
+            job.assigned = false;
+            job.timings.added = Some(unix_now());
+            job.trace(added_line(&job.name, id));
+            s.outputs.insert(job.output_file.clone(), id);
+            s.live.insert(id, job.clone());
+            s.push_queued(id, false);
+        }
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+        Ok(Added::New)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -80,6 +131,90 @@ impl State {
         match self.live.get_mut(&job.id) {
             Some(live) if live.owner.is_some() && live.owner == job.owner => Ok(live),
             _ => Err(StoreError::LeaseLost(job.id)),
+        }
+    }
+
+    /// Queues a live job at the tail, or with `front` at the head, of the queue and of its
+    /// courselab's queue; a courselab that was not waiting enters at its pass, or at the
+    /// last claim's if it is behind.
+    fn push_queued(&mut self, id: JobId, front: bool) {
+        if self.cancels.contains(&id) {
+            // Cancelled: it waits, out of the queue, for a manager to end it.
+            return;
+        }
+        let lab = self
+            .live
+            .get(&id)
+            .map(|job| lab_of(&job.output_file).to_string())
+            .unwrap_or_default();
+        let lab_queue = self.labs.entry(lab.clone()).or_default();
+        if front {
+            self.queue.push_front(id);
+            lab_queue.push_front(id);
+        } else {
+            self.queue.push_back(id);
+            lab_queue.push_back(id);
+        }
+        if !self.waiting.contains_key(&lab) {
+            let pass = self.pass.get(&lab).copied().unwrap_or(0.0).max(self.vtime);
+            self.waiting.insert(lab, pass);
+        }
+    }
+
+    /// Takes the next id out of the queue: its head with a FIFO schedule, else the head of
+    /// the courselab with the lowest pass (ties by name), whose pass moves on.
+    fn take_next(&mut self, schedule: &Schedule) -> Option<JobId> {
+        let turn = self
+            .waiting
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
+            .map(|(lab, pass)| (lab.clone(), *pass));
+        let (id, lab) = match turn {
+            Some((lab, pass)) if !schedule.fifo => {
+                let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
+                let next = pass + schedule.stride(&lab);
+                self.vtime = pass;
+                self.pass.insert(lab.clone(), next);
+                self.waiting.insert(lab.clone(), next);
+                if let Some(id) = id
+                    && let Some(at) = self.queue.iter().position(|&queued| queued == id)
+                {
+                    self.queue.remove(at);
+                }
+                (id, lab)
+            }
+            _ => {
+                let id = self.queue.pop_front()?;
+                let lab = self
+                    .live
+                    .get(&id)
+                    .map(|job| lab_of(&job.output_file).to_string())
+                    .unwrap_or_default();
+                if let Some(ids) = self.labs.get_mut(&lab) {
+                    ids.retain(|&queued| queued != id);
+                }
+                (Some(id), lab)
+            }
+        };
+        if self.labs.get(&lab).is_none_or(VecDeque::is_empty) {
+            self.labs.remove(&lab);
+            self.waiting.remove(&lab);
+        }
+        id.or_else(|| self.queue.pop_front())
+    }
+
+    /// The live job writing `output_file`, if any.
+    fn writer_of(&self, output_file: &str) -> Option<JobId> {
+        self.outputs
+            .get(output_file)
+            .copied()
+            .filter(|id| self.live.contains_key(id))
+    }
+
+    /// A job leaves the live ones: its output file is free for a new submission.
+    fn forget_output(&mut self, job: &Job) {
+        if self.outputs.get(&job.output_file) == Some(&job.id) {
+            self.outputs.remove(&job.output_file);
         }
     }
 
@@ -118,7 +253,7 @@ impl State {
                 job.owner = None;
                 job.assigned = false;
             }
-            self.queue.push_front(*id);
+            self.push_queued(*id, true);
         }
         let keys: Vec<_> = self
             .pools
@@ -187,8 +322,10 @@ impl JobStore for MemoryStore {
             let mut job = job.clone();
             job.owner = None;
             job.assigned = false;
-            s.queue.push_back(job.id);
-            s.live.insert(job.id, job);
+            let id = job.id;
+            s.outputs.insert(job.output_file.clone(), id);
+            s.live.insert(id, job);
+            s.push_queued(id, false);
         }
         self.queued.notify_waiters();
         self.queued.notify_one();
@@ -196,25 +333,11 @@ impl JobStore for MemoryStore {
     }
 
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
-        {
-            let mut s = self.lock();
-            s.counters.job_requests += 1;
-            if max_queued > 0 && s.queue.len() as u64 >= max_queued {
-                return Err(StoreError::QueueFull(s.queue.len() as u64));
-            }
-            let id = s.next_job_id;
-            s.next_job_id += 1;
-            job.id = id;
-            job.owner = None;
-            job.assigned = false;
-            job.timings.added = Some(unix_now());
-            job.trace(added_line(&job.name, id));
-            s.queue.push_back(id);
-            s.live.insert(id, job.clone());
-        }
-        self.queued.notify_waiters();
-        self.queued.notify_one();
-        Ok(())
+        self.add(job, max_queued, false).map(|_| ())
+    }
+
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError> {
+        self.add(job, max_queued, true)
     }
 
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
@@ -225,7 +348,7 @@ impl JobStore for MemoryStore {
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                while let Some(id) = s.queue.pop_front() {
+                while let Some(id) = s.take_next(&self.schedule) {
                     let Some(job) = s.live.get_mut(&id) else {
                         continue;
                     };
@@ -257,7 +380,7 @@ impl JobStore for MemoryStore {
             live.owner = None;
             live.assigned = false;
             s.unclaim(&owner, job.id);
-            s.queue.push_front(job.id);
+            s.push_queued(job.id, true);
         }
         self.queued.notify_waiters();
         self.queued.notify_one();
@@ -276,6 +399,8 @@ impl JobStore for MemoryStore {
         }
         let owner = job.owner.clone().unwrap_or_default();
         s.live.remove(&job.id);
+        s.cancels.remove(&job.id);
+        s.forget_output(job);
         s.unclaim(&owner, job.id);
         s.push_dead(dead, max_dead);
         Ok(())
@@ -334,6 +459,54 @@ impl JobStore for MemoryStore {
             dead: s.dead.len() as u64,
             queued: s.queue.len() as u64,
         })
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
+        let mut s = self.lock();
+        let Some(job) = s.live.get(&id) else {
+            return Ok(if s.dead.contains_key(&id) {
+                CancelRequest::Finished
+            } else {
+                CancelRequest::Unknown
+            });
+        };
+        let held = job.owner.is_some();
+        let lab = lab_of(&job.output_file).to_string();
+        s.cancels.insert(id);
+        if held {
+            return Ok(CancelRequest::Running);
+        }
+        s.queue.retain(|&queued| queued != id);
+        if let Some(ids) = s.labs.get_mut(&lab) {
+            ids.retain(|&queued| queued != id);
+            if ids.is_empty() {
+                s.labs.remove(&lab);
+                s.waiting.remove(&lab);
+            }
+        }
+        Ok(CancelRequest::Queued)
+    }
+
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        let mut s = self.lock();
+        let mut ids: Vec<JobId> = s.cancels.iter().copied().collect();
+        ids.sort_unstable();
+        let mut taken = Vec::new();
+        for id in ids {
+            let Some(job) = s.live.get_mut(&id) else {
+                continue;
+            };
+            match job.owner.as_deref() {
+                Some(holder) if holder == owner => taken.push(job.clone()),
+                Some(_) => {}
+                None => {
+                    job.owner = Some(owner.to_string());
+                    taken.push(job.clone());
+                    s.claimed.entry(owner.to_string()).or_default().push(id);
+                }
+            }
+        }
+        Ok(taken)
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

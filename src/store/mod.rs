@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, Scheduling, StoreBackend};
 use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
 
 /// Why a store operation failed.
@@ -54,6 +54,70 @@ pub struct StoreStats {
     pub live: u64,
     pub dead: u64,
     pub queued: u64,
+}
+
+/// How [`JobStore::claim_next`] picks the next job: the configuration's `jobs.scheduling` and
+/// `jobs.weights`.
+///
+/// Fair share is stride scheduling over courselabs. Each courselab with jobs waiting has a
+/// *pass*; a claim takes the head of the courselab with the lowest pass (ties: by name) and
+/// moves that courselab's pass on by `1 / weight`. A courselab that starts waiting enters at
+/// the pass of the last claim if its own is behind it (no credit for the time it was idle),
+/// so a newcomer's job goes next to a course that has had a turn, however many jobs that
+/// course still has queued. Within a courselab, jobs leave in queue order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule {
+    /// Tango's single FIFO instead of fair share.
+    pub fifo: bool,
+    /// Courselab name → jobs per turn (1 when absent).
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Schedule {
+    pub fn from_config(config: &Config) -> Schedule {
+        Schedule {
+            fifo: config.jobs.scheduling == Scheduling::Fifo,
+            weights: config.jobs.weights.clone(),
+        }
+    }
+
+    /// How far a claim moves `lab`'s pass (a queue name from [`lab_of`]).
+    pub fn stride(&self, lab: &str) -> f64 {
+        let name = lab.split_once('-').map_or(lab, |(_, name)| name);
+        1.0 / f64::from(self.weights.get(name).copied().unwrap_or(1).max(1))
+    }
+}
+
+/// The courselab queue a job waits in: the name of its courselab's directory
+/// (`<tenant>-<courselab>`), the one two levels above its output file; empty when the
+/// path has no such part. The Redis scripts compute the same (`lab_of` in `prelude.lua`).
+pub fn lab_of(output_file: &str) -> &str {
+    let mut parts = output_file.rsplit('/');
+    parts.next();
+    parts.next();
+    parts.next().unwrap_or("")
+}
+
+/// What [`JobStore::add_job_once`] did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Queued under the id now in the job.
+    New,
+    /// Not queued: this live job (queued or running) already writes the same output file.
+    Existing(JobId),
+}
+
+/// What [`JobStore::request_cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// It was queued: it has left the queue, and a manager ends it.
+    Queued,
+    /// A manager holds it (waiting for a machine or running): that manager ends it.
+    Running,
+    /// It has ended already; nothing changed.
+    Finished,
+    /// No such job.
+    Unknown,
 }
 
 /// What [`JobStore::reap_expired`] did.
@@ -101,7 +165,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// `job` is as stored.
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError>;
 
-    /// Takes the head of the queue for `owner`, waiting up to `wait` for one to arrive. The
+    /// [`JobStore::add_job`] guarded against a submission sent twice: when a live job
+    /// (queued or running) has the same `output_file` (the courselab's directory and the
+    /// output name, unique per submission in Autolab), nothing is queued, no id is used, and
+    /// that job's id comes back as [`Added::Existing`]; the request is still counted. Atomic
+    /// with every other add: of two such calls at the same instant, one queues the job and
+    /// the other answers with its id. Jobs added by either method are seen by this one.
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError>;
+
+    /// Takes the next job for `owner`, waiting up to `wait` for one to arrive: the queue's
+    /// head with a FIFO [`Schedule`], else the head of the courselab whose turn it is. The
     /// job comes back with `owner` set; it stays live (and `assigned` stays as it was) until
     /// the caller writes it with [`JobStore::update_live`].
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError>;
@@ -135,6 +208,19 @@ pub trait JobStore: Send + Sync + 'static {
     /// Ids of the unassigned jobs, head first.
     async fn queued_ids(&self) -> Result<Vec<JobId>, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    // ---- cancelling ----
+
+    /// Asks for a job to be cancelled. A queued job leaves the queue at once; a queued or
+    /// held job is marked, and stays live until a manager ends it
+    /// ([`JobStore::take_cancels`]). A marked job is never queued again (a requeue or a
+    /// reap leaves it out of the queue for a manager to end); [`JobStore::finish`] clears
+    /// the mark.
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError>;
+
+    /// The marked jobs `owner` is to end: those it holds, and those no manager holds, which
+    /// are now leased to it (each to one manager only).
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError>;
 
     // ---- managers and leases ----
 
@@ -198,8 +284,14 @@ pub fn added_line(name: &str, id: impl std::fmt::Display) -> String {
 /// Opens the store the configuration names.
 pub async fn open(config: &Config) -> Result<Arc<dyn JobStore>, StoreError> {
     match config.store.backend {
-        StoreBackend::Memory => Ok(Arc::new(memory::MemoryStore::new())),
-        StoreBackend::Redis => Ok(Arc::new(redis::RedisStore::connect(&config.store).await?)),
+        StoreBackend::Memory => Ok(Arc::new(
+            memory::MemoryStore::new().with_schedule(Schedule::from_config(config)),
+        )),
+        StoreBackend::Redis => Ok(Arc::new(
+            redis::RedisStore::connect(&config.store)
+                .await?
+                .with_schedule(Schedule::from_config(config)),
+        )),
     }
 }
 

@@ -39,12 +39,12 @@ mod waiter;
 pub use link::{CALL_BUDGET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 use super::flight::SharedRead;
-use super::{JobStore, Reaped, StoreError, StoreStats, added_line};
+use super::{Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{
     Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime, unix_now,
 };
-use adds::Adds;
+use adds::{Adds, NewJob, Terms};
 use keys::Keys;
 use link::{Link, Retry};
 use scripts::SCRIPTS;
@@ -65,6 +65,8 @@ pub struct RedisStore {
     overview_read: SharedRead<Result<(Counters, StoreStats), StoreError>>,
     /// New jobs on their way to Redis together (`add_job`).
     adds: Arc<Adds>,
+    /// Which queued job a claim takes.
+    schedule: Schedule,
 }
 
 impl RedisStore {
@@ -87,7 +89,15 @@ impl RedisStore {
             link,
             keys,
             overview_read: SharedRead::default(),
+            schedule: Schedule::default(),
         })
+    }
+
+    /// The store, its claims made in `schedule`'s order.
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     // ---- calling Redis ----
@@ -140,7 +150,12 @@ impl RedisStore {
     /// Takes the head of the queue for `owner` now, if there is one.
     async fn try_claim(&self, owner: &str) -> Result<Option<Job>, StoreError> {
         let mut invocation = self.invocation(&SCRIPTS.claim);
-        invocation.arg(owner);
+        invocation
+            .arg(owner)
+            .arg(if self.schedule.fifo { "1" } else { "0" });
+        for (courselab, weight) in &self.schedule.weights {
+            invocation.arg(courselab).arg(weight);
+        }
         let claimed: Option<(String, bool)> = self.run(Retry::IfUnsent, &invocation).await?;
         claimed
             .map(|(json, assigned)| live_job(&self.keys, &json, Some(owner.to_string()), assigned))
@@ -155,8 +170,8 @@ impl RedisStore {
         job: &mut Job,
         timings: Timings,
         stamp: &str,
-        max_queued: u64,
-    ) -> Result<(), StoreError> {
+        terms: Terms,
+    ) -> Result<Added, StoreError> {
         let id = self.allocate_job_id().await?;
         let mut whole = released(job);
         whole.id = id;
@@ -169,15 +184,53 @@ impl RedisStore {
             .key(&keys.queue)
             .key(&keys.live)
             .key(&keys.lease)
-            .key(&keys.assigned);
+            .key(&keys.assigned)
+            .key(&keys.outputs)
+            .key(&keys.output_of);
         invocation
+            .arg(&keys.ns)
             .arg(Counter::JobRequests.name())
-            .arg(max_queued)
+            .arg(terms.max_queued)
             .arg(id)
-            .arg(encode(keys, &whole)?);
-        added(self.run(Retry::IfUnsent, &invocation).await?)?;
+            .arg(encode(keys, &whole)?)
+            .arg(&whole.output_file)
+            .arg(if terms.once { "1" } else { "0" });
+        if let Err(existing) = added(self.run(Retry::IfUnsent, &invocation).await?)? {
+            return Ok(existing);
+        }
         *job = whole;
-        Ok(())
+        Ok(Added::New)
+    }
+
+    /// `add_job`, and with the guard on `add_job_once`.
+    async fn add(&self, job: &mut Job, terms: Terms) -> Result<Added, StoreError> {
+        let mut stored = released(job);
+        stored.id = 0;
+        stored.timings.added = Some(unix_now());
+        let stamp = ctime(Utc::now());
+        stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
+        let json = encode(&self.keys, &stored)?;
+        // The usual case: Redis takes the id and writes it into the JSON, in one call with
+        // the other jobs being added meanwhile. A job whose own text holds the marker
+        // cannot be cut there, and goes whole.
+        let Some([_, before, after]) = new_job_parts(&json) else {
+            return self.add_whole_job(job, stored.timings, &stamp, terms).await;
+        };
+        let new = NewJob {
+            before,
+            after,
+            output: &stored.output_file,
+        };
+        let id = match added(self.adds.add(new, terms).await?)? {
+            Ok(id) => id,
+            Err(existing) => return Ok(existing),
+        };
+        stored.id = id;
+        // The line as Redis wrote it, made again rather than searched for the marker.
+        stored.trace.pop();
+        stored.trace_stamped(&stamp, added_line(&stored.name, id));
+        *job = stored;
+        Ok(Added::New)
     }
 
     /// `HMGET` of every counter, in [`Counter::ALL`]'s order.
@@ -262,7 +315,11 @@ impl JobStore for RedisStore {
     async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError> {
         let json = encode(&self.keys, &released(job))?;
         let mut invocation = self.invocation(&SCRIPTS.enqueue);
-        invocation.arg(job.id).arg(json).arg(max_queued);
+        invocation
+            .arg(job.id)
+            .arg(json)
+            .arg(max_queued)
+            .arg(&job.output_file);
         let full: i64 = self.run(Retry::IfUnsent, &invocation).await?;
         if full >= 0 {
             return Err(StoreError::QueueFull(full as u64));
@@ -271,27 +328,19 @@ impl JobStore for RedisStore {
     }
 
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
-        let mut stored = released(job);
-        stored.id = 0;
-        stored.timings.added = Some(unix_now());
-        let stamp = ctime(Utc::now());
-        stored.trace_stamped(&stamp, added_line(&stored.name, NEW_ID_MARK));
-        let json = encode(&self.keys, &stored)?;
-        // The usual case: Redis takes the id and writes it into the JSON, in one call with
-        // the other jobs being added meanwhile. A job whose own text holds the marker
-        // cannot be cut there, and goes whole.
-        let Some([_, before, after]) = new_job_parts(&json) else {
-            return self
-                .add_whole_job(job, stored.timings, &stamp, max_queued)
-                .await;
+        let terms = Terms {
+            max_queued,
+            once: false,
         };
-        let id = added(self.adds.add(before, after, max_queued).await?)?;
-        stored.id = id;
-        // The line as Redis wrote it, made again rather than searched for the marker.
-        stored.trace.pop();
-        stored.trace_stamped(&stamp, added_line(&stored.name, id));
-        *job = stored;
-        Ok(())
+        self.add(job, terms).await.map(|_| ())
+    }
+
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError> {
+        let terms = Terms {
+            max_queued,
+            once: true,
+        };
+        self.add(job, terms).await
     }
 
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
@@ -430,6 +479,29 @@ impl JobStore for RedisStore {
             .llen(&self.keys.queue);
         let (live, dead, queued): (u64, u64, u64) = self.snapshot(&pipe).await?;
         Ok(StoreStats { live, dead, queued })
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.request_cancel);
+        invocation.arg(id);
+        // Marking twice is as good as once.
+        let found: String = self.run(Retry::Idempotent, &invocation).await?;
+        Ok(match found.as_str() {
+            "queued" => CancelRequest::Queued,
+            "running" => CancelRequest::Running,
+            "finished" => CancelRequest::Finished,
+            _ => CancelRequest::Unknown,
+        })
+    }
+
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        let mut invocation = self.invocation(&SCRIPTS.take_cancels);
+        invocation.arg(owner);
+        let taken: Vec<(String, bool)> = self.run(Retry::IfUnsent, &invocation).await?;
+        taken
+            .into_iter()
+            .map(|(json, assigned)| live_job(&self.keys, &json, Some(owner.to_string()), assigned))
+            .collect()
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

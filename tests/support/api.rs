@@ -561,6 +561,25 @@ impl JobStore for DownStore {
     ) -> Result<(), tango::store::StoreError> {
         down()
     }
+    async fn add_job_once(
+        &self,
+        _: &mut tango::model::Job,
+        _: u64,
+    ) -> Result<tango::store::Added, tango::store::StoreError> {
+        down()
+    }
+    async fn request_cancel(
+        &self,
+        _: u64,
+    ) -> Result<tango::store::CancelRequest, tango::store::StoreError> {
+        down()
+    }
+    async fn take_cancels(
+        &self,
+        _: &str,
+    ) -> Result<Vec<tango::model::Job>, tango::store::StoreError> {
+        down()
+    }
     async fn claim_next(
         &self,
         _: &str,

@@ -21,8 +21,25 @@ use crate::store::StoreError;
 /// a job).
 const MAX_BATCH: usize = 64;
 
-/// Added or not, and the job's id or the queue's length.
-type Outcome = Result<(bool, u64), StoreError>;
+/// What became of the job (1 added, 0 the queue was full, 2 a duplicate), and its id, the
+/// queue's length or the live job's id.
+type Outcome = Result<(u64, u64), StoreError>;
+
+/// How a job is added: the queue's cap, and whether the duplicate guard is on. Jobs with
+/// other terms (a changed configuration, or the other method) go in another call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Terms {
+    pub(super) max_queued: u64,
+    pub(super) once: bool,
+}
+
+/// A job's JSON in its two parts (see `values::new_job_parts`), and its output file.
+#[derive(Clone, Copy)]
+pub(super) struct NewJob<'a> {
+    pub(super) before: &'a str,
+    pub(super) after: &'a str,
+    pub(super) output: &'a str,
+}
 
 /// The jobs waiting to be sent, and the connection they go by.
 pub(super) struct Adds {
@@ -38,11 +55,13 @@ struct Waiting {
     sending: bool,
 }
 
-/// A job's JSON in its two parts (see `values::new_job_parts`), and where its outcome goes.
+/// A job's JSON in its two parts (see `values::new_job_parts`), its output file, and where
+/// its outcome goes.
 struct Pending {
     before: String,
     after: String,
-    max_queued: u64,
+    output: String,
+    terms: Terms,
     outcome: oneshot::Sender<Outcome>,
 }
 
@@ -57,12 +76,7 @@ impl Adds {
 
     /// Adds one job, given the parts of its JSON around its id, with the jobs of the other
     /// calls meanwhile. A call that is dropped does not withdraw its job.
-    pub(super) async fn add(
-        self: &Arc<Self>,
-        before: &str,
-        after: &str,
-        max_queued: u64,
-    ) -> Outcome {
+    pub(super) async fn add(self: &Arc<Self>, job: NewJob<'_>, terms: Terms) -> Outcome {
         let alone = {
             let mut waiting = self.lock();
             !std::mem::replace(&mut waiting.sending, true)
@@ -75,10 +89,7 @@ impl Adds {
                 adds: self,
                 failed: None,
             };
-            let outcome = self
-                .send(max_queued, &[(before, after)])
-                .await
-                .map(|outcomes| outcomes[0]);
+            let outcome = self.send(terms, &[job]).await.map(|outcomes| outcomes[0]);
             // Only an outage is shared by the jobs behind this one; any other failure was
             // this call's own.
             handover.failed = match &outcome {
@@ -91,9 +102,10 @@ impl Adds {
         let start = {
             let mut waiting = self.lock();
             waiting.jobs.push(Pending {
-                before: before.to_string(),
-                after: after.to_string(),
-                max_queued,
+                before: job.before.to_string(),
+                after: job.after.to_string(),
+                output: job.output.to_string(),
+                terms,
                 outcome,
             });
             // The sender may have finished since.
@@ -144,29 +156,33 @@ impl Adds {
             finished: false,
         };
         loop {
-            let (max, batch): (u64, Vec<Pending>) = {
+            let (terms, batch): (Terms, Vec<Pending>) = {
                 let mut waiting = self.lock();
                 if waiting.jobs.is_empty() {
                     waiting.sending = false;
                     sender.finished = true;
                     return;
                 }
-                // One cap per call: calls with another (a changed configuration) go next.
-                let max = waiting.jobs[0].max_queued;
+                // One set of terms per call: jobs with others go next.
+                let terms = waiting.jobs[0].terms;
                 let n = waiting
                     .jobs
                     .iter()
                     .take(MAX_BATCH)
-                    .take_while(|p| p.max_queued == max)
+                    .take_while(|p| p.terms == terms)
                     .count();
-                (max, waiting.jobs.drain(..n).collect())
+                (terms, waiting.jobs.drain(..n).collect())
             };
             let sent = {
-                let parts: Vec<(&str, &str)> = batch
+                let jobs: Vec<NewJob<'_>> = batch
                     .iter()
-                    .map(|p| (p.before.as_str(), p.after.as_str()))
+                    .map(|p| NewJob {
+                        before: &p.before,
+                        after: &p.after,
+                        output: &p.output,
+                    })
                     .collect();
-                self.send(max, &parts).await
+                self.send(terms, &jobs).await
             };
             match sent {
                 Ok(outcomes) => {
@@ -188,23 +204,24 @@ impl Adds {
         }
     }
 
-    /// One script call for `jobs` (the parts of each one's JSON): an outcome for each job,
-    /// in order.
-    async fn send(
-        &self,
-        max_queued: u64,
-        jobs: &[(&str, &str)],
-    ) -> Result<Vec<(bool, u64)>, StoreError> {
+    /// One script call for `jobs`: an outcome for each job, in order.
+    async fn send(&self, terms: Terms, jobs: &[NewJob<'_>]) -> Result<Vec<(u64, u64)>, StoreError> {
         let keys = &self.keys;
         let mut invocation = SCRIPTS.add_jobs.prepare_invoke();
         invocation
             .key(&keys.counters)
             .key(&keys.queue)
             .key(&keys.next_job_id)
-            .key(&keys.live);
-        invocation.arg(Counter::JobRequests.name()).arg(max_queued);
-        for (before, after) in jobs {
-            invocation.arg(*before).arg(*after);
+            .key(&keys.live)
+            .key(&keys.outputs)
+            .key(&keys.output_of);
+        invocation
+            .arg(&keys.ns)
+            .arg(Counter::JobRequests.name())
+            .arg(terms.max_queued)
+            .arg(if terms.once { "1" } else { "0" });
+        for job in jobs {
+            invocation.arg(job.before).arg(job.after).arg(job.output);
         }
         let invocation = &invocation;
         let flat: Vec<u64> = self
@@ -223,7 +240,7 @@ impl Adds {
                 ),
             });
         }
-        Ok(flat.chunks(2).map(|p| (p[0] == 1, p[1])).collect())
+        Ok(flat.chunks(2).map(|p| (p[0], p[1])).collect())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {

@@ -14,6 +14,13 @@
 //! | `<ns>:lease` | hash | job id → the manager holding it (claimed, not yet requeued or finished) |
 //! | `<ns>:assigned` | set | ids of live jobs dispatched to a machine |
 //! | `<ns>:queue` | list | ids of unassigned jobs, head first |
+//! | `<ns>:labq:<lab>` | list | the queued ids of one courselab (`store::lab_of`), head first: fair share |
+//! | `<ns>:labs-waiting` | sorted set | courselabs with jobs queued → their pass |
+//! | `<ns>:lab-pass` | hash | courselab → its pass, kept while it has nothing queued |
+//! | `<ns>:vtime` | string | the pass of the last fair-share claim |
+//! | `<ns>:cancels` | set | live job ids asked to be cancelled, until a manager ends them |
+//! | `<ns>:outputs` | hash | output file → the id of the job added last to write it (the duplicate guard; stale once that job is not live) |
+//! | `<ns>:output-of` | hash | live job id → its output file, so that its `outputs` entry goes when it ends |
 //! | `<ns>:claimed:<owner>` | sorted set | ids a manager holds (score = id, for requeueing in order) |
 //! | `<ns>:claimers` | set | managers with a `claimed:` set, so claims of a manager that never heartbeat are found |
 //! | `<ns>:owners` | sorted set | manager → when its lease runs out (ms, Redis server clock) |
@@ -46,6 +53,8 @@ pub(super) struct Keys {
     pub(super) lease: String,
     pub(super) assigned: String,
     pub(super) queue: String,
+    pub(super) outputs: String,
+    pub(super) output_of: String,
     pub(super) dead: String,
     pub(super) dead_order: String,
     pub(super) pool_targets: String,
@@ -63,6 +72,8 @@ impl Keys {
             lease: key("lease"),
             assigned: key("assigned"),
             queue: key("queue"),
+            outputs: key("outputs"),
+            output_of: key("output-of"),
             dead: key("dead"),
             dead_order: key("dead-order"),
             pool_targets: key("pool-targets"),

@@ -2,9 +2,9 @@
 //!
 //! Each script is a file under `scripts/`, read in at build time with `include_str!`, whose
 //! opening comment says what it does, its KEYS and its ARGV: so each can be read and
-//! reviewed as Lua. Most start with `scripts/prelude.lua`, which takes the namespace from
+//! reviewed as Lua. Each starts with `scripts/prelude.lua`, which takes the namespace from
 //! `ARGV[1]`, builds key names from it, and holds the helpers several scripts share.
-//! `add_job` and `add_jobs` go without it and take their keys as KEYS: they are on addJob's
+//! `add_job` and `add_jobs` also take their most used keys as KEYS: they are on addJob's
 //! path, where each string built and each call made costs Redis time.
 //!
 //! A [`Script`] is sent by its SHA-1 (`EVALSHA`), and its text only when Redis answers that
@@ -36,6 +36,8 @@ pub(super) struct Scripts {
     pub(super) pool_remove: Script,
     pub(super) pools: Script,
     pub(super) owner_pools: Script,
+    pub(super) request_cancel: Script,
+    pub(super) take_cancels: Script,
 }
 
 /// What the scripts that name their keys from the namespace start with.
@@ -49,8 +51,8 @@ fn with_prelude(body: &str) -> Script {
 /// Hashed once, on first use.
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: with_prelude(include_str!("scripts/enqueue.lua")),
-    add_job: Script::new(include_str!("scripts/add_job.lua")),
-    add_jobs: Script::new(include_str!("scripts/add_jobs.lua")),
+    add_job: with_prelude(include_str!("scripts/add_job.lua")),
+    add_jobs: with_prelude(include_str!("scripts/add_jobs.lua")),
     claim: with_prelude(include_str!("scripts/claim.lua")),
     update_live: with_prelude(include_str!("scripts/update_live.lua")),
     requeue: with_prelude(include_str!("scripts/requeue.lua")),
@@ -67,4 +69,6 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     pool_remove: with_prelude(include_str!("scripts/pool_remove.lua")),
     pools: with_prelude(include_str!("scripts/pools.lua")),
     owner_pools: with_prelude(include_str!("scripts/owner_pools.lua")),
+    request_cancel: with_prelude(include_str!("scripts/request_cancel.lua")),
+    take_cancels: with_prelude(include_str!("scripts/take_cancels.lua")),
 });

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::keys::Keys;
 use crate::model::{Job, Machine, PoolView};
-use crate::store::StoreError;
+use crate::store::{Added, StoreError};
 
 /// `value` as JSON.
 pub(super) fn encode<T: Serialize>(keys: &Keys, value: &T) -> Result<String, StoreError> {
@@ -112,13 +112,14 @@ pub(super) fn reaped_machines(
     Ok(machines)
 }
 
-/// The answer of the scripts adding a new job (1 and its id, or 0 and the queue's length):
-/// the job's id, or [`StoreError::QueueFull`].
-pub(super) fn added((added, value): (bool, u64)) -> Result<u64, StoreError> {
-    if added {
-        Ok(value)
-    } else {
-        Err(StoreError::QueueFull(value))
+/// The answer of the scripts adding a new job (1 and its id, 0 and the queue's length, or 2
+/// and the id of the live job writing the same output file): the new job's id, or the live
+/// job's as [`Added::Existing`], or [`StoreError::QueueFull`].
+pub(super) fn added((code, value): (u64, u64)) -> Result<Result<u64, Added>, StoreError> {
+    match code {
+        1 => Ok(Ok(value)),
+        2 => Ok(Err(Added::Existing(value))),
+        _ => Err(StoreError::QueueFull(value)),
     }
 }
 

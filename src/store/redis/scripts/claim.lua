@@ -1,14 +1,50 @@
--- Takes the head of the queue for a manager (JobStore::claim_next): the job is leased to it
--- and added to its claimed set, and a claim an earlier holder still had on it is dropped.
--- Queue entries whose job is no longer live are dropped on the way.
+-- Takes the next job for a manager (JobStore::claim_next): with fair share the head of the
+-- courselab with the lowest pass (ties by name), whose pass then moves on by 1 / its
+-- weight; in FIFO the head of the queue (and with fair share too, for ids queued by a
+-- version that kept no courselab lists). The job is leased to the manager and added to its
+-- claimed set, and a claim an earlier holder still had on it is dropped. Queue entries
+-- whose job is no longer live are dropped on the way.
 --
 -- KEYS: none (the prelude builds them).
--- ARGV: namespace, owner.
+-- ARGV: namespace, owner, FIFO (1) or fair share (0), then courselab name and weight pairs
+--   (courselabs not listed weigh 1).
 -- Returns nil when no live job is queued, or {job JSON, assigned (0/1)}.
 
-local owner = ARGV[2]
+local owner, fifo = ARGV[2], ARGV[3] == '1'
+local weights = {}
+for i = 4, #ARGV - 1, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local function stride(lab)
+  local name = string.match(lab, '^[^-]*%-(.*)$') or lab
+  return 1 / math.max(1, weights[name] or 1)
+end
+
+-- The next queued id, taken out of the queue and its courselab's list, or nil.
+local function take()
+  local top = {}
+  if not fifo then top = redis.call('ZRANGE', key('labs-waiting'), 0, 0, 'WITHSCORES') end
+  if #top == 0 then
+    local id = redis.call('LPOP', key('queue'))
+    if id then unqueue_lab(lab_of(id), id) end
+    return id
+  end
+  local lab, pass = top[1], tonumber(top[2])
+  local lk = labq_key(lab)
+  local id = redis.call('LPOP', lk)
+  local after = pass + stride(lab)
+  redis.call('SET', key('vtime'), pass)
+  redis.call('HSET', key('lab-pass'), lab, after)
+  if redis.call('LLEN', lk) == 0 then
+    redis.call('ZREM', key('labs-waiting'), lab)
+  else
+    redis.call('ZADD', key('labs-waiting'), after, lab)
+  end
+  if not id then return take() end
+  redis.call('LREM', key('queue'), 1, id)
+  return id
+end
+
 while true do
-  local id = redis.call('LPOP', key('queue'))
+  local id = take()
   if not id then return false end
   local json = redis.call('HGET', key('live'), id)
   if json then

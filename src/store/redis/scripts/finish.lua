@@ -17,6 +17,8 @@ if not held(id, owner) then
   return 0
 end
 redis.call('HDEL', key('live'), id)
+forget_output(id)
+redis.call('SREM', key('cancels'), id)
 redis.call('HDEL', key('lease'), id)
 redis.call('SREM', key('assigned'), id)
 unclaim(owner, id)

@@ -17,6 +17,42 @@ local function pools_key(owner) return key('pools:' .. part(owner)) end
 local function pool_key(owner, pool, what)
   return key('pool:' .. part(owner) .. ':' .. part(pool) .. ':' .. what)
 end
+-- Fair share (store::Schedule): each queued id also waits in its courselab's list
+-- `labq:<lab>`; `labs-waiting` scores each courselab with jobs waiting by its pass,
+-- `lab-pass` keeps every courselab's pass and `vtime` the pass of the last claim. A job's
+-- courselab is the directory two levels above its output file (store::lab_of).
+local function lab_of_output(output)
+  return (output and string.match(output, '([^/]*)/[^/]*/[^/]*$')) or ''
+end
+local function lab_of(id) return lab_of_output(redis.call('HGET', key('output-of'), id)) end
+local function labq_key(lab) return key('labq:' .. part(lab)) end
+-- A courselab that starts waiting enters at its pass, or the last claim's if behind it.
+local function wake_lab(lab)
+  if redis.call('ZSCORE', key('labs-waiting'), lab) then return end
+  local pass = tonumber(redis.call('HGET', key('lab-pass'), lab) or '0')
+  local vtime = tonumber(redis.call('GET', key('vtime')) or '0')
+  redis.call('ZADD', key('labs-waiting'), math.max(pass, vtime), lab)
+end
+-- Queues a live job (already in `queue`) in its courselab's list: at the head with `front`.
+local function queue_lab(id, front)
+  local lab = lab_of(id)
+  redis.call(front and 'LPUSH' or 'RPUSH', labq_key(lab), id)
+  wake_lab(lab)
+end
+-- Takes an id out of its courselab's list, and the courselab out of the waiting ones when
+-- that was its last.
+local function unqueue_lab(lab, id)
+  local lk = labq_key(lab)
+  redis.call('LREM', lk, 1, id)
+  if redis.call('LLEN', lk) == 0 then redis.call('ZREM', key('labs-waiting'), lab) end
+end
+-- Puts a live job back at the head of the queue, unless it is to be cancelled: then it
+-- waits, out of the queue, for a manager to end it (take_cancels).
+local function queue_front(id)
+  if redis.call('SISMEMBER', key('cancels'), id) == 1 then return end
+  redis.call('LPUSH', key('queue'), id)
+  queue_lab(id, true)
+end
 -- Leases use the server's clock: managers on several hosts share one Redis.
 local function now_ms()
   local t = redis.call('TIME')
@@ -30,6 +66,15 @@ local function unclaim(owner, id)
   local ck = claimed_key(owner)
   redis.call('ZREM', ck, id)
   if redis.call('EXISTS', ck) == 0 then redis.call('SREM', key('claimers'), owner) end
+end
+-- A job leaves the live ones: its output file is free for a new submission.
+local function forget_output(id)
+  local output = redis.call('HGET', key('output-of'), id)
+  if not output then return end
+  redis.call('HDEL', key('output-of'), id)
+  if redis.call('HGET', key('outputs'), output) == id then
+    redis.call('HDEL', key('outputs'), output)
+  end
 end
 local function push_dead(id, json, max_dead)
   if redis.call('HSET', key('dead'), id, json) == 1 then
@@ -73,7 +118,7 @@ local function drop_owner(owner, requeued, machines)
       end
     end
   end
-  for i = #mine, 1, -1 do redis.call('LPUSH', key('queue'), mine[i]) end
+  for i = #mine, 1, -1 do queue_front(mine[i]) end
   for _, id in ipairs(mine) do table.insert(requeued, id) end
   local pk = pools_key(owner)
   local names = redis.call('SMEMBERS', pk)

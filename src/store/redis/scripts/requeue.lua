@@ -1,5 +1,5 @@
 -- Puts a job its owner holds back at the front of the queue, unassigned and not leased, as
--- given (JobStore::requeue).
+-- given (JobStore::requeue); a job to be cancelled is left out of the queue.
 --
 -- KEYS: none (the prelude builds them).
 -- ARGV: namespace, job id, owner, job JSON.
@@ -11,5 +11,5 @@ redis.call('HSET', key('live'), id, ARGV[4])
 redis.call('SREM', key('assigned'), id)
 redis.call('HDEL', key('lease'), id)
 unclaim(owner, id)
-redis.call('LPUSH', key('queue'), id)
+queue_front(id)
 return 1
