@@ -59,10 +59,18 @@ struct World {
     prefix: String,
     namespace: String,
     topology: Topology,
+    w2_both_engines: bool,
 }
 
 impl World {
+    /// Starts the hosts, with managers on `w1` and `w2`.
     async fn start() -> World {
+        Self::start_with(&["w1", "w2"], false).await
+    }
+
+    /// Starts the hosts with managers on `workers`; with `w2_both_engines`, `w2` drives the
+    /// machine's engine as well as the remote one.
+    async fn start_with(workers: &[&'static str], w2_both_engines: bool) -> World {
         let topology = Topology::new(HOSTS);
         let image = support::docker::test_image();
         let engine = RemoteEngine::start(topology.host("eng"), image);
@@ -84,8 +92,9 @@ impl World {
             prefix,
             namespace,
             topology,
+            w2_both_engines,
         };
-        for host in ["w1", "w2"] {
+        for &host in workers {
             world.start_manager(host).await;
         }
         world
@@ -99,7 +108,12 @@ impl World {
     /// The engines of a worker host: `w1` the machine's own (the default), `w2` the remote
     /// one over TLS.
     fn engines(&self, host: &str) -> String {
-        if host == "w2" {
+        if host == "w2" && self.w2_both_engines {
+            format!(
+                "{}\n[[docker.engines]]\nurl = \"unix:///var/run/docker.sock\"\ncapacity = 4\n",
+                self.engine.engine_toml(4)
+            )
+        } else if host == "w2" {
             self.engine.engine_toml(4)
         } else {
             String::new()
@@ -390,6 +404,33 @@ async fn assert_callbacks_once(
     );
 }
 
+/// Job labels (`mh_N:ID`) that a manager's log says got a machine.
+fn dispatched_in(log: &str) -> BTreeSet<String> {
+    log.lines()
+        .filter_map(|l| l.split(" ready for job ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `check` holds, at most `limit`; panics naming `what`.
+async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Outputs of `jobs`, by number.
+async fn outputs_of(api: &Daemon, jobs: &[Sleeper]) -> BTreeMap<usize, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for job in jobs {
+        out.insert(job.n, api.poll(LAB, &output_name(job.n)).await);
+    }
+    out
+}
+
 /// Counts of jobs per engine.
 fn tally(ran: &BTreeMap<usize, Ran>) -> (usize, usize) {
     let local = ran.values().filter(|&&r| r == Ran::Local).count();
@@ -432,5 +473,163 @@ async fn a_hundred_jobs_run_on_both_worker_hosts() {
     eprintln!("w1 (local engine) ran {local}, w2 (remote engine over TLS) ran {remote}");
     assert!(local >= 10, "w1 took {local} of 100 jobs");
     assert!(remote >= 10, "w2 took {remote} of 100 jobs");
+    assert_clean_shutdown(&mut world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_host_cut_off_mid_burst_loses_and_repeats_nothing() {
+    let mut world = World::start().await;
+    let jobs = submit(&world, 0..40).await;
+    // Cut w1 while it runs jobs: some are done, others are on its machines.
+    wait_dead(&world, &jobs, 6).await;
+    let dead_before = dead_of(&world.api, &jobs).await;
+    let w1 = world.topology.host("w1").clone();
+    w1.cut();
+    let cut = Instant::now();
+    let held: Vec<Sleeper> = {
+        let dispatched = dispatched_in(&world.managers["w1"].log_text());
+        jobs.iter()
+            .filter(|j| !dead_before.contains_key(&j.id))
+            .filter(|j| dispatched.contains(&format!("mh_{}:{}", j.n, j.id)))
+            .copied()
+            .collect()
+    };
+    assert!(!held.is_empty(), "w1 held no job when it was cut off");
+
+    // Recovery: the first of w1's jobs to finish on w2 after the lease runs out.
+    let recovery = loop {
+        let dead = dead_of(&world.api, &held).await;
+        if !dead.is_empty() {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < HANG,
+            "none of w1's jobs {held:?} finished elsewhere"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "recovery: first of w1's {} held jobs finished on w2 {:.1} s after the cut \
+         (lease {LEASE_SECS} s)",
+        held.len(),
+        recovery.as_secs_f64()
+    );
+    assert!(
+        recovery >= Duration::from_secs(LEASE_SECS),
+        "a held job finished {recovery:?} after the cut, before the lease ran out"
+    );
+
+    let ran = assert_each_ended_once(&world, &jobs).await;
+    for job in &held {
+        assert_eq!(
+            ran[&job.n],
+            Ran::Remote,
+            "w1's job {} finished on w1",
+            job.id
+        );
+    }
+    let outputs = outputs_of(&world.api, &jobs).await;
+
+    // The link comes back: w1's late writes are refused, it rejoins, runs nothing twice.
+    w1.restore();
+    let w1_log = |world: &World| world.managers["w1"].log_text();
+    eventually("w1 is told its lease is lost", HANG, || {
+        w1_log(&world).contains("lease lost")
+    })
+    .await;
+    assert!(world.managers["w1"].exited().is_none(), "w1 exited");
+    let later = submit(&world, 40..70).await;
+    let ran_later = assert_each_ended_once(&world, &later).await;
+    let (local, _) = tally(&ran_later);
+    assert!(local >= 1, "w1 took none of 30 jobs after it rejoined");
+    // The first burst is untouched: one dead entry each, outputs as they were, callbacks once.
+    assert_each_ended_once(&world, &jobs).await;
+    assert_eq!(
+        outputs_of(&world.api, &jobs).await,
+        outputs,
+        "outputs changed after w1 rejoined"
+    );
+    assert_clean_shutdown(&mut world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_engine_that_stops_answering_is_taken_out_and_comes_back() {
+    // One manager, w2, with two engines: the remote one (TLS) and the machine's own.
+    let mut world = World::start_with(&["w2"], true).await;
+    let jobs = submit(&world, 0..20).await;
+    wait_dead(&world, &jobs, 3).await;
+    let eng = world.topology.host("eng").clone();
+    eng.cut();
+    let after_cut = submit(&world, 20..40).await;
+    let ran = assert_each_ended_once(&world, &jobs).await;
+    let ran_after = assert_each_ended_once(&world, &after_cut).await;
+    let (_, remote) = tally(&ran_after);
+    assert_eq!(
+        remote, 0,
+        "jobs ran on the remote engine while it was cut off"
+    );
+    eprintln!("before the cut: (local, remote) = {:?}", tally(&ran));
+    assert!(
+        world.managers["w2"]
+            .log_text()
+            .contains("taken out of placement"),
+        "the engine was not taken out"
+    );
+
+    eng.restore();
+    // Back in use once it answers again (after its back-off): jobs run there again.
+    let deadline = Instant::now() + HANG;
+    let mut next = 40;
+    loop {
+        let batch = submit(&world, next..next + 8).await;
+        next += 8;
+        let (_, remote) = tally(&assert_each_ended_once(&world, &batch).await);
+        if remote > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote engine was never used again"
+        );
+    }
+    assert_clean_shutdown(&mut world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_host_restart_mid_burst_loses_and_repeats_nothing() {
+    let mut world = World::start().await;
+    let jobs = submit(&world, 0..40).await;
+    wait_dead(&world, &jobs, 6).await;
+    // Killed (no shutdown save) and started again from its append-only file.
+    world.redis.restart();
+    let ran = assert_each_ended_once(&world, &jobs).await;
+    eprintln!("(local, remote) = {:?}", tally(&ran));
+    let more = submit(&world, 40..50).await;
+    assert_each_ended_once(&world, &more).await;
+    assert_clean_shutdown(&mut world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_upgrade_of_the_managers_loses_and_repeats_nothing() {
+    let mut world = World::start().await;
+    let mut jobs = submit(&world, 0..20).await;
+    for (round, host) in ["w1", "w2"].into_iter().enumerate() {
+        // Jobs are flowing (some done, more queued) when the manager is stopped.
+        wait_dead(&world, &jobs, jobs.len() / 3).await;
+        let old = world.managers.remove(host).expect("manager");
+        let status = old.terminate(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{host} did not drain and exit 0 ({status:?}):\n{}",
+            tail(&old.log_text(), 40)
+        );
+        drop(old);
+        // While it is down, the other host keeps taking work.
+        let base = 20 + round * 20;
+        jobs.extend(submit(&world, base..base + 20).await);
+        world.start_manager(host).await;
+    }
+    let ran = assert_each_ended_once(&world, &jobs).await;
+    eprintln!("(local, remote) = {:?}", tally(&ran));
     assert_clean_shutdown(&mut world).await;
 }
