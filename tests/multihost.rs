@@ -503,8 +503,19 @@ async fn a_worker_host_cut_off_mid_burst_loses_and_repeats_nothing() {
     };
     assert!(!held.is_empty(), "w1 held no job when it was cut off");
 
-    // Recovery: the first of w1's jobs to finish on w2 after the lease runs out.
+    // Recovery: the first of w1's jobs to finish on w2 after the lease runs out. Meanwhile
+    // w1, cut off, must not write their output files: it cannot know they are still its
+    // own (its run says `engine local`; w2's rerun, `engine remote`).
     let recovery = loop {
+        for job in &held {
+            if let Some(bytes) = world.api.poll(LAB, &output_name(job.n)).await {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("engine local"),
+                    "w1 wrote the output of job {} while cut off",
+                    job.id
+                );
+            }
+        }
         let dead = dead_of(&world.api, &held).await;
         if !dead.is_empty() {
             break cut.elapsed();
