@@ -209,6 +209,37 @@ Causes of what still falls short, found but not changed:
 
 """
 
+RECOVERY = """\
+## Recovery of a lost host
+
+How long the jobs of a worker host that drops off the network wait before they finish
+elsewhere, for several values of `jobs.lease_secs`. Measured by `scripts/recovery-time.sh`
+(not part of `scripts/bench.sh`: it needs root, network namespaces and a second Docker
+engine, so its figures are kept by hand in `benches/report.py`): it runs
+`a_worker_host_cut_off_mid_burst_loses_and_repeats_nothing` (`tests/multihost.rs`) with the
+lease set, and reads the time from the cut (`ip link set eth0 down` on the worker host `w1`)
+to the first of the jobs `w1` held finishing on `w2` (one-second sleepers, debug build,
+Docker; 2 shared CPUs with other builds running). Commit `a08d80d`, 2026-12-06,
+`RUNS=2 scripts/recovery-time.sh 3 6 10 15`.
+
+| `jobs.lease_secs` | heartbeat (lease / 3) | run 1 | run 2 |
+|---:|---:|---:|---:|
+| 3 | 1 s | 4.9 s | 4.4 s |
+| 6 | 2 s | 7.5 s | 7.8 s |
+| 10 | 3.3 s | 10.1 s | 10.9 s |
+| 15 (default) | 5 s | 17.5 s | 16.1 s |
+
+What bounds it: the lease runs out between two thirds of a lease and a whole lease after the
+cut (it was last renewed up to a heartbeat before), the other manager's housekeeping (every
+third of a lease) requeues the jobs at the front of the queue, and a requeued job then takes
+its own time (here about 1.3 s: a spare container and a one-second job). So a lost host
+costs its jobs about one lease, plus the run time they had already spent. The default stays
+15 s: a manager rides out about 10 s without Redis (a Redis restart, a network fault) before
+it is taken for dead and its running jobs run again, and heartbeats cost one Redis call per
+manager every 5 s. Lower it where Redis is close and steady (docs/configuration.md,
+"Defaults that differ").
+"""
+
 RECIPE = """\
 ## How to run
 
@@ -629,6 +660,7 @@ def main():
     burst_section(rows, out)
     hostile_section(rows, out)
     fair_section(rows, out)
+    out.append(RECOVERY)
     out.append(METHOD.format(
         conns=",".join(str(c) for c in conns) or "1,16,64",
         secs=a.wrk_secs,

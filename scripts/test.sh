@@ -29,6 +29,10 @@ command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v sudo >/dev/null || need_apt+=(sudo)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# tests/multihost.rs: network namespaces (ip), nsenter, the second engine's certificates.
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
@@ -76,11 +80,24 @@ log "the Docker test image (built when missing)"
 scripts/build-test-image.sh >/dev/null
 
 log "tests"
+# The multi-host tests (tests/multihost.rs) run after the rest, one at a time: they start a
+# second Docker engine and cut hosts off, which would disturb the timing of other tests.
+status=0
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run --locked --no-fail-fast "${filter[@]}"
+  cargo nextest run --locked --no-fail-fast --no-tests=pass -E 'not binary(multihost)' "${filter[@]}" || status=$?
+  log "multi-host tests"
+  cargo nextest run --locked --no-fail-fast --no-tests=pass --test multihost "${filter[@]}" || status=$?
 else
-  cargo test --locked --no-fail-fast -- "${filter[@]}"
+  for t in tests/*.rs; do
+    name=$(basename "$t" .rs)
+    [[ $name == multihost ]] && continue
+    cargo test --locked --no-fail-fast --test "$name" -- "${filter[@]}" || status=$?
+  done
+  cargo test --locked --no-fail-fast --lib --bins -- "${filter[@]}" || status=$?
+  log "multi-host tests"
+  cargo test --locked --no-fail-fast --test multihost -- --test-threads=1 "${filter[@]}" || status=$?
 fi
+((status == 0)) || exit "$status"
 # Doc tests: nextest does not run them.
 cargo test --locked --doc
 log "all checks passed"

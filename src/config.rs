@@ -203,7 +203,8 @@ pub struct JobsConfig {
     /// Dead (finished) jobs kept for `/jobs/KEY/1/`; the oldest are dropped beyond this.
     pub max_dead: u64,
     /// Seconds a manager's lease on its jobs lasts without renewal. When a manager dies, its
-    /// jobs go back to the queue this long after its last heartbeat.
+    /// jobs go back to the queue this long after its last heartbeat. Heartbeats come every
+    /// third of it; see config.example.toml for the trade-off.
     pub lease_secs: u64,
     /// The duplicate guard: an addJob whose output file (courselab and `output_file`) a
     /// queued or running job writes already queues nothing and answers with that job's id.

@@ -44,7 +44,7 @@
 //! callbacks, this manager's owner id), never the manager itself.
 //!
 //! Order at the end, for exactly-once under crashes: (1) fenced write of the job (is it
-//! still ours?), (2) output file written and renamed, (3) `store.finish` (fenced), with the
+//! still ours? retried while the store cannot answer, never assumed), (2) output file written and renamed, (3) `store.finish` (fenced), with the
 //! callback marked pending by this manager in the same write, (4) callback in its own task,
 //! (5) callback outcome recorded on the dead job. A crash before (3) leaves the job live
 //! under our lease: it is requeued when the lease runs out and runs again, overwriting the
@@ -661,8 +661,22 @@ impl Worker {
         content.extend_from_slice(autodriver_output.as_deref().unwrap_or_default());
         drop(autodriver_output);
 
-        // Still ours? Otherwise the output file is another manager's to write.
-        if !self.save().await {
+        // Still ours? Otherwise the output file is another manager's to write. Confirmed by
+        // the store, not assumed while it cannot be reached: a manager cut off from Redis may
+        // have lost the job to another, which runs it again and writes this file itself.
+        let job = self.job.clone();
+        let store = self.ctx.store.clone();
+        let ours = persist(&self.ctx.kill, "confirm the lease", || {
+            let store = store.clone();
+            let job = job.clone();
+            async move { store.update_live(&job).await }
+        })
+        .await;
+        if !ours {
+            tracing::warn!(
+                job = self.job.id,
+                "lease lost: another manager holds the job now"
+            );
             return;
         }
         if write && let Err(e) = labs::write_output_file(&self.job.output_file, &content).await {

@@ -77,6 +77,8 @@ pub struct Daemon {
     /// The process; None once it has been killed or has exited and been reaped.
     child: Mutex<Option<Child>>,
     pid: u32,
+    /// The address it listens on (127.0.0.1, or its network namespace's).
+    pub host: String,
     pub port: u16,
     pub key: String,
     pub courselabs: PathBuf,
@@ -117,6 +119,17 @@ impl Daemon {
     /// Starts the process and waits until `GET /` answers (or, for a bare manager, until it
     /// logs that it runs). Panics with the log when it does not start.
     pub async fn start(options: DaemonOptions) -> Daemon {
+        Self::launch(options, None).await
+    }
+
+    /// Like [`Daemon::start`], but inside the network namespace `netns` (`ip netns` name),
+    /// listening on `addr`, that namespace's address: a process on another "host".
+    pub async fn start_in(options: DaemonOptions, netns: &str, addr: &str) -> Daemon {
+        Self::launch(options, Some((netns, addr))).await
+    }
+
+    async fn launch(options: DaemonOptions, netns: Option<(&str, &str)>) -> Daemon {
+        let host = netns.map_or("127.0.0.1", |(_, addr)| addr).to_string();
         let dir = tempfile::tempdir().expect("temp dir");
         // Traversable, so the local backend's jobs (other uids) reach machines under it.
         std::fs::set_permissions(
@@ -132,7 +145,7 @@ impl Daemon {
         let port = free_port();
         let config_path = dir.path().join("tango.toml");
         let config = format!(
-            "[server]\nbind = \"127.0.0.1\"\nport = {port}\nkeys = [\"{key}\"]\ncourselabs = \"{cl}\"\n{extra}\n{rest}\n",
+            "[server]\nbind = \"{host}\"\nport = {port}\nkeys = [\"{key}\"]\ncourselabs = \"{cl}\"\n{extra}\n{rest}\n",
             key = options.key,
             cl = courselabs.display(),
             extra = options.server_extra,
@@ -143,7 +156,17 @@ impl Daemon {
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("tango.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tango"));
+        // nsenter switches only the network namespace (`ip netns exec` would also remount
+        // /sys, hiding the cgroup mounts), then execs tango: the child's pid is tango's.
+        let mut command = match netns {
+            Some((name, _)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{name}"))
+                    .arg(env!("CARGO_BIN_EXE_tango"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tango")),
+        };
         match options.mode {
             Mode::Serve => command.arg("serve"),
             Mode::ServeNoManager => command.args(["serve", "--no-manager"]),
@@ -168,6 +191,7 @@ impl Daemon {
         let daemon = Daemon {
             pid: child.id(),
             child: Mutex::new(Some(child)),
+            host,
             port,
             key: options.key.clone(),
             courselabs,
@@ -184,9 +208,9 @@ impl Daemon {
         daemon
     }
 
-    /// `http://127.0.0.1:PORT` + `path`.
+    /// `http://HOST:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
 
     /// The daemon's log so far.

@@ -10,10 +10,12 @@
 pub mod api;
 pub mod daemon;
 pub mod docker;
+pub mod dockerd;
 pub mod e2e;
 pub mod jobs;
 #[cfg(feature = "ec2")]
 pub mod moto;
+pub mod netns;
 pub mod pipeline;
 pub mod private_redis;
 pub mod sshd;

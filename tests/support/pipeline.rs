@@ -487,9 +487,16 @@ impl Drop for Receiver {
 
 impl Receiver {
     pub async fn start(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+        Self::start_on("127.0.0.1", reply).await
+    }
+
+    /// Like [`Receiver::start`], listening on `ip` (an address other network namespaces
+    /// reach).
+    pub async fn start_on(
+        ip: &str,
+        reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let reply = Arc::new(reply);

@@ -12,8 +12,11 @@ use super::{free_port, unique};
 /// A private `redis-server` on a free loopback port, with its data in a temporary directory
 /// (append-only file, fsync on every write), killed when dropped.
 pub struct PrivateRedis {
+    /// The address it listens on: 127.0.0.1, or its network namespace's.
+    pub host: String,
     pub port: u16,
     pub password: Option<String>,
+    netns: Option<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -24,8 +27,21 @@ impl PrivateRedis {
     }
 
     pub fn start_with_password(password: Option<&str>) -> PrivateRedis {
+        Self::launch_new(password, None)
+    }
+
+    /// A server in the network namespace `netns` (`ip netns` name), on `addr`, that
+    /// namespace's address: a Redis on a host of its own, which (off loopback) serves
+    /// only clients that know `password`.
+    pub fn start_in(netns: &str, addr: &str, port: u16, password: &str) -> PrivateRedis {
+        Self::launch_new(Some(password), Some((netns, addr, port)))
+    }
+
+    fn launch_new(password: Option<&str>, netns: Option<(&str, &str, u16)>) -> PrivateRedis {
         let mut server = PrivateRedis {
-            port: free_port(),
+            host: netns.map_or("127.0.0.1", |(_, addr, _)| addr).to_string(),
+            netns: netns.map(|(name, _, _)| name.to_string()),
+            port: netns.map_or_else(free_port, |(_, _, port)| port),
             password: password.map(str::to_string),
             dir: tempfile::tempdir().expect("temporary directory for redis"),
             child: None,
@@ -35,9 +51,17 @@ impl PrivateRedis {
     }
 
     fn launch(&mut self) {
-        let mut command = Command::new("redis-server");
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{name}"))
+                    .arg("redis-server");
+                c
+            }
+            None => Command::new("redis-server"),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", &self.host])
             .args([
                 "--save",
                 "",
@@ -106,7 +130,7 @@ impl PrivateRedis {
     pub fn config(&self) -> StoreConfig {
         StoreConfig {
             backend: StoreBackend::Redis,
-            redis_host: "127.0.0.1".into(),
+            redis_host: self.host.clone(),
             redis_port: self.port,
             redis_password: self.password.clone().unwrap_or_default(),
             namespace: format!("test-{}", unique()),
@@ -116,7 +140,7 @@ impl PrivateRedis {
 
     /// A plain synchronous connection, database 0.
     pub fn raw_connection(&self) -> redis::RedisResult<redis::Connection> {
-        raw_connection("127.0.0.1", self.port, self.password.as_deref(), 0)
+        raw_connection(&self.host, self.port, self.password.as_deref(), 0)
     }
 }
 

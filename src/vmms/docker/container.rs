@@ -25,7 +25,10 @@ use super::{
     LABEL_ROLE, LABEL_UID, LABEL_VM_ID, NETWORK, ROLE_NETNS, image,
 };
 use crate::model::Machine;
-use crate::vmms::Vmms;
+use crate::vmms::{RUN_GRACE, Vmms};
+
+/// How long the guard's kill may take: under [`RUN_GRACE`], the worker's own bound.
+const KILL_TIMEOUT: Duration = RUN_GRACE.saturating_sub(Duration::from_secs(1));
 
 /// A holder's main process: it only keeps its network namespace alive. It needs `/bin/sh`
 /// and `sleep` in the image (any image that can run `make` has them); Docker's init above it
@@ -447,11 +450,13 @@ impl DockerVmms {
     }
 
     /// Kills a container from the host (the guard against a job that outlives its timeout).
-    pub(super) async fn kill(&self, engine: &Engine, id: &str) {
+    /// Bounded well inside the worker's grace after the guard ([`RUN_GRACE`]), so that an
+    /// engine that no longer answers is reported as such rather than as the job's timeout.
+    pub(super) async fn kill(&self, engine: &Engine, id: &str) -> Result<(), DockerError> {
         let result = call(
             engine,
             "kill container",
-            Some(CONTROL_TIMEOUT),
+            Some(KILL_TIMEOUT),
             engine.client.kill_container(
                 id,
                 Some(KillContainerOptions {
@@ -460,9 +465,10 @@ impl DockerVmms {
             ),
         )
         .await;
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(container = id, "could not kill the container: {e}");
         }
+        result
     }
 }
 

@@ -516,8 +516,12 @@ impl Vmms for DockerVmms {
                     kill_after_secs = spec.kill_after.as_secs(),
                     "job outlived its timeout by the margin; killing its container"
                 );
-                self.kill(engine, &id).await;
-                Ok(RunOutcome::Killed)
+                match self.kill(engine, &id).await {
+                    // The engine stopped answering, which is why the run never ended: the
+                    // machine failed, not the job (it is retried on another machine).
+                    Err(e) if e.is_unreachable() => Err(e.into()),
+                    _ => Ok(RunOutcome::Killed),
+                }
             }
             Err(RunFailure::Input(e)) => Err(VmmsError::Io(format!(
                 "an input file could not be read while it was sent: {e}"
