@@ -25,7 +25,7 @@ use tango::app::App;
 use tango::manager::Manager;
 use tango::model::{Counter, Counters, InputFile, Job, JobId, Machine, PoolTarget, PoolView};
 use tango::store::memory::MemoryStore;
-use tango::store::{JobStore, Reaped, StoreError, StoreStats};
+use tango::store::{Added, CancelRequest, JobStore, Reaped, StoreError, StoreStats};
 use tango::vmms::Vmms;
 
 /// Bound for a job the fix lets end within a few housekeeping ticks (a lease of 2 s, a tick
@@ -72,6 +72,9 @@ impl JobStore for FaultyStore {
     async fn add_job(&self, job: &mut Job, max_queued: u64) -> Result<(), StoreError> {
         self.inner.add_job(job, max_queued).await
     }
+    async fn add_job_once(&self, job: &mut Job, max_queued: u64) -> Result<Added, StoreError> {
+        self.inner.add_job_once(job, max_queued).await
+    }
     async fn claim_next(&self, owner: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
         let claimed = self.inner.claim_next(owner, wait).await?;
         if claimed.is_some() && armed(&self.lost_claims) {
@@ -79,6 +82,12 @@ impl JobStore for FaultyStore {
             return Err(unavailable("claim_next answer lost"));
         }
         Ok(claimed)
+    }
+    async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
+        self.inner.request_cancel(id).await
+    }
+    async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        self.inner.take_cancels(owner).await
     }
     async fn update_live(&self, job: &Job) -> Result<(), StoreError> {
         self.inner.update_live(job).await
