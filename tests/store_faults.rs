@@ -169,17 +169,21 @@ impl JobStore for FaultyStore {
     }
 }
 
-/// A faulty store, the in-test backend, and a directory for inputs and outputs.
+/// A faulty store, the in-test backend, and a courselab for inputs and outputs.
 struct Rig {
     store: Arc<FaultyStore>,
     fake: Arc<FakeVmms>,
-    dir: tempfile::TempDir,
+    /// The courselabs directory (workers refuse paths outside it).
+    root: tempfile::TempDir,
+    /// The one courselab, in `root`.
+    dir: std::path::PathBuf,
 }
 
 impl Rig {
     fn new() -> Rig {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("output")).expect("output dir");
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("t-lab");
+        std::fs::create_dir_all(dir.join("output")).expect("output dir");
         Rig {
             store: Arc::new(FaultyStore {
                 inner: MemoryStore::new(),
@@ -187,6 +191,7 @@ impl Rig {
                 failed_removals: AtomicU32::new(0),
             }),
             fake: FakeVmms::new("t"),
+            root,
             dir,
         }
     }
@@ -194,6 +199,7 @@ impl Rig {
     async fn start(&self, pool_size: u32) -> Manager {
         let mut config = fast_config();
         config.vmms.pool_size = pool_size;
+        config.server.courselabs = self.root.path().to_path_buf();
         let store: Arc<dyn JobStore> = self.store.clone();
         let vmms: Arc<dyn Vmms> = self.fake.clone();
         Manager::start(App::new(config, store, vmms))
@@ -203,7 +209,7 @@ impl Rig {
 
     async fn submit(&self, name: &str) -> JobId {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(self.dir.path(), name);
+        let input = input_file(&self.dir, name);
         let mut job = Job {
             id,
             name: name.to_string(),
@@ -219,7 +225,6 @@ impl Rig {
             }],
             output_file: self
                 .dir
-                .path()
                 .join("output")
                 .join(format!("{name}.txt"))
                 .to_string_lossy()
