@@ -124,19 +124,9 @@ pub async fn run_failed(ctx: Arc<Context>, job: Job, error: String) {
 /// After a worker task panicked (a bug): the job is given up with an internal error and
 /// its machine destroyed, rather than left live and assigned for ever as in Tango.
 pub async fn recover_from_panic(ctx: Arc<Context>, id: u64) {
-    let job = match ctx.store.live_job(id).await {
-        Ok(Some(job)) if job.owner.as_deref() == Some(&ctx.owner) => job,
-        _ => return,
+    let Some((mut worker, span)) = Worker::for_held_job(ctx, id).await else {
+        return;
     };
-    let span = crate::logging::job_span(&job);
-    let mut worker = Worker::new(ctx, job);
-    // A machine made with the job's own credentials is destroyed through them.
-    if let Err(e) = worker.backend() {
-        tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
-    }
-    if worker.job.vm.instance.is_some() {
-        worker.vm = Some(worker.job.vm.clone());
-    }
     worker
         .end(Ending::MachineFailed {
             error: "Internal error: the worker failed unexpectedly".into(),
@@ -151,18 +141,9 @@ pub async fn recover_from_panic(ctx: Arc<Context>, id: u64) {
 /// job ends with the trace line and the output file `Cancelled`, and its callback is sent,
 /// so that Autolab shows the submission as ended.
 pub async fn cancel(ctx: Arc<Context>, id: u64) {
-    let job = match ctx.store.live_job(id).await {
-        Ok(Some(job)) if job.owner.as_deref() == Some(&ctx.owner) => job,
-        _ => return,
+    let Some((mut worker, span)) = Worker::for_held_job(ctx, id).await else {
+        return;
     };
-    let span = crate::logging::job_span(&job);
-    let mut worker = Worker::new(ctx, job);
-    if let Err(e) = worker.backend() {
-        tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
-    }
-    if worker.job.vm.instance.is_some() {
-        worker.vm = Some(worker.job.vm.clone());
-    }
     worker
         .end(Ending::Finished {
             message: CANCELLED.into(),
@@ -241,6 +222,26 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker for a job this manager holds whose own worker is gone (stopped or
+    /// panicked), with the machine the job recorded, to end it: `None` when the job is no
+    /// longer live or no longer ours.
+    async fn for_held_job(ctx: Arc<Context>, id: u64) -> Option<(Worker, tracing::Span)> {
+        let job = match ctx.store.live_job(id).await {
+            Ok(Some(job)) if job.owner.as_deref() == Some(&ctx.owner) => job,
+            _ => return None,
+        };
+        let span = crate::logging::job_span(&job);
+        let mut worker = Worker::new(ctx, job);
+        // A machine made with the job's own credentials is destroyed through them.
+        if let Err(e) = worker.backend() {
+            tracing::warn!(job = id, error = %e, "cannot act with the job's own credentials");
+        }
+        if worker.job.vm.instance.is_some() {
+            worker.vm = Some(worker.job.vm.clone());
+        }
+        Some((worker, span))
+    }
+
     fn new(ctx: Arc<Context>, job: Job) -> Worker {
         let mut worker = Worker {
             ctx,
