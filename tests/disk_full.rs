@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api::{KEY, TestServer, md5_hex};
-use support::pipeline::{FakeVmms, JobScript, Receiver, Reply, fast_config, input_file};
+use support::pipeline::{FakeVmms, JobScript, Receiver, Reply, fake_job, fast_config};
 use tango::app::App;
 use tango::config::Config;
 use tango::labs::Labs;
 use tango::manager::Manager;
-use tango::model::{InputFile, Job, JobId, Machine};
+use tango::model::{Job, JobId};
 use tango::store::JobStore;
 use tango::store::memory::MemoryStore;
 use tango::vmms::Vmms;
@@ -228,28 +228,8 @@ impl Rig {
 
     async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(&self.inputs, name);
-        let mut job = Job {
-            id,
-            name: name.to_string(),
-            vm: Machine {
-                name: "img".into(),
-                image: "img".into(),
-                vmms: "fake".into(),
-                ..Machine::default()
-            },
-            input: vec![InputFile {
-                local_file: input.to_string_lossy().into_owned(),
-                dest_file: "Makefile".into(),
-            }],
-            output_file: self.output_path(name).to_string_lossy().into_owned(),
-            notify_url: notify_url.map(str::to_string),
-            timeout: 10,
-            max_output: 4 << 20,
-            ..Job::default()
-        };
-        job.timings.added = Some(tango::model::unix_now());
-        job.trace(format!("Added job {} to queue", job.label()));
+        let mut job = fake_job(id, name, &self.inputs, &self.output_path(name), 4 << 20);
+        job.notify_url = notify_url.map(str::to_string);
         self.store.enqueue(&job, 0).await.expect("enqueue");
         id
     }

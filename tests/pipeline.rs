@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::pipeline::{
-    Action, FakeVmms, JobScript, Receiver, Reply, Step, When, fast_config as config, input_file,
+    Action, FakeVmms, JobScript, Receiver, Reply, Step, When, fake_job, fast_config as config,
 };
 use tango::app::App;
 use tango::config::Config;
 use tango::manager::Manager;
-use tango::model::{Counter, InputFile, Job, JobId, Machine, PoolTarget};
+use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
 use tango::store::{CancelRequest, JobStore};
 use tango::vmms::{RunOutcome, Vmms};
@@ -84,28 +84,9 @@ impl Rig {
     /// A job as addJob builds it (not queued).
     async fn job(&self, name: &str, notify_url: Option<&str>) -> Job {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(&self.dir, name);
-        let mut job = Job {
-            id,
-            name: name.to_string(),
-            vm: Machine {
-                name: "img".into(),
-                image: "img".into(),
-                vmms: "fake".into(),
-                ..Machine::default()
-            },
-            input: vec![InputFile {
-                local_file: input.to_string_lossy().into_owned(),
-                dest_file: "Makefile".into(),
-            }],
-            output_file: self.output_path(name),
-            notify_url: notify_url.map(|u| u.replace("{id}", &id.to_string())),
-            timeout: 10,
-            max_output: 1 << 20,
-            ..Job::default()
-        };
-        job.timings.added = Some(tango::model::unix_now());
-        job.trace(format!("Added job {} to queue", job.label()));
+        let output = self.output_path(name);
+        let mut job = fake_job(id, name, &self.dir, std::path::Path::new(&output), 1 << 20);
+        job.notify_url = notify_url.map(|u| u.replace("{id}", &id.to_string()));
         job
     }
 

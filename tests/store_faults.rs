@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use support::pipeline::{Action, FakeVmms, Step, When, fast_config, input_file};
+use support::pipeline::{Action, FakeVmms, Step, When, fake_job, fast_config};
 use tango::app::App;
 use tango::manager::Manager;
-use tango::model::{Counter, Counters, InputFile, Job, JobId, Machine, PoolTarget, PoolView};
+use tango::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
 use tango::store::memory::MemoryStore;
 use tango::store::{Added, CancelRequest, JobStore, Reaped, StoreError, StoreStats};
 use tango::vmms::Vmms;
@@ -209,31 +209,8 @@ impl Rig {
 
     async fn submit(&self, name: &str) -> JobId {
         let id = self.store.allocate_job_id().await.expect("job id");
-        let input = input_file(&self.dir, name);
-        let mut job = Job {
-            id,
-            name: name.to_string(),
-            vm: Machine {
-                name: "img".into(),
-                image: "img".into(),
-                vmms: "fake".into(),
-                ..Machine::default()
-            },
-            input: vec![InputFile {
-                local_file: input.to_string_lossy().into_owned(),
-                dest_file: "Makefile".into(),
-            }],
-            output_file: self
-                .dir
-                .join("output")
-                .join(format!("{name}.txt"))
-                .to_string_lossy()
-                .into_owned(),
-            timeout: 10,
-            max_output: 1 << 20,
-            ..Job::default()
-        };
-        job.trace(format!("Added job {} to queue", job.label()));
+        let output = self.dir.join("output").join(format!("{name}.txt"));
+        let job = fake_job(id, name, &self.dir, &output, 1 << 20);
         self.store.enqueue(&job, 0).await.expect("enqueue");
         id
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tango::config::Config;
-use tango::model::{InputFile, Machine};
+use tango::model::{InputFile, Job, JobId, Machine};
 use tango::vmms::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -385,6 +385,33 @@ pub fn input_file(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.mk"));
     std::fs::write(&path, b"all:\n\techo hello\n").expect("write input file");
     path
+}
+
+/// A job for the fake backend as addJob builds it, not queued: its input `<dir>/<name>.mk`
+/// (created), its output file `output`, a 10 s timeout, and the "Added" trace line.
+pub fn fake_job(id: JobId, name: &str, dir: &Path, output: &Path, max_output: u64) -> Job {
+    let input = input_file(dir, name);
+    let mut job = Job {
+        id,
+        name: name.to_string(),
+        vm: Machine {
+            name: "img".into(),
+            image: "img".into(),
+            vmms: "fake".into(),
+            ..Machine::default()
+        },
+        input: vec![InputFile {
+            local_file: input.to_string_lossy().into_owned(),
+            dest_file: "Makefile".into(),
+        }],
+        output_file: output.to_string_lossy().into_owned(),
+        timeout: 10,
+        max_output,
+        ..Job::default()
+    };
+    job.timings.added = Some(tango::model::unix_now());
+    job.trace(format!("Added job {} to queue", job.label()));
+    job
 }
 
 // ---- a callback receiver ----
