@@ -7,7 +7,8 @@
 //! enough containers being made, started and removed at once to keep its CPUs busy, since
 //! each step waits on the kernel or a helper process part of the time. An engine that
 //! fails to answer (connection refused, timeout, broken stream) is taken out of placement and
-//! tried again after a back-off that doubles up to [`MAX_RETRY_AFTER`]; when every engine is
+//! tried again after a back-off that doubles with each failed try, up to [`MAX_RETRY_AFTER`];
+//! the calls that fail together in one outage count as one failure. When every engine is
 //! out, they are all tried anyway, soonest first, so a lone engine that restarts is used the
 //! moment it is back.
 
@@ -31,8 +32,9 @@ pub const MAX_API_VERSION: ClientVersion = ClientVersion {
 
 /// First pause before an engine that stopped answering is tried again.
 const FIRST_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Longest pause between tries of an engine that keeps failing.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest pause between tries of an engine that keeps failing: a probe is one cheap call,
+/// and an engine back from a blip on deadline night should not sit idle for long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long a control call (create, start, inspect, exec setup, remove) may take before the
 /// engine is deemed not answering. Data transfers are bounded by the worker's step timeouts.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,11 +105,19 @@ impl Engine {
     /// Takes the engine out of placement after it failed to answer.
     pub fn mark_down(&self, why: &str) {
         let mut s = self.state();
+        let now = Instant::now();
+        if s.retry_at.is_some_and(|at| at > now) {
+            // Already out and not yet due: one more call that was under way when the engine
+            // went silent. Counting it would stretch the back-off by the number of calls in
+            // flight, not by the tries that failed.
+            tracing::debug!(engine = %self.url, "Docker engine still not answering: {why}");
+            return;
+        }
         s.failures = s.failures.saturating_add(1);
         let pause = FIRST_RETRY_AFTER
             .saturating_mul(1 << (s.failures - 1).min(16))
             .min(MAX_RETRY_AFTER);
-        s.retry_at = Some(Instant::now() + pause);
+        s.retry_at = Some(now + pause);
         tracing::warn!(
             engine = %self.url,
             retry_in_secs = pause.as_secs(),
@@ -399,4 +409,55 @@ fn client_for(engine: &DockerEngineConfig, timeout: u64) -> Result<Docker, Docke
         ));
     };
     result.map_err(|e| config_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        let client = Docker::connect_with_http("http://127.0.0.1:9", 5, &MAX_API_VERSION)
+            .expect("a client makes no request");
+        Engine {
+            url: "tcp://127.0.0.1:9".into(),
+            client,
+            capacity: AtomicU32::new(4),
+            capacity_configured: true,
+            state: Mutex::new(EngineState::default()),
+        }
+    }
+
+    fn pause(engine: &Engine) -> Duration {
+        let at = engine.state().retry_at.expect("out of placement");
+        at.saturating_duration_since(Instant::now())
+    }
+
+    #[test]
+    fn calls_failing_in_one_outage_count_once() {
+        let engine = engine();
+        for _ in 0..12 {
+            engine.mark_down("connection refused");
+        }
+        assert!(!engine.is_up());
+        assert_eq!(engine.state().failures, 1);
+        assert!(pause(&engine) <= FIRST_RETRY_AFTER);
+    }
+
+    #[test]
+    fn each_failed_try_doubles_the_pause_up_to_the_cap() {
+        let engine = engine();
+        let mut expected = FIRST_RETRY_AFTER;
+        for _ in 0..10 {
+            // The retry time has come and the try failed again.
+            engine.state().retry_at = Some(Instant::now());
+            engine.mark_down("connection refused");
+            let got = pause(&engine);
+            assert!(got <= expected && got + Duration::from_secs(1) >= expected);
+            expected = (expected * 2).min(MAX_RETRY_AFTER);
+        }
+        assert!(pause(&engine) <= MAX_RETRY_AFTER);
+        engine.mark_up();
+        assert!(engine.is_up());
+        assert_eq!(engine.state().failures, 0);
+    }
 }
