@@ -491,7 +491,13 @@ impl Preallocator {
             for result in made {
                 match result {
                     Ok(id) => tracing::info!(pool, vm = id, "added machine to pool"),
-                    Err(message) => {
+                    Err(CreateError::Store(e)) => {
+                        // Not the machine's fault: a waiting job is not charged with it (it
+                        // would spend one of its tries); the creator backs off and tries again.
+                        tracing::warn!(pool, error = %e, "cannot record a new machine; retrying");
+                        failed = true;
+                    }
+                    Err(CreateError::Machine(message)) => {
                         tracing::error!(pool, error = %message, "cannot create machine");
                         let mut failures = lock(&self.failures);
                         let entry = failures.entry(pool.to_string()).or_default();
@@ -525,10 +531,10 @@ impl Preallocator {
     }
 
     /// Makes one machine and puts it on the pool's free list. Returns its id.
-    async fn create_one(&self, pool: &str, target: &PoolTarget) -> Result<u64, String> {
+    async fn create_one(&self, pool: &str, target: &PoolTarget) -> Result<u64, CreateError> {
         let store = &self.app.store;
         let config = &self.app.config;
-        let id = store.allocate_vm_id().await.map_err(|e| e.to_string())?;
+        let id = store.allocate_vm_id().await?;
         let mut vm = Machine {
             name: pool.to_string(),
             image: target.image.clone(),
@@ -543,10 +549,7 @@ impl Preallocator {
             owner: Some(self.owner.clone()),
             ..Machine::default()
         };
-        store
-            .pool_add(&self.owner, pool, &vm)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.pool_add(&self.owner, pool, &vm).await?;
         let made = async {
             within(
                 Duration::from_secs(config.timeouts.initialize_vm),
@@ -564,7 +567,7 @@ impl Preallocator {
         if let Err(message) = made {
             self.destroy(&vm).await;
             self.forget(pool, id).await;
-            return Err(message);
+            return Err(CreateError::Machine(message));
         }
         match store.pool_free(&self.owner, pool, &vm).await {
             Ok(true) => {
@@ -579,7 +582,7 @@ impl Preallocator {
             Err(e) => {
                 self.destroy(&vm).await;
                 self.forget(pool, id).await;
-                Err(e.to_string())
+                Err(CreateError::Store(e))
             }
         }
     }
@@ -663,6 +666,18 @@ impl Preallocator {
 }
 
 /// `<step> failed: <error>`, or the timeout's own words (`waitVM timed out after N seconds`).
+/// Why [`Preallocator::create_one`] made no machine.
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    /// The store did not answer: nothing is wrong with the machines, and no job pays for it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The backend could not make or ready the machine: counted against the pool, and a job
+    /// waiting on an empty pool is charged with it.
+    #[error("{0}")]
+    Machine(String),
+}
+
 fn step_error(step: &str, error: VmmsError) -> String {
     match error {
         VmmsError::Timeout { .. } => error.to_string(),

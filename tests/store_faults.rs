@@ -7,7 +7,10 @@
 //!   that none of its tasks handles (`Manager::requeue_orphans`);
 //! - a pool removal that fails once after its machine was destroyed: the preallocator must
 //!   retry it (`Preallocator::forget`), or the pool counts a machine that is gone for ever
-//!   and the next job waits for a machine for ever.
+//!   and the next job waits for a machine for ever;
+//! - a store that does not answer while a pool machine is being recorded: the job waiting
+//!   for that machine must not be charged with it (a try spent, `Internal error` in its
+//!   trace), as it was in the Redis outage test's second dispatch.
 //!
 //! Everything else is real: the memory store underneath, the manager, preallocator and
 //! worker, and the pipeline's in-test backend.
@@ -39,6 +42,8 @@ struct FaultyStore {
     lost_claims: AtomicU32,
     /// `pool_remove` calls that report the store unavailable without removing anything.
     failed_removals: AtomicU32,
+    /// `allocate_vm_id` calls that report the store unavailable.
+    failed_vm_ids: AtomicU32,
 }
 
 /// Takes one from `counter` if it is above zero: whether this call is to fail.
@@ -64,6 +69,9 @@ impl JobStore for FaultyStore {
         self.inner.allocate_job_id().await
     }
     async fn allocate_vm_id(&self) -> Result<u64, StoreError> {
+        if armed(&self.failed_vm_ids) {
+            return Err(unavailable("allocate_vm_id"));
+        }
         self.inner.allocate_vm_id().await
     }
     async fn enqueue(&self, job: &Job, max_queued: u64) -> Result<(), StoreError> {
@@ -189,6 +197,7 @@ impl Rig {
                 inner: MemoryStore::new(),
                 lost_claims: AtomicU32::new(0),
                 failed_removals: AtomicU32::new(0),
+                failed_vm_ids: AtomicU32::new(0),
             }),
             fake: FakeVmms::new("t"),
             root,
@@ -306,5 +315,40 @@ async fn a_failed_pool_removal_is_retried_so_the_pool_recovers() {
         .unwrap_or_default();
     listed.sort();
     assert_eq!(listed, rig.fake.live_instances());
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The store does not answer three times while the job's pool machine is being made: the
+/// pool's creator waits and tries again, and the job, dispatched once, runs at its first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_while_a_machine_is_made_spends_none_of_the_jobs_tries() {
+    let rig = Rig::new();
+    rig.store.failed_vm_ids.store(3, Ordering::Release);
+    // Queued before the manager starts, so it waits on the pool while the faults fire.
+    let id = rig.submit("patient").await;
+    let manager = rig.start(1).await;
+    let job = rig.wait_dead(id).await;
+    let lines = messages(&job);
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("Success: Autodriver returned normally"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        rig.store.failed_vm_ids.load(Ordering::Acquire),
+        0,
+        "the faults fired"
+    );
+    let dispatches: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("Dispatched job "))
+        .collect();
+    assert_eq!(dispatches.len(), 1, "dispatched once: {lines:#?}");
+    assert!(dispatches[0].ends_with("[try 0]"), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("Internal error")),
+        "a store fault charged to the job: {lines:#?}"
+    );
+    assert_eq!(job.retries, 0);
     manager.shutdown(Duration::from_secs(5)).await;
 }
