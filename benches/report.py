@@ -244,8 +244,9 @@ RECIPE = """\
 ## How to run
 
     scripts/bench.sh            # everything; rewrites this file
-    scripts/bench.sh --quick    # a smoke pass (short runs, small counts; not for the record)
-    scripts/bench.sh --only api,scale,jobs,hostile   # some sections (the file is still rewritten)
+    scripts/bench.sh --quick    # a smoke pass (short runs, small counts; not for the record;
+                                # written to /tmp/tango-benchmarks-partial.md)
+    scripts/bench.sh --only api,scale,jobs,hostile   # some sections (to /tmp/tango-benchmarks-partial.md)
 
 It installs what it needs from Debian's packages (`wrk`, `hyperfine`, `redis-server`, `jq`),
 builds release binaries (`cargo build --release --no-default-features --features daemon`:

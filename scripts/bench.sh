@@ -6,7 +6,9 @@
 #   scripts/bench.sh                  # everything (about 25 minutes on two cores)
 #   scripts/bench.sh --quick          # a smoke pass: short runs, small counts
 #   scripts/bench.sh --only api,scale # some sections: api, scale, jobs, burst, hostile, fair
-#   scripts/bench.sh --out FILE       # write the report elsewhere (default docs/benchmarks.md)
+#   scripts/bench.sh --out FILE       # write the report elsewhere (default docs/benchmarks.md
+#                                     # for a full run; a quick or partial run writes
+#                                     # /tmp/tango-benchmarks-partial.md, so the full report stays)
 #
 # Needs root (the local backend runs jobs as their own uids) and, for the Docker figures, a
 # running Docker engine (the image is built locally by scripts/build-test-image.sh; without
@@ -19,18 +21,26 @@ command_line="scripts/bench.sh${*:+ $*}"
 quick=0
 all_sections=api,scale,jobs,burst,hostile,fair
 only=$all_sections
-out=docs/benchmarks.md
+out=
 while (($#)); do
   case $1 in
     --quick) quick=1 ;;
     --only) only=$2; shift ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 want() { [[ ,$only, == *,$1,* ]]; }
+if [[ -z $out ]]; then
+  # A partial run's report holds only its sections: it must not replace the full one.
+  if ((quick)) || [[ $only != "$all_sections" ]]; then
+    out=${TMPDIR:-/tmp}/tango-benchmarks-partial.md
+  else
+    out=docs/benchmarks.md
+  fi
+fi
 
 # Sizes: the full run, or a quick smoke pass.
 if ((quick)); then
