@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::{
     Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of,
 };
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
+use crate::model::{
+    Counter, Counters, FailedCallback, Job, JobId, Machine, PoolTarget, PoolView, unix_now,
+};
 
 /// The in-memory store.
 pub struct MemoryStore {
@@ -55,6 +57,33 @@ struct State {
     pools: BTreeMap<(String, String), Pool>,
     targets: BTreeMap<String, PoolTarget>,
     counters: Counters,
+    /// Failed callbacks by job, each with its place in age order and its claim.
+    failed: HashMap<JobId, Kept>,
+    /// Age order of `failed`: place → job.
+    failed_order: BTreeMap<u64, JobId>,
+    /// The next place in `failed_order`.
+    failed_next: u64,
+}
+
+/// A failed callback as kept.
+struct Kept {
+    record: FailedCallback,
+    place: u64,
+    /// Who is sending it, and until when the claim holds.
+    claim: Option<(String, Instant)>,
+}
+
+impl Kept {
+    /// The record, its claimant shown while the claim holds.
+    fn view(&self, now: Instant) -> FailedCallback {
+        let mut record = self.record.clone();
+        record.replaying = self
+            .claim
+            .as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(owner, _)| owner.clone());
+        record
+    }
 }
 
 #[derive(Default)]
@@ -458,6 +487,7 @@ impl JobStore for MemoryStore {
             live: s.live.len() as u64,
             dead: s.dead.len() as u64,
             queued: s.queue.len() as u64,
+            failed_callbacks: s.failed.len() as u64,
         })
     }
 
@@ -507,6 +537,101 @@ impl JobStore for MemoryStore {
             }
         }
         Ok(taken)
+    }
+
+    async fn keep_failed_callback(
+        &self,
+        record: &FailedCallback,
+        max_kept: u64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut s = self.lock();
+        let mut record = record.clone();
+        record.replaying = None;
+        let id = record.job_id;
+        if let Some(kept) = s.failed.get_mut(&id) {
+            kept.record = record;
+        } else {
+            let place = s.failed_next;
+            s.failed_next += 1;
+            s.failed_order.insert(place, id);
+            s.failed.insert(
+                id,
+                Kept {
+                    record,
+                    place,
+                    claim: None,
+                },
+            );
+        }
+        let mut dropped = Vec::new();
+        while max_kept > 0 && s.failed.len() as u64 > max_kept {
+            let Some((_, oldest)) = s.failed_order.pop_first() else {
+                break;
+            };
+            s.failed.remove(&oldest);
+            dropped.push(oldest);
+        }
+        Ok(dropped)
+    }
+
+    async fn failed_callbacks(&self) -> Result<Vec<FailedCallback>, StoreError> {
+        let s = self.lock();
+        let now = Instant::now();
+        Ok(s.failed_order
+            .values()
+            .filter_map(|id| s.failed.get(id))
+            .map(|kept| kept.view(now))
+            .collect())
+    }
+
+    async fn claim_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<FailedCallback>, StoreError> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let Some(kept) = s.failed.get_mut(&id) else {
+            return Ok(None);
+        };
+        if kept.claim.as_ref().is_some_and(|(_, until)| *until > now) {
+            return Ok(None);
+        }
+        kept.claim = Some((owner.to_string(), now + lease));
+        Ok(Some(kept.view(now)))
+    }
+
+    async fn settle_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        still_failing: Option<&FailedCallback>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let held = s
+            .failed
+            .get(&id)
+            .and_then(|kept| kept.claim.as_ref())
+            .is_some_and(|(holder, _)| holder == owner);
+        if !held {
+            return Ok(false);
+        }
+        match still_failing {
+            None => {
+                if let Some(kept) = s.failed.remove(&id) {
+                    s.failed_order.remove(&kept.place);
+                }
+            }
+            Some(record) => {
+                if let Some(kept) = s.failed.get_mut(&id) {
+                    kept.record = record.clone();
+                    kept.record.replaying = None;
+                    kept.claim = None;
+                }
+            }
+        }
+        Ok(true)
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
