@@ -243,6 +243,13 @@ pub struct CallbackConfig {
     /// First back-off, seconds; it doubles each attempt, with jitter, up to `max_backoff_secs`.
     pub backoff_secs: f64,
     pub max_backoff_secs: f64,
+    /// Failed callbacks (attempts used up) kept in the store for a replay; beyond this the
+    /// oldest are dropped, with a warning. 0: no cap.
+    pub max_failed_kept: u64,
+    /// Seconds between tries of the oldest failed callback of each host, which, when it
+    /// gets through, sends the rest of that host's. 0: only when a callback to that host
+    /// succeeds again, or on `tango callbacks --replay`.
+    pub retry_failed_secs: u64,
 }
 
 /// Prometheus metrics.
@@ -369,6 +376,8 @@ impl Default for CallbackConfig {
             attempts: 10,
             backoff_secs: 1.0,
             max_backoff_secs: 120.0,
+            max_failed_kept: 10_000,
+            retry_failed_secs: 300,
         }
     }
 }
