@@ -737,6 +737,28 @@ mod tests {
     }
 
     #[test]
+    fn the_same_host_is_scheme_host_and_port() {
+        let origin = |u: &str| url_origin(u);
+        assert_eq!(
+            origin("https://autolab.example.edu/courses/x/autograde_done?dave=1"),
+            Some("https://autolab.example.edu:443".into())
+        );
+        assert_eq!(
+            origin("https://autolab.example.edu:443/other"),
+            origin("https://autolab.example.edu/x")
+        );
+        assert_ne!(
+            origin("http://autolab.example.edu/x"),
+            origin("https://autolab.example.edu/x")
+        );
+        assert_ne!(
+            origin("http://127.0.0.1:8001/x"),
+            origin("http://127.0.0.1:8002/x")
+        );
+        assert_eq!(origin("not a url"), None);
+    }
+
+    #[test]
     fn header_names_lose_control_characters() {
         assert_eq!(header_safe("a\nb.txt"), "a_b.txt");
         assert_eq!(header_safe("bob@cmu.edu_3_x.txt"), "bob@cmu.edu_3_x.txt");

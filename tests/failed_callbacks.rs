@@ -439,6 +439,16 @@ async fn routes_refuse_a_wrong_key_and_an_unknown_job(daemon: &Daemon) {
         unknown["statusMsg"],
         "No failed callback kept for job 999999"
     );
+    let response = reqwest::Client::new()
+        .post(daemon.url(&format!("/callbacks/{}/replay/abc/", daemon.key)))
+        .send()
+        .await
+        .expect("replay/abc/");
+    assert_eq!(
+        response.status(),
+        404,
+        "a job id that is not digits: Tango's 404 page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

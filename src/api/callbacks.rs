@@ -19,8 +19,9 @@ use serde::Serialize;
 use super::ApiState;
 use super::request::{Params, all_digits};
 use super::status::{self, ApiError};
-use crate::callback::Replay;
+use crate::callback::{Replay, Replayer};
 use crate::model::{FailedCallback, JobId};
+use crate::store::StoreError;
 
 /// A failed callback as the list shows it.
 #[derive(Serialize)]
@@ -105,7 +106,7 @@ pub async fn replay_all(
 ) -> Result<Response, ApiError> {
     api.keys.check(&key)?;
     let replayer = replayer(&api)?;
-    let done = replayer.replay_all().await?;
+    let done = detached(async move { replayer.replay_all().await }).await?;
     let count = |f: fn(&Replay) -> bool| done.iter().filter(|(_, r)| f(r)).count();
     let delivered = count(|r| matches!(r, Replay::Delivered { .. }));
     let failed = count(|r| matches!(r, Replay::Failed { .. }));
@@ -134,7 +135,7 @@ pub async fn replay_one(
     api.keys.check(&key)?;
     let replayer = replayer(&api)?;
     let replay = match job_id.parse::<u64>() {
-        Ok(id) => replayer.replay(id).await?,
+        Ok(id) => detached(async move { replayer.replay(id).await }).await?,
         Err(_) => Replay::NotKept, // more digits than any id
     };
     match replay {
@@ -157,8 +158,22 @@ pub async fn replay_one(
     }
 }
 
-fn replayer(api: &ApiState) -> Result<&crate::callback::Replayer, ApiError> {
-    api.replayer.as_deref().ok_or_else(|| {
+fn replayer(api: &ApiState) -> Result<Arc<Replayer>, ApiError> {
+    api.replayer.clone().ok_or_else(|| {
         ApiError::Failed("Failed callbacks cannot be sent: no callback HTTP client".into())
     })
+}
+
+/// Runs replays in a task of their own: a client that hangs up must not cut one short
+/// between the server taking the callback and the store hearing of it (it would be sent
+/// again once its claim ran out).
+async fn detached<T: Send + 'static>(
+    replays: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(replays).await {
+        Ok(done) => Ok(done?),
+        Err(e) => Err(ApiError::Failed(format!(
+            "Internal error: the replay task failed: {e}"
+        ))),
+    }
 }
