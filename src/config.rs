@@ -216,6 +216,10 @@ pub struct JobsConfig {
     /// Fair share: jobs a courselab (by name, as Autolab sends it) gets per turn; 1 for any
     /// courselab not listed.
     pub weights: BTreeMap<String, u32>,
+    /// Most jobs of one courselab held by managers at once (waiting for a machine or
+    /// running), across every manager of the store, so one course cannot hold every
+    /// machine; 0: no cap.
+    pub max_running_per_courselab: u64,
 }
 
 /// The order in which queued jobs are dispatched.
@@ -364,6 +368,7 @@ impl Default for JobsConfig {
             deduplicate: true,
             scheduling: Scheduling::Fair,
             weights: BTreeMap::new(),
+            max_running_per_courselab: 0,
         }
     }
 }

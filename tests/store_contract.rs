@@ -1133,6 +1133,102 @@ async fn concurrent_claims_of_failed_callbacks_take_each_once(f: Fixture) {
     );
 }
 
+/// The courselab a job claimed by [`claim_labs`]-style names belongs to.
+fn lab_name(job: &Job) -> String {
+    job.name.split('_').next().unwrap_or_default().to_string()
+}
+
+/// Schedule: fair share, at most 2 jobs of a courselab held at once.
+async fn a_courselab_at_its_cap_is_passed_over(f: Fixture) {
+    for n in 0..5 {
+        add_to(&*f.a, "A", n).await;
+    }
+    for n in 0..2 {
+        add_to(&*f.a, "B", n).await;
+    }
+    // Two managers claiming in turn hold at most two of A's jobs between them.
+    let mut held = Vec::new();
+    for (store, owner) in [(&f.a, "m1"), (&f.b, "m2"), (&f.a, "m1"), (&f.b, "m2")] {
+        held.push(
+            store
+                .claim_next(owner, NO_WAIT)
+                .await
+                .unwrap()
+                .expect("a job"),
+        );
+    }
+    let labs: Vec<String> = held.iter().map(lab_name).collect();
+    assert_eq!(labs.iter().filter(|l| *l == "A").count(), 2, "{labs:?}");
+    assert_eq!(labs.iter().filter(|l| *l == "B").count(), 2, "{labs:?}");
+    assert!(
+        f.b.claim_next("m2", NO_WAIT).await.unwrap().is_none(),
+        "A holds its cap and B has nothing queued"
+    );
+    // One of A's ends: the next of A's may go.
+    let a_job = held
+        .iter()
+        .find(|j| lab_name(j) == "A")
+        .expect("an A job")
+        .clone();
+    f.a.finish(&a_job, 0).await.unwrap();
+    let next =
+        f.b.claim_next("m2", NO_WAIT)
+            .await
+            .unwrap()
+            .expect("A's next");
+    assert_eq!(lab_name(&next), "A");
+    // A requeued job no longer counts against its courselab.
+    f.b.requeue(&next).await.unwrap();
+    let again =
+        f.a.claim_next("m1", NO_WAIT)
+            .await
+            .unwrap()
+            .expect("A's requeued job");
+    assert_eq!(again.id, next.id);
+}
+
+/// Schedule: FIFO, at most 1 job of a courselab held at once.
+async fn fifo_with_a_cap_takes_the_oldest_job_under_it(f: Fixture) {
+    let a1 = add_to(&*f.a, "A", 1).await;
+    let a2 = add_to(&*f.a, "A", 2).await;
+    let b1 = add_to(&*f.a, "B", 1).await;
+    add_to(&*f.a, "A", 3).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(first.id, a1);
+    let second = f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        second.id, b1,
+        "A's next is passed over while A holds its cap"
+    );
+    assert!(f.b.claim_next("m2", NO_WAIT).await.unwrap().is_none());
+    f.a.finish(&first, 0).await.unwrap();
+    let third = f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(third.id, a2, "the oldest job of a courselab under its cap");
+}
+
+/// Schedule: fair share, at most 1 job of a courselab held at once.
+async fn a_claim_waiting_on_a_capped_courselab_wakes_when_its_job_ends(f: Fixture) {
+    add_to(&*f.a, "A", 1).await;
+    let a2 = add_to(&*f.a, "A", 2).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    let waiting = {
+        let store = f.b.clone();
+        tokio::spawn(async move { store.claim_next("m2", Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "A's next waits while A holds its cap"
+    );
+    f.a.finish(&first, 0).await.unwrap();
+    let next = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        next.map(|j| j.id),
+        Some(a2),
+        "woken by the end, not the wait's end"
+    );
+}
+
 macro_rules! scheduled {
     ($($case:ident: $schedule:expr),* $(,)?) => {
         mod scheduled {
@@ -1156,9 +1252,23 @@ scheduled!(
     fair_share_weights_give_a_courselab_more_turns: tango::store::Schedule {
         fifo: false,
         weights: [("A".to_string(), 2)].into_iter().collect(),
+        ..Default::default()
     },
     fifo_takes_the_oldest_job_whatever_its_courselab: tango::store::Schedule {
         fifo: true,
+        ..Default::default()
+    },
+    a_courselab_at_its_cap_is_passed_over: tango::store::Schedule {
+        max_running_per_lab: 2,
+        ..Default::default()
+    },
+    fifo_with_a_cap_takes_the_oldest_job_under_it: tango::store::Schedule {
+        fifo: true,
+        max_running_per_lab: 1,
+        ..Default::default()
+    },
+    a_claim_waiting_on_a_capped_courselab_wakes_when_its_job_ends: tango::store::Schedule {
+        max_running_per_lab: 1,
         ..Default::default()
     },
 );

@@ -193,6 +193,9 @@ impl State {
     /// Takes the next id out of the queue: its head with a FIFO schedule, else the head of
     /// the courselab with the lowest pass (ties by name), whose pass moves on.
     fn take_next(&mut self, schedule: &Schedule) -> Option<JobId> {
+        if schedule.max_running_per_lab > 0 {
+            return self.take_next_capped(schedule);
+        }
         let turn = self
             .waiting
             .iter()
@@ -230,6 +233,66 @@ impl State {
             self.waiting.remove(&lab);
         }
         id.or_else(|| self.queue.pop_front())
+    }
+
+    /// [`State::take_next`] passing over the courselabs that hold
+    /// `schedule.max_running_per_lab` jobs already: with fair share the lowest pass among
+    /// the others, in FIFO the oldest queued job of the others. `None` when every job
+    /// waiting is of a courselab at its cap.
+    fn take_next_capped(&mut self, schedule: &Schedule) -> Option<JobId> {
+        let mut held: HashMap<&str, u64> = HashMap::new();
+        for id in self.claimed.values().flatten() {
+            if let Some(job) = self.live.get(id) {
+                *held.entry(lab_of(&job.output_file)).or_default() += 1;
+            }
+        }
+        let cap = schedule.max_running_per_lab;
+        let open = |lab: &str| held.get(lab).copied().unwrap_or(0) < cap;
+        let (id, lab) = if schedule.fifo {
+            let at = self.queue.iter().position(|id| {
+                self.live
+                    .get(id)
+                    .is_none_or(|job| open(lab_of(&job.output_file)))
+            })?;
+            let id = self.queue.remove(at)?;
+            let lab = self
+                .live
+                .get(&id)
+                .map(|job| lab_of(&job.output_file).to_string())
+                .unwrap_or_default();
+            if let Some(ids) = self.labs.get_mut(&lab) {
+                ids.retain(|&queued| queued != id);
+            }
+            (Some(id), lab)
+        } else {
+            let (lab, pass) = self
+                .waiting
+                .iter()
+                .filter(|(lab, _)| open(lab))
+                .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
+                .map(|(lab, pass)| (lab.clone(), *pass))?;
+            let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
+            let next = pass + schedule.stride(&lab);
+            self.vtime = pass;
+            self.pass.insert(lab.clone(), next);
+            self.waiting.insert(lab.clone(), next);
+            if let Some(id) = id
+                && let Some(at) = self.queue.iter().position(|&queued| queued == id)
+            {
+                self.queue.remove(at);
+            }
+            (id, lab)
+        };
+        if self.labs.get(&lab).is_none_or(VecDeque::is_empty) {
+            self.labs.remove(&lab);
+            self.waiting.remove(&lab);
+        }
+        // A stale entry (its job gone) is passed back for the caller to skip, as
+        // `take_next` does; an empty courselab list has just been forgotten: look again.
+        match id {
+            Some(id) => Some(id),
+            None => self.take_next_capped(schedule),
+        }
     }
 
     /// The live job writing `output_file`, if any.
@@ -432,6 +495,11 @@ impl JobStore for MemoryStore {
         s.forget_output(job);
         s.unclaim(&owner, job.id);
         s.push_dead(dead, max_dead);
+        drop(s);
+        if self.schedule.max_running_per_lab > 0 {
+            // A courselab at its cap may have a job waiting that can go now.
+            self.queued.notify_waiters();
+        }
         Ok(())
     }
 

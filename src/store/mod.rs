@@ -73,6 +73,9 @@ pub struct Schedule {
     pub fifo: bool,
     /// Courselab name → jobs per turn (1 when absent).
     pub weights: BTreeMap<String, u32>,
+    /// Most jobs of one courselab held at once (`jobs.max_running_per_courselab`): a
+    /// claim passes over a courselab that many of whose jobs are held; 0: no cap.
+    pub max_running_per_lab: u64,
 }
 
 impl Schedule {
@@ -80,6 +83,7 @@ impl Schedule {
         Schedule {
             fifo: config.jobs.scheduling == Scheduling::Fifo,
             weights: config.jobs.weights.clone(),
+            max_running_per_lab: config.jobs.max_running_per_courselab,
         }
     }
 

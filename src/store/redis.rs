@@ -55,6 +55,10 @@ use values::{
 };
 use waiter::{FOREVER, MIN_BLOCK, Waiter};
 
+/// How often a claim looks again while every queued job is of a courselab at its cap
+/// (`jobs.max_running_per_courselab`).
+const CAPPED_POLL: Duration = Duration::from_millis(200);
+
 /// The store on one Redis, under one namespace.
 pub struct RedisStore {
     /// The connection every call but a waiting claim goes by.
@@ -153,7 +157,8 @@ impl RedisStore {
         let mut invocation = self.invocation(&SCRIPTS.claim);
         invocation
             .arg(owner)
-            .arg(if self.schedule.fifo { "1" } else { "0" });
+            .arg(if self.schedule.fifo { "1" } else { "0" })
+            .arg(self.schedule.max_running_per_lab);
         for (courselab, weight) in &self.schedule.weights {
             invocation.arg(courselab).arg(weight);
         }
@@ -355,14 +360,26 @@ impl JobStore for RedisStore {
         let deadline = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + FOREVER);
+        // The last wake-up came at once (the queue holds jobs) with a cap on.
+        let mut at_once = false;
         loop {
             if let Some(job) = self.try_claim(owner).await? {
                 return Ok(Some(job));
             }
+            if at_once {
+                // Jobs are queued, but every one is of a courselab at its cap. A job
+                // ending frees a place without queueing anything: look again after a
+                // pause rather than wait on the queue (which answers at once).
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(CAPPED_POLL.min(remaining)).await;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let waited = Instant::now();
             if remaining < MIN_BLOCK || !self.waiter.wait(remaining).await? {
                 return Ok(None);
             }
+            at_once = self.schedule.max_running_per_lab > 0
+                && waited.elapsed() < Duration::from_millis(50);
             // Something was queued; another manager may take it first, so claim and
             // maybe wait again.
         }
