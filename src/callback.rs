@@ -189,8 +189,13 @@ impl Callbacks {
                     let (state, exhausted) =
                         this.replayer.notifier.deliver_or_give_up(&url, &name, &content).await;
                     let delivered = state.delivered;
-                    if delivered && let Some(origin) = url_origin(&url) {
-                        this.replay_origin(origin);
+                    if delivered {
+                        // Kept already if an earlier sender gave up on it and died before
+                        // recording that on the job (which is why this one resent it).
+                        this.replayer.forget(job.id).await;
+                        if let Some(origin) = url_origin(&url) {
+                            this.replay_origin(origin);
+                        }
                     }
                     if exhausted {
                         this.replayer.keep(&job, &url, &state).await;
@@ -326,6 +331,24 @@ impl Replayer {
             }
         })
         .await;
+    }
+
+    /// Forgets job `id`'s kept callback, if there is one no one is sending: its callback
+    /// has just been delivered another way.
+    async fn forget(&self, id: JobId) {
+        let claimed = self
+            .store
+            .claim_failed_callback(id, &self.owner, self.lease())
+            .await;
+        match claimed {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                if let Err(e) = self.settle(id, None).await {
+                    tracing::warn!(job = id, error = %e, "a delivered callback stays kept");
+                }
+            }
+            Err(e) => tracing::debug!(job = id, error = %e, "kept callback not looked up"),
+        }
     }
 
     /// Sends job `id`'s kept callback again, once, if no one else is at it.

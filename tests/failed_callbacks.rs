@@ -305,6 +305,46 @@ async fn the_oldest_are_dropped_beyond_the_cap(store: Arc<dyn JobStore>) {
     manager.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A manager that gave up on a callback and died before recording that on the job left it
+/// kept *and* pending; the next manager resends it, and once that gets through the kept
+/// copy is forgotten, not replayed: one delivery.
+async fn a_kept_callback_delivered_another_way_is_not_sent_again(store: Arc<dyn JobStore>) {
+    let rig = Rig::new(store.clone());
+    let receiver = Receiver::start(|_| Reply::Status(204)).await;
+    let id = rig.submit("resent", &receiver.url).await;
+    let url = format!("{}&job={id}", receiver.url);
+    let output = rig.dir.join("output").join("resent.txt");
+    let kept = tango::model::FailedCallback {
+        job_id: id,
+        job_name: "resent".into(),
+        courselab: "lab".into(),
+        url,
+        output_file: output.to_string_lossy().into_owned(),
+        attempts: 2,
+        last_error: "HTTP 503 from a gateway".into(),
+        ..Default::default()
+    };
+    store.keep_failed_callback(&kept, 0).await.unwrap();
+    let (_app, manager) = rig.start(config()).await;
+    eventually("the callback delivered", || async {
+        store
+            .dead_job(id)
+            .await
+            .unwrap()
+            .and_then(|j| j.callback)
+            .is_some_and(|c| c.delivered)
+    })
+    .await;
+    eventually("the kept copy forgotten", || async {
+        rig.failed_count().await == 0
+    })
+    .await;
+    // Let a replay, had one started, arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted(&receiver, id), 1, "delivered exactly once");
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
 async fn memory() -> Arc<dyn JobStore> {
     Arc::new(MemoryStore::new())
 }
@@ -337,6 +377,7 @@ every_store!(
     no_grade_is_lost_while_the_callback_server_is_down,
     the_timed_retry_brings_them_back_without_a_new_job,
     the_oldest_are_dropped_beyond_the_cap,
+    a_kept_callback_delivered_another_way_is_not_sent_again,
 );
 
 // ---- the daemon, on Redis ----
