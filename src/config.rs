@@ -216,6 +216,10 @@ pub struct JobsConfig {
     /// Fair share: jobs a courselab (by name, as Autolab sends it) gets per turn; 1 for any
     /// courselab not listed.
     pub weights: BTreeMap<String, u32>,
+    /// Most jobs of one courselab held by managers at once (waiting for a machine or
+    /// running), across every manager of the store, so one course cannot hold every
+    /// machine; 0: no cap.
+    pub max_running_per_courselab: u64,
 }
 
 /// The order in which queued jobs are dispatched.
@@ -243,6 +247,13 @@ pub struct CallbackConfig {
     /// First back-off, seconds; it doubles each attempt, with jitter, up to `max_backoff_secs`.
     pub backoff_secs: f64,
     pub max_backoff_secs: f64,
+    /// Failed callbacks (attempts used up) kept in the store for a replay; beyond this the
+    /// oldest are dropped, with a warning. 0: no cap.
+    pub max_failed_kept: u64,
+    /// Seconds between tries of the oldest failed callback of each host, which, when it
+    /// gets through, sends the rest of that host's. 0: only when a callback to that host
+    /// succeeds again, or on `tango callbacks --replay`.
+    pub retry_failed_secs: u64,
 }
 
 /// Prometheus metrics.
@@ -357,6 +368,7 @@ impl Default for JobsConfig {
             deduplicate: true,
             scheduling: Scheduling::Fair,
             weights: BTreeMap::new(),
+            max_running_per_courselab: 0,
         }
     }
 }
@@ -369,6 +381,8 @@ impl Default for CallbackConfig {
             attempts: 10,
             backoff_secs: 1.0,
             max_backoff_secs: 120.0,
+            max_failed_kept: 10_000,
+            retry_failed_secs: 300,
         }
     }
 }

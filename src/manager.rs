@@ -57,7 +57,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::callback::{Callbacks, Notifier, NotifierError};
+use crate::callback::{Callbacks, Notifier, NotifierError, Replayer};
 use crate::model::{CallbackState, Job, JobId, unix_now};
 use crate::preallocator::{AcquireError, Preallocator};
 use crate::store::{Reaped, StoreError, persist};
@@ -128,12 +128,14 @@ impl Manager {
         let prealloc =
             Preallocator::new(app.clone(), owner.clone(), background.clone(), kill.clone());
         let notifier = Notifier::new(&app.config.callback)?;
-        let callbacks = Callbacks::new(
+        let replayer = Replayer::new(
             notifier,
             app.store.clone(),
             app.metrics.clone(),
-            kill.clone(),
+            app.config.server.clone(),
+            owner.clone(),
         );
+        let callbacks = Callbacks::new(replayer, app.metrics.clone(), kill.clone());
         let workers_ctx = Arc::new(worker::Context {
             config: app.config.clone(),
             store: app.store.clone(),

@@ -130,6 +130,10 @@ pub struct Metrics {
     registry: Registry,
     finished: Family<Labels, Counter>,
     callbacks: Family<Labels, Counter>,
+    /// Replays of failed callbacks, by outcome.
+    replays: Family<Labels, Counter>,
+    /// Failed callbacks dropped beyond `callback.max_failed_kept`.
+    dropped: Counter,
     phases: HistogramFamily,
 }
 
@@ -154,6 +158,18 @@ impl Metrics {
             "Callbacks sent by this process, by outcome (delivered, failed)",
             callbacks.clone(),
         );
+        let replays = Family::<Labels, Counter>::default();
+        registry.register(
+            "tango_failed_callback_replays",
+            "Failed callbacks sent again by this process, by outcome (delivered, failed)",
+            replays.clone(),
+        );
+        let dropped = Counter::default();
+        registry.register(
+            "tango_failed_callbacks_dropped",
+            "Failed callbacks this process dropped, oldest first, beyond callback.max_failed_kept",
+            dropped.clone(),
+        );
         let phases: HistogramFamily = Family::new_with_constructor(phase_histogram);
         registry.register(
             "tango_job_phase_seconds",
@@ -166,6 +182,7 @@ impl Metrics {
         }
         for outcome in ["delivered", "failed"] {
             let _ = callbacks.get_or_create(&vec![("outcome", outcome)]);
+            let _ = replays.get_or_create(&vec![("outcome", outcome)]);
         }
         for phase in Phase::ALL {
             let _ = phases.get_or_create(&vec![("phase", phase.label())]);
@@ -174,6 +191,8 @@ impl Metrics {
             registry,
             finished,
             callbacks,
+            replays,
+            dropped,
             phases,
         }
     }
@@ -207,6 +226,19 @@ impl Metrics {
             job.timings.finished,
             job.timings.called_back,
         );
+    }
+
+    /// A failed callback was sent again: delivered, or failed again.
+    pub fn failed_callback_replayed(&self, delivered: bool) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.replays
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// `count` failed callbacks were dropped to keep `callback.max_failed_kept`.
+    pub fn failed_callbacks_dropped(&self, count: u64) {
+        self.dropped.inc_by(count);
     }
 
     fn observe(&self, phase: Phase, from: Option<f64>, to: Option<f64>) {
@@ -308,6 +340,11 @@ async fn state_registry(store: &dyn JobStore, started: Instant) -> Result<Regist
             "tango_dead_jobs",
             "Jobs in the dead list (finished, kept up to jobs.max_dead)",
             stats.dead as i64,
+        ),
+        (
+            "tango_failed_callbacks",
+            "Callbacks that used up their attempts, kept for a replay (waiting or being sent)",
+            stats.failed_callbacks as i64,
         ),
     ] {
         let g = Gauge::<i64>::default();

@@ -107,6 +107,36 @@ impl CallbackState {
     }
 }
 
+/// A callback that used up its attempts (`callback.attempts`) without reaching the server:
+/// kept in the store instead of only logged, so the grade can still reach Autolab, by a
+/// replay (`tango callbacks --replay`) or on its own once a callback to the same host
+/// succeeds again (see `crate::callback`). One per job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailedCallback {
+    /// The job whose output it carries; names the record.
+    pub job_id: JobId,
+    /// `jobName`, for a person reading the list.
+    pub job_name: String,
+    /// The job's courselab directory name (`crate::store::lab_of`).
+    pub courselab: String,
+    /// Where it goes: the job's `callback_url`.
+    pub url: String,
+    /// The output file, left in its courselab: a replay reads it again and sends the
+    /// body the first attempt sent.
+    pub output_file: String,
+    /// When the first delivery gave up (Unix seconds).
+    pub first_failed: f64,
+    /// When the last attempt (first delivery or a replay) failed.
+    pub last_failed: f64,
+    /// Attempts so far, first delivery and replays together.
+    pub attempts: u32,
+    /// What the last attempt ran into.
+    pub last_error: String,
+    /// The process replaying it now (its claim's lease runs); `None` while it waits.
+    pub replaying: Option<String>,
+}
+
 /// A grading job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]

@@ -1451,6 +1451,61 @@ async fn serving_without_a_manager_refuses_the_memory_store() {
 
 // ---------------------------------------------------------------------------------------
 
+/// `jobs.max_running_per_courselab` holds across two managers with machines to spare, and
+/// every job still runs (a job ending lets the courselab's next one go).
+async fn the_courselab_cap_holds_across_managers(store: Arc<dyn JobStore>) {
+    let rig = Rig::new(store);
+    let mut c = config();
+    c.vmms.pool_size = 3;
+    // The store holds the cap (store::open builds its Schedule from this key).
+    c.jobs.max_running_per_courselab = 1;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let name = format!("capped{i}");
+        rig.fake.script(
+            &name,
+            JobScript {
+                run_time: Duration::from_millis(200),
+                ..JobScript::default()
+            },
+        );
+        ids.push(rig.submit(&name).await);
+    }
+    let (_a, a) = rig.start(c.clone()).await;
+    let (_b, b) = rig.start(c).await;
+    rig.wait_dead(&ids).await;
+    assert_eq!(
+        rig.fake.state().max_running,
+        1,
+        "one job of the courselab at a time, over both managers"
+    );
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
+
+/// At most one job of a courselab held at once.
+fn capped() -> tango::store::Schedule {
+    tango::store::Schedule {
+        max_running_per_lab: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_courselab_cap_holds_across_managers_in_memory() {
+    the_courselab_cap_holds_across_managers(Arc::new(MemoryStore::new().with_schedule(capped())))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_courselab_cap_holds_across_managers_on_redis() {
+    let store = tango::store::redis::RedisStore::connect(&support::redis_config())
+        .await
+        .expect("redis store")
+        .with_schedule(capped());
+    the_courselab_cap_holds_across_managers(Arc::new(store)).await;
+}
+
 async fn memory() -> Arc<dyn JobStore> {
     Arc::new(MemoryStore::new())
 }

@@ -967,6 +967,268 @@ async fn cancel_takes_a_queued_job_out_and_marks_a_running_one(f: Fixture) {
     assert_eq!(next.id, other);
 }
 
+/// A failed callback for job `id`.
+fn failed(id: JobId, error: &str) -> tango::model::FailedCallback {
+    tango::model::FailedCallback {
+        job_id: id,
+        job_name: format!("job{id}"),
+        courselab: "lab".into(),
+        url: format!("http://127.0.0.1:9/cb?job={id}"),
+        output_file: format!("/labs/t-lab/output/job{id}.txt"),
+        first_failed: 1000.0 + id as f64,
+        last_failed: 1000.0 + id as f64,
+        attempts: 3,
+        last_error: error.into(),
+        replaying: None,
+    }
+}
+
+async fn failed_callbacks_are_kept_oldest_first_and_capped(f: Fixture) {
+    assert!(f.a.failed_callbacks().await.unwrap().is_empty());
+    for id in [5, 3, 9] {
+        assert!(
+            f.a.keep_failed_callback(&failed(id, "refused"), 3)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // Kept again (a newer failure of job 5): rewritten in its place, not moved.
+    assert!(
+        f.a.keep_failed_callback(&failed(5, "again"), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let kept = f.b.failed_callbacks().await.unwrap();
+    assert_eq!(kept.iter().map(|r| r.job_id).collect::<Vec<_>>(), [5, 3, 9]);
+    assert_eq!(kept[0].last_error, "again");
+    assert_eq!(kept[1], failed(3, "refused"), "read back as kept");
+    assert_eq!(f.b.stats().await.unwrap().failed_callbacks, 3);
+    // Beyond the cap the oldest go, and say so.
+    let dropped =
+        f.a.keep_failed_callback(&failed(7, "refused"), 2)
+            .await
+            .unwrap();
+    assert_eq!(dropped, [5, 3]);
+    let kept = f.b.failed_callbacks().await.unwrap();
+    assert_eq!(kept.iter().map(|r| r.job_id).collect::<Vec<_>>(), [9, 7]);
+    assert_eq!(f.b.overview().await.unwrap().1.failed_callbacks, 2);
+}
+
+async fn a_failed_callback_is_claimed_by_one_sender_at_a_time(f: Fixture) {
+    f.a.keep_failed_callback(&failed(1, "refused"), 0)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let claimed = f.a.claim_failed_callback(1, "m1", lease).await.unwrap();
+    assert_eq!(claimed.map(|r| r.job_id), Some(1));
+    assert!(
+        f.b.claim_failed_callback(1, "m2", lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        f.b.claim_failed_callback(2, "m2", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "not kept"
+    );
+    let listed = f.b.failed_callbacks().await.unwrap();
+    assert_eq!(listed[0].replaying.as_deref(), Some("m1"));
+    // Only the claimant settles it; failed again, it waits, unclaimed, with the news.
+    let mut again = failed(1, "still refused");
+    again.attempts = 4;
+    assert!(
+        !f.b.settle_failed_callback(1, "m2", Some(&again))
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.a.settle_failed_callback(1, "m1", Some(&again))
+            .await
+            .unwrap()
+    );
+    let listed = f.b.failed_callbacks().await.unwrap();
+    assert_eq!(listed, [again]);
+    // Claimed again by the other; delivered, it is forgotten.
+    assert!(
+        f.b.claim_failed_callback(1, "m2", lease)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(f.b.settle_failed_callback(1, "m2", None).await.unwrap());
+    assert!(f.a.failed_callbacks().await.unwrap().is_empty());
+    assert!(
+        !f.a.settle_failed_callback(1, "m2", None).await.unwrap(),
+        "gone"
+    );
+}
+
+async fn a_dead_senders_claim_runs_out(f: Fixture) {
+    f.a.keep_failed_callback(&failed(1, "refused"), 0)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(200);
+    assert!(
+        f.a.claim_failed_callback(1, "dead", short)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        f.b.claim_failed_callback(1, "m2", short)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(f.b.failed_callbacks().await.unwrap()[0].replaying, None);
+    assert!(
+        f.b.claim_failed_callback(1, "m2", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The one whose claim ran out cannot settle it any more.
+    assert!(!f.a.settle_failed_callback(1, "dead", None).await.unwrap());
+    assert_eq!(f.a.failed_callbacks().await.unwrap().len(), 1);
+}
+
+async fn concurrent_claims_of_failed_callbacks_take_each_once(f: Fixture) {
+    for id in 1..=20 {
+        f.a.keep_failed_callback(&failed(id, "refused"), 0)
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let claim_all = |store: Arc<dyn JobStore>, owner: &'static str| async move {
+        let mut got = Vec::new();
+        for id in 1..=20 {
+            if store
+                .claim_failed_callback(id, owner, lease)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                got.push(id);
+            }
+        }
+        got
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(f.a.clone(), "m1")),
+        tokio::spawn(claim_all(f.b.clone(), "m2"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<JobId> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=20).collect::<Vec<_>>(),
+        "each claimed once: {a:?} {b:?}"
+    );
+}
+
+/// The courselab a job claimed by [`claim_labs`]-style names belongs to.
+fn lab_name(job: &Job) -> String {
+    job.name.split('_').next().unwrap_or_default().to_string()
+}
+
+/// Schedule: fair share, at most 2 jobs of a courselab held at once.
+async fn a_courselab_at_its_cap_is_passed_over(f: Fixture) {
+    for n in 0..5 {
+        add_to(&*f.a, "A", n).await;
+    }
+    for n in 0..2 {
+        add_to(&*f.a, "B", n).await;
+    }
+    // Two managers claiming in turn hold at most two of A's jobs between them.
+    let mut held = Vec::new();
+    for (store, owner) in [(&f.a, "m1"), (&f.b, "m2"), (&f.a, "m1"), (&f.b, "m2")] {
+        held.push(
+            store
+                .claim_next(owner, NO_WAIT)
+                .await
+                .unwrap()
+                .expect("a job"),
+        );
+    }
+    let labs: Vec<String> = held.iter().map(lab_name).collect();
+    assert_eq!(labs.iter().filter(|l| *l == "A").count(), 2, "{labs:?}");
+    assert_eq!(labs.iter().filter(|l| *l == "B").count(), 2, "{labs:?}");
+    assert!(
+        f.b.claim_next("m2", NO_WAIT).await.unwrap().is_none(),
+        "A holds its cap and B has nothing queued"
+    );
+    // One of A's ends: the next of A's may go.
+    let a_job = held
+        .iter()
+        .find(|j| lab_name(j) == "A")
+        .expect("an A job")
+        .clone();
+    f.a.finish(&a_job, 0).await.unwrap();
+    let next =
+        f.b.claim_next("m2", NO_WAIT)
+            .await
+            .unwrap()
+            .expect("A's next");
+    assert_eq!(lab_name(&next), "A");
+    // A requeued job no longer counts against its courselab.
+    f.b.requeue(&next).await.unwrap();
+    let again =
+        f.a.claim_next("m1", NO_WAIT)
+            .await
+            .unwrap()
+            .expect("A's requeued job");
+    assert_eq!(again.id, next.id);
+}
+
+/// Schedule: FIFO, at most 1 job of a courselab held at once.
+async fn fifo_with_a_cap_takes_the_oldest_job_under_it(f: Fixture) {
+    let a1 = add_to(&*f.a, "A", 1).await;
+    let a2 = add_to(&*f.a, "A", 2).await;
+    let b1 = add_to(&*f.a, "B", 1).await;
+    add_to(&*f.a, "A", 3).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(first.id, a1);
+    let second = f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        second.id, b1,
+        "A's next is passed over while A holds its cap"
+    );
+    assert!(f.b.claim_next("m2", NO_WAIT).await.unwrap().is_none());
+    f.a.finish(&first, 0).await.unwrap();
+    let third = f.b.claim_next("m2", NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(third.id, a2, "the oldest job of a courselab under its cap");
+}
+
+/// Schedule: fair share, at most 1 job of a courselab held at once.
+async fn a_claim_waiting_on_a_capped_courselab_wakes_when_its_job_ends(f: Fixture) {
+    add_to(&*f.a, "A", 1).await;
+    let a2 = add_to(&*f.a, "A", 2).await;
+    let first = f.a.claim_next("m1", NO_WAIT).await.unwrap().unwrap();
+    let waiting = {
+        let store = f.b.clone();
+        tokio::spawn(async move { store.claim_next("m2", Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "A's next waits while A holds its cap"
+    );
+    f.a.finish(&first, 0).await.unwrap();
+    let next = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        next.map(|j| j.id),
+        Some(a2),
+        "woken by the end, not the wait's end"
+    );
+}
+
 macro_rules! scheduled {
     ($($case:ident: $schedule:expr),* $(,)?) => {
         mod scheduled {
@@ -990,9 +1252,23 @@ scheduled!(
     fair_share_weights_give_a_courselab_more_turns: tango::store::Schedule {
         fifo: false,
         weights: [("A".to_string(), 2)].into_iter().collect(),
+        ..Default::default()
     },
     fifo_takes_the_oldest_job_whatever_its_courselab: tango::store::Schedule {
         fifo: true,
+        ..Default::default()
+    },
+    a_courselab_at_its_cap_is_passed_over: tango::store::Schedule {
+        max_running_per_lab: 2,
+        ..Default::default()
+    },
+    fifo_with_a_cap_takes_the_oldest_job_under_it: tango::store::Schedule {
+        fifo: true,
+        max_running_per_lab: 1,
+        ..Default::default()
+    },
+    a_claim_waiting_on_a_capped_courselab_wakes_when_its_job_ends: tango::store::Schedule {
+        max_running_per_lab: 1,
         ..Default::default()
     },
 );
@@ -1044,4 +1320,8 @@ every_backend!(
     fair_share_alternates_and_requeued_jobs_keep_their_place,
     fair_share_claims_by_several_managers_take_each_job_once,
     cancel_takes_a_queued_job_out_and_marks_a_running_one,
+    failed_callbacks_are_kept_oldest_first_and_capped,
+    a_failed_callback_is_claimed_by_one_sender_at_a_time,
+    a_dead_senders_claim_runs_out,
+    concurrent_claims_of_failed_callbacks_take_each_once,
 );

@@ -97,6 +97,34 @@ impl JobStore for FaultyStore {
     async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
         self.inner.take_cancels(owner).await
     }
+    async fn keep_failed_callback(
+        &self,
+        record: &tango::model::FailedCallback,
+        max_kept: u64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.inner.keep_failed_callback(record, max_kept).await
+    }
+    async fn failed_callbacks(&self) -> Result<Vec<tango::model::FailedCallback>, StoreError> {
+        self.inner.failed_callbacks().await
+    }
+    async fn claim_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<tango::model::FailedCallback>, StoreError> {
+        self.inner.claim_failed_callback(id, owner, lease).await
+    }
+    async fn settle_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        still_failing: Option<&tango::model::FailedCallback>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .settle_failed_callback(id, owner, still_failing)
+            .await
+    }
     async fn update_live(&self, job: &Job) -> Result<(), StoreError> {
         self.inner.update_live(job).await
     }

@@ -11,6 +11,7 @@
 //! [`Endpoint::ALL`] is the route table the router is built from (and which a test compares
 //! with `docs/openapi.yaml`).
 
+mod callbacks;
 mod cancel;
 mod courselab;
 mod health;
@@ -36,6 +37,7 @@ use axum::routing::{MethodRouter, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::App;
+use crate::callback::{Notifier, Replayer};
 use crate::labs::Labs;
 
 /// The body of `GET /`, which health checks and tango-cli look for.
@@ -51,6 +53,9 @@ pub(crate) struct ApiState {
     /// [`crate::config::Config::security_warnings`], shown by `/info`.
     pub warnings: Vec<String>,
     pub images: images::ImageCache,
+    /// Sends failed callbacks again on request; `None` when the HTTP client could not be
+    /// built (the routes then say so).
+    pub replayer: Option<Arc<Replayer>>,
 }
 
 /// One route of the API.
@@ -70,11 +75,17 @@ pub enum Endpoint {
     Build,
     /// Not Tango's: cancels a job.
     Cancel,
+    /// Not Tango's: lists the failed callbacks kept.
+    FailedCallbacks,
+    /// Not Tango's: sends every failed callback again.
+    ReplayCallbacks,
+    /// Not Tango's: sends one job's failed callback again.
+    ReplayCallback,
 }
 
 impl Endpoint {
     /// Every route, in the order of `docs/rest-api.md`: Tango's, then the extensions.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 16] = [
         Endpoint::Hello,
         Endpoint::Open,
         Endpoint::Upload,
@@ -88,6 +99,9 @@ impl Endpoint {
         Endpoint::Prealloc,
         Endpoint::Build,
         Endpoint::Cancel,
+        Endpoint::FailedCallbacks,
+        Endpoint::ReplayCallbacks,
+        Endpoint::ReplayCallback,
     ];
 
     /// The route's path pattern (axum's syntax, which is also OpenAPI's).
@@ -106,6 +120,9 @@ impl Endpoint {
             Endpoint::Prealloc => "/prealloc/{key}/{image}/{num}/",
             Endpoint::Build => "/build/{key}/",
             Endpoint::Cancel => "/cancel/{key}/{jobId}/",
+            Endpoint::FailedCallbacks => "/callbacks/{key}/",
+            Endpoint::ReplayCallbacks => "/callbacks/{key}/replay/",
+            Endpoint::ReplayCallback => "/callbacks/{key}/replay/{jobId}/",
         }
     }
 
@@ -116,7 +133,9 @@ impl Endpoint {
             | Endpoint::AddJob
             | Endpoint::Prealloc
             | Endpoint::Build
-            | Endpoint::Cancel => "POST",
+            | Endpoint::Cancel
+            | Endpoint::ReplayCallbacks
+            | Endpoint::ReplayCallback => "POST",
             _ => "GET",
         }
     }
@@ -136,6 +155,9 @@ impl Endpoint {
             Endpoint::Prealloc => post(pools::prealloc),
             Endpoint::Build => post(images::build),
             Endpoint::Cancel => post(cancel::cancel),
+            Endpoint::FailedCallbacks => get(callbacks::list),
+            Endpoint::ReplayCallbacks => post(callbacks::replay_all),
+            Endpoint::ReplayCallback => post(callbacks::replay_one),
         }
     }
 }
@@ -149,6 +171,7 @@ pub fn router(app: Arc<App>) -> Router {
             .then(|| keys::Keys::new(&app.config.server.build_keys)),
         warnings: app.config.security_warnings(),
         images: images::ImageCache::new(),
+        replayer: replayer(&app),
         app,
     });
     let mut router = Router::new();
@@ -170,6 +193,24 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn(log_request))
         .layer(CatchPanicLayer::custom(status::panicked))
         .with_state(state)
+}
+
+/// The API's own replayer: it claims in the store under an owner id of its own, like a
+/// manager's, so the two never send the same callback.
+fn replayer(app: &Arc<App>) -> Option<Arc<Replayer>> {
+    match Notifier::new(&app.config.callback) {
+        Ok(notifier) => Some(Replayer::new(
+            notifier,
+            app.store.clone(),
+            app.metrics.clone(),
+            app.config.server.clone(),
+            crate::owner::owner_id(),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "failed callbacks cannot be replayed on request");
+            None
+        }
+    }
 }
 
 async fn hello() -> Response {

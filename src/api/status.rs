@@ -28,6 +28,9 @@ pub const PARTIAL_OUTPUT_OBTAINED: &str = "Partial output obtained";
 pub const IMAGE_BUILT: &str = "Docker image built";
 /// Not Tango's: `/cancel` took the request.
 pub const CANCEL_REQUESTED: &str = "Cancel requested";
+pub const FOUND_FAILED_CALLBACKS: &str = "Found failed callbacks";
+pub const REPLAYED_CALLBACKS: &str = "Replayed failed callbacks";
+pub const REPLAYED_CALLBACK: &str = "Failed callback delivered";
 pub const WRONG_KEY: &str = "Key not recognized";
 pub const OUTPUT_NOT_FOUND: &str = "Output file not found";
 pub const INVALID_IMAGE: &str = "Invalid image name";

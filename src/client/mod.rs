@@ -12,6 +12,7 @@
 mod output;
 
 mod build;
+mod callbacks;
 mod cancel;
 mod courselab;
 mod info;
@@ -53,6 +54,9 @@ pub enum ClientCommand {
     Run(run::RunArgs),
     /// Cancel a job, queued or running (an extension of Tango's API).
     Cancel(cancel::CancelArgs),
+    /// Callbacks that used up their attempts, kept by the server; --replay sends them
+    /// again (an extension of Tango's API).
+    Callbacks(callbacks::CallbacksArgs),
 }
 
 /// Runs a client subcommand; the exit code says how it went.
@@ -70,6 +74,7 @@ pub async fn main(command: ClientCommand) -> ExitCode {
         ClientCommand::PartialOutput(a) => jobs::partial_output(a).await,
         ClientCommand::Run(a) => run::run(a).await,
         ClientCommand::Cancel(a) => cancel::cancel(a).await,
+        ClientCommand::Callbacks(a) => callbacks::callbacks(a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::{
     Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line, lab_of,
 };
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, unix_now};
+use crate::model::{
+    Counter, Counters, FailedCallback, Job, JobId, Machine, PoolTarget, PoolView, unix_now,
+};
 
 /// The in-memory store.
 pub struct MemoryStore {
@@ -55,6 +57,33 @@ struct State {
     pools: BTreeMap<(String, String), Pool>,
     targets: BTreeMap<String, PoolTarget>,
     counters: Counters,
+    /// Failed callbacks by job, each with its place in age order and its claim.
+    failed: HashMap<JobId, Kept>,
+    /// Age order of `failed`: place → job.
+    failed_order: BTreeMap<u64, JobId>,
+    /// The next place in `failed_order`.
+    failed_next: u64,
+}
+
+/// A failed callback as kept.
+struct Kept {
+    record: FailedCallback,
+    place: u64,
+    /// Who is sending it, and until when the claim holds.
+    claim: Option<(String, Instant)>,
+}
+
+impl Kept {
+    /// The record, its claimant shown while the claim holds.
+    fn view(&self, now: Instant) -> FailedCallback {
+        let mut record = self.record.clone();
+        record.replaying = self
+            .claim
+            .as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(owner, _)| owner.clone());
+        record
+    }
 }
 
 #[derive(Default)]
@@ -164,6 +193,9 @@ impl State {
     /// Takes the next id out of the queue: its head with a FIFO schedule, else the head of
     /// the courselab with the lowest pass (ties by name), whose pass moves on.
     fn take_next(&mut self, schedule: &Schedule) -> Option<JobId> {
+        if schedule.max_running_per_lab > 0 {
+            return self.take_next_capped(schedule);
+        }
         let turn = self
             .waiting
             .iter()
@@ -201,6 +233,66 @@ impl State {
             self.waiting.remove(&lab);
         }
         id.or_else(|| self.queue.pop_front())
+    }
+
+    /// [`State::take_next`] passing over the courselabs that hold
+    /// `schedule.max_running_per_lab` jobs already: with fair share the lowest pass among
+    /// the others, in FIFO the oldest queued job of the others. `None` when every job
+    /// waiting is of a courselab at its cap.
+    fn take_next_capped(&mut self, schedule: &Schedule) -> Option<JobId> {
+        let mut held: HashMap<&str, u64> = HashMap::new();
+        for id in self.claimed.values().flatten() {
+            if let Some(job) = self.live.get(id) {
+                *held.entry(lab_of(&job.output_file)).or_default() += 1;
+            }
+        }
+        let cap = schedule.max_running_per_lab;
+        let open = |lab: &str| held.get(lab).copied().unwrap_or(0) < cap;
+        let (id, lab) = if schedule.fifo {
+            let at = self.queue.iter().position(|id| {
+                self.live
+                    .get(id)
+                    .is_none_or(|job| open(lab_of(&job.output_file)))
+            })?;
+            let id = self.queue.remove(at)?;
+            let lab = self
+                .live
+                .get(&id)
+                .map(|job| lab_of(&job.output_file).to_string())
+                .unwrap_or_default();
+            if let Some(ids) = self.labs.get_mut(&lab) {
+                ids.retain(|&queued| queued != id);
+            }
+            (Some(id), lab)
+        } else {
+            let (lab, pass) = self
+                .waiting
+                .iter()
+                .filter(|(lab, _)| open(lab))
+                .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
+                .map(|(lab, pass)| (lab.clone(), *pass))?;
+            let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
+            let next = pass + schedule.stride(&lab);
+            self.vtime = pass;
+            self.pass.insert(lab.clone(), next);
+            self.waiting.insert(lab.clone(), next);
+            if let Some(id) = id
+                && let Some(at) = self.queue.iter().position(|&queued| queued == id)
+            {
+                self.queue.remove(at);
+            }
+            (id, lab)
+        };
+        if self.labs.get(&lab).is_none_or(VecDeque::is_empty) {
+            self.labs.remove(&lab);
+            self.waiting.remove(&lab);
+        }
+        // A stale entry (its job gone) is passed back for the caller to skip, as
+        // `take_next` does; an empty courselab list has just been forgotten: look again.
+        match id {
+            Some(id) => Some(id),
+            None => self.take_next_capped(schedule),
+        }
     }
 
     /// The live job writing `output_file`, if any.
@@ -403,6 +495,11 @@ impl JobStore for MemoryStore {
         s.forget_output(job);
         s.unclaim(&owner, job.id);
         s.push_dead(dead, max_dead);
+        drop(s);
+        if self.schedule.max_running_per_lab > 0 {
+            // A courselab at its cap may have a job waiting that can go now.
+            self.queued.notify_waiters();
+        }
         Ok(())
     }
 
@@ -458,6 +555,7 @@ impl JobStore for MemoryStore {
             live: s.live.len() as u64,
             dead: s.dead.len() as u64,
             queued: s.queue.len() as u64,
+            failed_callbacks: s.failed.len() as u64,
         })
     }
 
@@ -507,6 +605,101 @@ impl JobStore for MemoryStore {
             }
         }
         Ok(taken)
+    }
+
+    async fn keep_failed_callback(
+        &self,
+        record: &FailedCallback,
+        max_kept: u64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut s = self.lock();
+        let mut record = record.clone();
+        record.replaying = None;
+        let id = record.job_id;
+        if let Some(kept) = s.failed.get_mut(&id) {
+            kept.record = record;
+        } else {
+            let place = s.failed_next;
+            s.failed_next += 1;
+            s.failed_order.insert(place, id);
+            s.failed.insert(
+                id,
+                Kept {
+                    record,
+                    place,
+                    claim: None,
+                },
+            );
+        }
+        let mut dropped = Vec::new();
+        while max_kept > 0 && s.failed.len() as u64 > max_kept {
+            let Some((_, oldest)) = s.failed_order.pop_first() else {
+                break;
+            };
+            s.failed.remove(&oldest);
+            dropped.push(oldest);
+        }
+        Ok(dropped)
+    }
+
+    async fn failed_callbacks(&self) -> Result<Vec<FailedCallback>, StoreError> {
+        let s = self.lock();
+        let now = Instant::now();
+        Ok(s.failed_order
+            .values()
+            .filter_map(|id| s.failed.get(id))
+            .map(|kept| kept.view(now))
+            .collect())
+    }
+
+    async fn claim_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<FailedCallback>, StoreError> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let Some(kept) = s.failed.get_mut(&id) else {
+            return Ok(None);
+        };
+        if kept.claim.as_ref().is_some_and(|(_, until)| *until > now) {
+            return Ok(None);
+        }
+        kept.claim = Some((owner.to_string(), now + lease));
+        Ok(Some(kept.view(now)))
+    }
+
+    async fn settle_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        still_failing: Option<&FailedCallback>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let held = s
+            .failed
+            .get(&id)
+            .and_then(|kept| kept.claim.as_ref())
+            .is_some_and(|(holder, _)| holder == owner);
+        if !held {
+            return Ok(false);
+        }
+        match still_failing {
+            None => {
+                if let Some(kept) = s.failed.remove(&id) {
+                    s.failed_order.remove(&kept.place);
+                }
+            }
+            Some(record) => {
+                if let Some(kept) = s.failed.get_mut(&id) {
+                    kept.record = record.clone();
+                    kept.record.replaying = None;
+                    kept.claim = None;
+                }
+            }
+        }
+        Ok(true)
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{Config, Scheduling, StoreBackend};
-use crate::model::{Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView};
+use crate::model::{Counter, Counters, FailedCallback, Job, JobId, Machine, PoolTarget, PoolView};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +54,8 @@ pub struct StoreStats {
     pub live: u64,
     pub dead: u64,
     pub queued: u64,
+    /// Failed callbacks kept ([`JobStore::keep_failed_callback`]), waiting or replaying.
+    pub failed_callbacks: u64,
 }
 
 /// How [`JobStore::claim_next`] picks the next job: the configuration's `jobs.scheduling` and
@@ -71,6 +73,9 @@ pub struct Schedule {
     pub fifo: bool,
     /// Courselab name → jobs per turn (1 when absent).
     pub weights: BTreeMap<String, u32>,
+    /// Most jobs of one courselab held at once (`jobs.max_running_per_courselab`): a
+    /// claim passes over a courselab that many of whose jobs are held; 0: no cap.
+    pub max_running_per_lab: u64,
 }
 
 impl Schedule {
@@ -78,6 +83,7 @@ impl Schedule {
         Schedule {
             fifo: config.jobs.scheduling == Scheduling::Fifo,
             weights: config.jobs.weights.clone(),
+            max_running_per_lab: config.jobs.max_running_per_courselab,
         }
     }
 
@@ -221,6 +227,43 @@ pub trait JobStore: Send + Sync + 'static {
     /// The marked jobs `owner` is to end: those it holds, and those no manager holds, which
     /// are now leased to it (each to one manager only).
     async fn take_cancels(&self, owner: &str) -> Result<Vec<Job>, StoreError>;
+
+    // ---- failed callbacks ----
+
+    /// Keeps a callback that used up its attempts, under its job's id (replacing one kept
+    /// for the same job, which keeps its place in age order). Beyond `max_kept` (0: no cap)
+    /// the oldest are dropped, claimed or not; their job ids come back, oldest first.
+    async fn keep_failed_callback(
+        &self,
+        record: &FailedCallback,
+        max_kept: u64,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Every failed callback kept, oldest first; `replaying` names the claimant of those
+    /// whose claim has not run out.
+    async fn failed_callbacks(&self) -> Result<Vec<FailedCallback>, StoreError>;
+
+    /// Claims job `id`'s failed callback for `owner` to send, for `lease`: `None` when none
+    /// is kept, or another claim on it has not run out. Of several claimants (several
+    /// managers on one Redis), one gets it; a claimant that dies leaves it to be claimed
+    /// again once `lease` has passed.
+    async fn claim_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<FailedCallback>, StoreError>;
+
+    /// Ends `owner`'s claim on job `id`'s failed callback: with `None` it was delivered and
+    /// is forgotten; with `Some(record)` it failed again and waits, as `record` says. False
+    /// (and nothing changed) when `owner` no longer holds the claim: it ran out and another
+    /// took it, or the record was dropped.
+    async fn settle_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        still_failing: Option<&FailedCallback>,
+    ) -> Result<bool, StoreError>;
 
     // ---- managers and leases ----
 

@@ -42,7 +42,8 @@ use super::flight::SharedRead;
 use super::{Added, CancelRequest, JobStore, Reaped, Schedule, StoreError, StoreStats, added_line};
 use crate::config::StoreConfig;
 use crate::model::{
-    Counter, Counters, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime, unix_now,
+    Counter, Counters, FailedCallback, Job, JobId, Machine, PoolTarget, PoolView, Timings, ctime,
+    unix_now,
 };
 use adds::{Adds, NewJob, Terms};
 use keys::Keys;
@@ -53,6 +54,10 @@ use values::{
     reaped_machines, released,
 };
 use waiter::{FOREVER, MIN_BLOCK, Waiter};
+
+/// How often a claim looks again while every queued job is of a courselab at its cap
+/// (`jobs.max_running_per_courselab`).
+const CAPPED_POLL: Duration = Duration::from_millis(200);
 
 /// The store on one Redis, under one namespace.
 pub struct RedisStore {
@@ -152,7 +157,8 @@ impl RedisStore {
         let mut invocation = self.invocation(&SCRIPTS.claim);
         invocation
             .arg(owner)
-            .arg(if self.schedule.fifo { "1" } else { "0" });
+            .arg(if self.schedule.fifo { "1" } else { "0" })
+            .arg(self.schedule.max_running_per_lab);
         for (courselab, weight) in &self.schedule.weights {
             invocation.arg(courselab).arg(weight);
         }
@@ -259,12 +265,18 @@ impl RedisStore {
             .add_command(self.counters_cmd())
             .hlen(&self.keys.live)
             .hlen(&self.keys.dead)
-            .llen(&self.keys.queue);
-        let (values, live, dead, queued): (Vec<Option<u64>>, u64, u64, u64) =
+            .llen(&self.keys.queue)
+            .hlen(&self.keys.failed_callbacks);
+        let (values, live, dead, queued, failed_callbacks): (Vec<Option<u64>>, u64, u64, u64, u64) =
             self.snapshot(&pipe).await?;
         Ok((
             Self::counters_from(values),
-            StoreStats { live, dead, queued },
+            StoreStats {
+                live,
+                dead,
+                queued,
+                failed_callbacks,
+            },
         ))
     }
 }
@@ -348,14 +360,26 @@ impl JobStore for RedisStore {
         let deadline = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + FOREVER);
+        // The last wake-up came at once (the queue holds jobs) with a cap on.
+        let mut at_once = false;
         loop {
             if let Some(job) = self.try_claim(owner).await? {
                 return Ok(Some(job));
             }
+            if at_once {
+                // Jobs are queued, but every one is of a courselab at its cap. A job
+                // ending frees a place without queueing anything: look again after a
+                // pause rather than wait on the queue (which answers at once).
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(CAPPED_POLL.min(remaining)).await;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let waited = Instant::now();
             if remaining < MIN_BLOCK || !self.waiter.wait(remaining).await? {
                 return Ok(None);
             }
+            at_once = self.schedule.max_running_per_lab > 0
+                && waited.elapsed() < Duration::from_millis(50);
             // Something was queued; another manager may take it first, so claim and
             // maybe wait again.
         }
@@ -476,9 +500,16 @@ impl JobStore for RedisStore {
         pipe.atomic()
             .hlen(&self.keys.live)
             .hlen(&self.keys.dead)
-            .llen(&self.keys.queue);
-        let (live, dead, queued): (u64, u64, u64) = self.snapshot(&pipe).await?;
-        Ok(StoreStats { live, dead, queued })
+            .llen(&self.keys.queue)
+            .hlen(&self.keys.failed_callbacks);
+        let (live, dead, queued, failed_callbacks): (u64, u64, u64, u64) =
+            self.snapshot(&pipe).await?;
+        Ok(StoreStats {
+            live,
+            dead,
+            queued,
+            failed_callbacks,
+        })
     }
 
     async fn request_cancel(&self, id: JobId) -> Result<CancelRequest, StoreError> {
@@ -502,6 +533,72 @@ impl JobStore for RedisStore {
             .into_iter()
             .map(|(json, assigned)| live_job(&self.keys, &json, Some(owner.to_string()), assigned))
             .collect()
+    }
+
+    async fn keep_failed_callback(
+        &self,
+        record: &FailedCallback,
+        max_kept: u64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut record = record.clone();
+        record.replaying = None;
+        let json = encode(&self.keys, &record)?;
+        let mut invocation = self.invocation(&SCRIPTS.keep_failed_callback);
+        invocation.arg(record.job_id).arg(json).arg(max_kept);
+        // Keeping the same record twice leaves one record, in the same place.
+        let dropped: Vec<String> = self.run(Retry::Idempotent, &invocation).await?;
+        parse_ids(&self.keys.failed_callbacks, &dropped)
+    }
+
+    async fn failed_callbacks(&self) -> Result<Vec<FailedCallback>, StoreError> {
+        let invocation = self.invocation(&SCRIPTS.failed_callbacks);
+        let rows: Vec<(String, Option<String>)> = self.run(Retry::Idempotent, &invocation).await?;
+        rows.into_iter()
+            .map(|(json, claimant)| {
+                let mut record: FailedCallback = decode(&self.keys.failed_callbacks, &json)?;
+                record.replaying = claimant;
+                Ok(record)
+            })
+            .collect()
+    }
+
+    async fn claim_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<FailedCallback>, StoreError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.invocation(&SCRIPTS.claim_failed_callback);
+        invocation.arg(id).arg(owner).arg(lease_ms);
+        // Not resent: a claim that landed would refuse its own second copy, and the record
+        // would wait out the lease for nothing.
+        let json: Option<String> = self.run(Retry::IfUnsent, &invocation).await?;
+        json.map(|json| {
+            let mut record: FailedCallback = decode(&self.keys.failed_callbacks, &json)?;
+            record.replaying = Some(owner.to_string());
+            Ok(record)
+        })
+        .transpose()
+    }
+
+    async fn settle_failed_callback(
+        &self,
+        id: JobId,
+        owner: &str,
+        still_failing: Option<&FailedCallback>,
+    ) -> Result<bool, StoreError> {
+        let json = match still_failing {
+            Some(record) => {
+                let mut record = record.clone();
+                record.replaying = None;
+                encode(&self.keys, &record)?
+            }
+            None => String::new(),
+        };
+        let mut invocation = self.invocation(&SCRIPTS.settle_failed_callback);
+        invocation.arg(id).arg(owner).arg(json);
+        self.run(Retry::IfUnsent, &invocation).await
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {

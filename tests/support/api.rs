@@ -580,6 +580,34 @@ impl JobStore for DownStore {
     ) -> Result<Vec<tango::model::Job>, tango::store::StoreError> {
         down()
     }
+    async fn keep_failed_callback(
+        &self,
+        _: &tango::model::FailedCallback,
+        _: u64,
+    ) -> Result<Vec<u64>, tango::store::StoreError> {
+        down()
+    }
+    async fn failed_callbacks(
+        &self,
+    ) -> Result<Vec<tango::model::FailedCallback>, tango::store::StoreError> {
+        down()
+    }
+    async fn claim_failed_callback(
+        &self,
+        _: u64,
+        _: &str,
+        _: Duration,
+    ) -> Result<Option<tango::model::FailedCallback>, tango::store::StoreError> {
+        down()
+    }
+    async fn settle_failed_callback(
+        &self,
+        _: u64,
+        _: &str,
+        _: Option<&tango::model::FailedCallback>,
+    ) -> Result<bool, tango::store::StoreError> {
+        down()
+    }
     async fn claim_next(
         &self,
         _: &str,

@@ -440,6 +440,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// When its head arrived.
     pub at: std::time::Instant,
+    /// The status it was answered with; `None` when the connection was dropped or hung.
+    pub answered: Option<u16>,
 }
 
 impl Received {
@@ -586,6 +588,10 @@ async fn serve_connection(
             *c
         };
         let answer = reply(n);
+        let mut request = request;
+        if let Reply::Status(code) = answer {
+            request.answered = Some(code);
+        }
         received
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -682,6 +688,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Re
         headers,
         body,
         at,
+        answered: None,
     })
 }
 

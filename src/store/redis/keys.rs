@@ -32,6 +32,10 @@
 //! | `<ns>:pool:<owner>:<pool>:machines` | hash | machine id → machine JSON |
 //! | `<ns>:pool-targets` | hash | pool → what `/prealloc` asked for (JSON) |
 //! | `<ns>:counters` | hash | `/info` counter name → integer |
+//! | `<ns>:failed-callbacks` | hash | job id → failed callback JSON (`FailedCallback`) |
+//! | `<ns>:failed-order` | sorted set | job ids of `failed-callbacks` → their place in age order, for dropping the oldest |
+//! | `<ns>:failed-next` | string | the last place handed out in `failed-order` |
+//! | `<ns>:failed-claims` | hash | job id → `<until ms> <owner>`: who sends it now, until when (Redis server clock) |
 //!
 //! A live job's `owner` and `assigned` are kept outside its JSON (`lease`, `assigned`) and
 //! laid over it when it is read: reaping a dead manager then changes them without decoding
@@ -59,6 +63,7 @@ pub(super) struct Keys {
     pub(super) dead_order: String,
     pub(super) pool_targets: String,
     pub(super) counters: String,
+    pub(super) failed_callbacks: String,
 }
 
 impl Keys {
@@ -78,6 +83,7 @@ impl Keys {
             dead_order: key("dead-order"),
             pool_targets: key("pool-targets"),
             counters: key("counters"),
+            failed_callbacks: key("failed-callbacks"),
         }
     }
 

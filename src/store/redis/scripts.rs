@@ -38,6 +38,10 @@ pub(super) struct Scripts {
     pub(super) owner_pools: Script,
     pub(super) request_cancel: Script,
     pub(super) take_cancels: Script,
+    pub(super) keep_failed_callback: Script,
+    pub(super) failed_callbacks: Script,
+    pub(super) claim_failed_callback: Script,
+    pub(super) settle_failed_callback: Script,
 }
 
 /// What the scripts that name their keys from the namespace start with.
@@ -71,4 +75,8 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     owner_pools: with_prelude(include_str!("scripts/owner_pools.lua")),
     request_cancel: with_prelude(include_str!("scripts/request_cancel.lua")),
     take_cancels: with_prelude(include_str!("scripts/take_cancels.lua")),
+    keep_failed_callback: with_prelude(include_str!("scripts/keep_failed_callback.lua")),
+    failed_callbacks: with_prelude(include_str!("scripts/failed_callbacks.lua")),
+    claim_failed_callback: with_prelude(include_str!("scripts/claim_failed_callback.lua")),
+    settle_failed_callback: with_prelude(include_str!("scripts/settle_failed_callback.lua")),
 });
