@@ -12,28 +12,10 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{Daemon, DaemonOptions};
+use support::daemon::{Daemon, DaemonOptions, tango_cli as tango};
 use support::jobs;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-/// Runs `tango ARGS` with the server and key from `TANGO_URL` / `TANGO_KEY`.
-async fn tango(daemon: &Daemon, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tango"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TANGO_") {
-            command.env_remove(&name);
-        }
-    }
-    command
-        .args(args)
-        .env("TANGO_URL", daemon.url(""))
-        .env("TANGO_KEY", &daemon.key)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("run tango {args:?}: {e}"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -13,15 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{Daemon, DaemonOptions, JobOptions};
-use support::pipeline::{FakeVmms, Receiver, Reply, fake_job, fast_config};
+use support::daemon::{Daemon, DaemonOptions, JobOptions, tango_cli as tango};
+use support::pipeline::{Receiver, Reply, Rig, fast_config};
 use tango::app::App;
 use tango::config::Config;
-use tango::manager::Manager;
 use tango::model::JobId;
 use tango::store::JobStore;
 use tango::store::memory::MemoryStore;
-use tango::vmms::Vmms;
 
 /// Only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(120);
@@ -64,43 +62,11 @@ fn accepted(receiver: &Receiver, id: JobId) -> usize {
         .count()
 }
 
-/// Managers in this process over one store, one fake backend and one courselab.
-struct Rig {
-    store: Arc<dyn JobStore>,
-    fake: Arc<FakeVmms>,
-    root: tempfile::TempDir,
-    dir: std::path::PathBuf,
-}
-
 impl Rig {
-    fn new(store: Arc<dyn JobStore>) -> Rig {
-        let root = tempfile::tempdir().expect("temp dir");
-        let dir = root.path().join("t-lab");
-        std::fs::create_dir_all(dir.join("output")).expect("output dir");
-        Rig {
-            store,
-            fake: FakeVmms::new("t"),
-            root,
-            dir,
-        }
-    }
-
-    async fn start(&self, mut config: Config) -> (Arc<App>, Manager) {
-        config.server.courselabs = self.root.path().to_path_buf();
-        let vmms: Arc<dyn Vmms> = self.fake.clone();
-        let app = App::new(config, self.store.clone(), vmms);
-        let manager = Manager::start(app.clone()).await.expect("manager starts");
-        (app, manager)
-    }
-
     /// Queues a job whose callback goes to `url` with `job=ID` added.
-    async fn submit(&self, name: &str, url: &str) -> JobId {
-        let id = self.store.allocate_job_id().await.expect("job id");
-        let output = self.dir.join("output").join(format!("{name}.txt"));
-        let mut job = fake_job(id, name, &self.dir, &output, 1 << 20);
-        job.notify_url = Some(format!("{url}&job={id}"));
-        self.store.enqueue(&job, 0).await.expect("enqueue");
-        id
+    async fn submit_to(&self, name: &str, url: &str) -> JobId {
+        self.submit_with(name, Some(&format!("{url}&job={{id}}")))
+            .await
     }
 
     async fn failed_count(&self) -> usize {
@@ -154,7 +120,7 @@ async fn no_grade_is_lost_while_the_callback_server_is_down(store: Arc<dyn JobSt
 
     let mut ids = Vec::new();
     for i in 0..100 {
-        ids.push(rig.submit(&format!("job{i}"), &receiver.url).await);
+        ids.push(rig.submit_to(&format!("job{i}"), &receiver.url).await);
     }
     eventually("every callback given up and kept", || async {
         rig.failed_count().await == ids.len()
@@ -179,8 +145,8 @@ async fn no_grade_is_lost_while_the_callback_server_is_down(store: Arc<dyn JobSt
     // The server comes back. Two new jobs, likely one on each manager, get through and
     // set both managers replaying the same host at once.
     up.store(true, Ordering::Release);
-    let trigger_a = rig.submit("trigger_a", &receiver.url).await;
-    let trigger_b = rig.submit("trigger_b", &receiver.url).await;
+    let trigger_a = rig.submit_to("trigger_a", &receiver.url).await;
+    let trigger_b = rig.submit_to("trigger_b", &receiver.url).await;
     eventually("every kept callback delivered", || async {
         rig.failed_count().await == 0
     })
@@ -235,7 +201,7 @@ async fn the_timed_retry_brings_them_back_without_a_new_job(store: Arc<dyn JobSt
     let (_app, manager) = rig.start(c).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(rig.submit(&format!("job{i}"), &receiver.url).await);
+        ids.push(rig.submit_to(&format!("job{i}"), &receiver.url).await);
     }
     eventually("every callback kept", || async {
         rig.failed_count().await == ids.len()
@@ -275,7 +241,7 @@ async fn the_oldest_are_dropped_beyond_the_cap(store: Arc<dyn JobStore>) {
     let (app, manager) = rig.start(c).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let id = rig.submit(&format!("job{i}"), &receiver.url).await;
+        let id = rig.submit_to(&format!("job{i}"), &receiver.url).await;
         ids.push(id);
         // One at a time, so "oldest" is well defined.
         eventually("callback kept", || async {
@@ -311,7 +277,7 @@ async fn the_oldest_are_dropped_beyond_the_cap(store: Arc<dyn JobStore>) {
 async fn a_kept_callback_delivered_another_way_is_not_sent_again(store: Arc<dyn JobStore>) {
     let rig = Rig::new(store.clone());
     let receiver = Receiver::start(|_| Reply::Status(204)).await;
-    let id = rig.submit("resent", &receiver.url).await;
+    let id = rig.submit_to("resent", &receiver.url).await;
     let url = format!("{}&job={id}", receiver.url);
     let output = rig.dir.join("output").join("resent.txt");
     let kept = tango::model::FailedCallback {
@@ -381,24 +347,6 @@ every_store!(
 );
 
 // ---- the daemon, on Redis ----
-
-/// Runs `tango ARGS` against `daemon`.
-async fn tango(daemon: &Daemon, args: &[&str]) -> std::process::Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tango"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TANGO_") {
-            command.env_remove(&name);
-        }
-    }
-    command
-        .args(args)
-        .env("TANGO_URL", daemon.url(""))
-        .env("TANGO_KEY", &daemon.key)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("run tango {args:?}: {e}"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::pipeline::{
-    Action, FakeVmms, JobScript, Receiver, Reply, Step, When, fake_job, fast_config as config,
+    Action, FakeVmms, JobScript, Receiver, Reply, Rig, Step, When, fast_config as config,
 };
-use tango::app::App;
 use tango::config::Config;
-use tango::manager::Manager;
 use tango::model::{Counter, Job, JobId, Machine, PoolTarget};
 use tango::store::memory::MemoryStore;
 use tango::store::{CancelRequest, JobStore};
-use tango::vmms::{RunOutcome, Vmms};
+use tango::vmms::RunOutcome;
 
 /// Generous bound for a test's jobs to end: only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(90);
@@ -30,76 +28,7 @@ const HANG: Duration = Duration::from_secs(90);
 /// enough that a leaked machine fails the test quickly.
 const CLEANUP: Duration = Duration::from_secs(30);
 
-/// A store, a fake backend, a courselab directory for inputs and outputs.
-struct Rig {
-    store: Arc<dyn JobStore>,
-    fake: Arc<FakeVmms>,
-    /// The courselabs directory (workers refuse paths outside it).
-    root: tempfile::TempDir,
-    /// The one courselab, in `root`.
-    dir: std::path::PathBuf,
-}
-
 impl Rig {
-    fn new(store: Arc<dyn JobStore>) -> Rig {
-        let root = tempfile::tempdir().expect("temp dir");
-        let dir = root.path().join("t-lab");
-        std::fs::create_dir_all(dir.join("output")).expect("output dir");
-        Rig {
-            store,
-            fake: FakeVmms::new("t"),
-            root,
-            dir,
-        }
-    }
-
-    /// A rig whose backend's machines are single-use, `capacity` jobs at once (as Docker's).
-    fn single_use(store: Arc<dyn JobStore>, capacity: u32) -> Rig {
-        Rig {
-            fake: FakeVmms::single_use("t", capacity),
-            ..Rig::new(store)
-        }
-    }
-
-    fn app(&self, mut config: Config) -> Arc<App> {
-        config.server.courselabs = self.root.path().to_path_buf();
-        let vmms: Arc<dyn Vmms> = self.fake.clone();
-        App::new(config, self.store.clone(), vmms)
-    }
-
-    async fn start(&self, config: Config) -> (Arc<App>, Manager) {
-        let app = self.app(config);
-        let manager = Manager::start(app.clone()).await.expect("manager starts");
-        (app, manager)
-    }
-
-    fn output_path(&self, name: &str) -> String {
-        self.dir
-            .join("output")
-            .join(format!("{name}.txt"))
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// A job as addJob builds it (not queued).
-    async fn job(&self, name: &str, notify_url: Option<&str>) -> Job {
-        let id = self.store.allocate_job_id().await.expect("job id");
-        let output = self.output_path(name);
-        let mut job = fake_job(id, name, &self.dir, std::path::Path::new(&output), 1 << 20);
-        job.notify_url = notify_url.map(|u| u.replace("{id}", &id.to_string()));
-        job
-    }
-
-    async fn submit(&self, name: &str) -> JobId {
-        self.submit_with(name, None).await
-    }
-
-    async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
-        let job = self.job(name, notify_url).await;
-        self.store.enqueue(&job, 0).await.expect("enqueue");
-        job.id
-    }
-
     /// Waits until every job in `ids` is dead; returns them in the order of `ids`.
     async fn wait_dead(&self, ids: &[JobId]) -> Vec<Job> {
         let deadline = Instant::now() + HANG;

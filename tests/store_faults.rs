@@ -270,10 +270,26 @@ impl Rig {
     }
 }
 
-fn messages(job: &Job) -> Vec<String> {
-    job.trace
+/// The job's trace messages, once its last says it succeeded.
+fn succeeded(job: &Job) -> Vec<String> {
+    let lines: Vec<String> = job
+        .trace
         .iter()
         .map(|l| l.split_once('|').map_or(l.as_str(), |(_, m)| m).to_string())
+        .collect();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("Success: Autodriver returned normally"),
+        "{lines:#?}"
+    );
+    lines
+}
+
+/// The trace's dispatch lines.
+fn dispatches(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("Dispatched job "))
         .collect()
 }
 
@@ -286,20 +302,8 @@ async fn a_claim_whose_answer_was_lost_is_put_back_and_runs_once() {
     let manager = rig.start(1).await;
     let id = rig.submit("lost").await;
     let job = rig.wait_dead(id).await;
-    let lines = messages(&job);
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("Success: Autodriver returned normally"),
-        "{lines:#?}"
-    );
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.starts_with("Dispatched job "))
-            .count(),
-        1,
-        "dispatched once: {lines:#?}"
-    );
+    let lines = succeeded(&job);
+    assert_eq!(dispatches(&lines).len(), 1, "dispatched once: {lines:#?}");
     assert_eq!(rig.fake.state().runs_by_name.get("lost"), Some(&1));
     assert_eq!(
         rig.store.lost_claims.load(Ordering::Acquire),
@@ -324,12 +328,7 @@ async fn a_failed_pool_removal_is_retried_so_the_pool_recovers() {
     let manager = rig.start(1).await;
     let id = rig.submit("recovers").await;
     let job = rig.wait_dead(id).await;
-    let lines = messages(&job);
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("Success: Autodriver returned normally"),
-        "{lines:#?}"
-    );
+    succeeded(&job);
     assert_eq!(
         rig.store.failed_removals.load(Ordering::Acquire),
         0,
@@ -356,23 +355,15 @@ async fn a_store_outage_while_a_machine_is_made_spends_none_of_the_jobs_tries() 
     let id = rig.submit("patient").await;
     let manager = rig.start(1).await;
     let job = rig.wait_dead(id).await;
-    let lines = messages(&job);
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("Success: Autodriver returned normally"),
-        "{lines:#?}"
-    );
+    let lines = succeeded(&job);
     assert_eq!(
         rig.store.failed_vm_ids.load(Ordering::Acquire),
         0,
         "the faults fired"
     );
-    let dispatches: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("Dispatched job "))
-        .collect();
-    assert_eq!(dispatches.len(), 1, "dispatched once: {lines:#?}");
-    assert!(dispatches[0].ends_with("[try 0]"), "{lines:#?}");
+    let dispatched = dispatches(&lines);
+    assert_eq!(dispatched.len(), 1, "dispatched once: {lines:#?}");
+    assert!(dispatched[0].ends_with("[try 0]"), "{lines:#?}");
     assert!(
         !lines.iter().any(|l| l.contains("Internal error")),
         "a store fault charged to the job: {lines:#?}"

@@ -202,29 +202,9 @@ impl State {
             .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
             .map(|(lab, pass)| (lab.clone(), *pass));
         let (id, lab) = match turn {
-            Some((lab, pass)) if !schedule.fifo => {
-                let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
-                let next = pass + schedule.stride(&lab);
-                self.vtime = pass;
-                self.pass.insert(lab.clone(), next);
-                self.waiting.insert(lab.clone(), next);
-                if let Some(id) = id
-                    && let Some(at) = self.queue.iter().position(|&queued| queued == id)
-                {
-                    self.queue.remove(at);
-                }
-                (id, lab)
-            }
+            Some((lab, pass)) if !schedule.fifo => (self.take_turn(&lab, pass, schedule), lab),
             _ => {
-                let id = self.queue.pop_front()?;
-                let lab = self
-                    .live
-                    .get(&id)
-                    .map(|job| lab_of(&job.output_file).to_string())
-                    .unwrap_or_default();
-                if let Some(ids) = self.labs.get_mut(&lab) {
-                    ids.retain(|&queued| queued != id);
-                }
+                let (id, lab) = self.take_queued_at(0)?;
                 (Some(id), lab)
             }
         };
@@ -233,6 +213,37 @@ impl State {
             self.waiting.remove(&lab);
         }
         id.or_else(|| self.queue.pop_front())
+    }
+
+    /// Courselab `lab`'s turn at virtual time `pass`: its next id (`None` when its list is
+    /// empty), and its pass moves on by its stride.
+    fn take_turn(&mut self, lab: &str, pass: f64, schedule: &Schedule) -> Option<JobId> {
+        let id = self.labs.get_mut(lab).and_then(VecDeque::pop_front);
+        let next = pass + schedule.stride(lab);
+        self.vtime = pass;
+        self.pass.insert(lab.to_string(), next);
+        self.waiting.insert(lab.to_string(), next);
+        if let Some(id) = id
+            && let Some(at) = self.queue.iter().position(|&queued| queued == id)
+        {
+            self.queue.remove(at);
+        }
+        id
+    }
+
+    /// The id at place `at` of the queue, taken out of it and of its courselab's list, with
+    /// that courselab.
+    fn take_queued_at(&mut self, at: usize) -> Option<(JobId, String)> {
+        let id = self.queue.remove(at)?;
+        let lab = self
+            .live
+            .get(&id)
+            .map(|job| lab_of(&job.output_file).to_string())
+            .unwrap_or_default();
+        if let Some(ids) = self.labs.get_mut(&lab) {
+            ids.retain(|&queued| queued != id);
+        }
+        Some((id, lab))
     }
 
     /// [`State::take_next`] passing over the courselabs that hold
@@ -254,15 +265,7 @@ impl State {
                     .get(id)
                     .is_none_or(|job| open(lab_of(&job.output_file)))
             })?;
-            let id = self.queue.remove(at)?;
-            let lab = self
-                .live
-                .get(&id)
-                .map(|job| lab_of(&job.output_file).to_string())
-                .unwrap_or_default();
-            if let Some(ids) = self.labs.get_mut(&lab) {
-                ids.retain(|&queued| queued != id);
-            }
+            let (id, lab) = self.take_queued_at(at)?;
             (Some(id), lab)
         } else {
             let (lab, pass) = self
@@ -271,17 +274,7 @@ impl State {
                 .filter(|(lab, _)| open(lab))
                 .min_by(|a, b| a.1.total_cmp(b.1).then_with(|| a.0.cmp(b.0)))
                 .map(|(lab, pass)| (lab.clone(), *pass))?;
-            let id = self.labs.get_mut(&lab).and_then(VecDeque::pop_front);
-            let next = pass + schedule.stride(&lab);
-            self.vtime = pass;
-            self.pass.insert(lab.clone(), next);
-            self.waiting.insert(lab.clone(), next);
-            if let Some(id) = id
-                && let Some(at) = self.queue.iter().position(|&queued| queued == id)
-            {
-                self.queue.remove(at);
-            }
-            (id, lab)
+            (self.take_turn(&lab, pass, schedule), lab)
         };
         if self.labs.get(&lab).is_none_or(VecDeque::is_empty) {
             self.labs.remove(&lab);

@@ -501,3 +501,22 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Runs the `tango` CLI with `args` against `daemon` (server and key through `TANGO_URL` /
+/// `TANGO_KEY`, every other `TANGO_` variable of the test's environment removed).
+pub async fn tango_cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tango"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANGO_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .args(args)
+        .env("TANGO_URL", daemon.url(""))
+        .env("TANGO_KEY", &daemon.key)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run tango {args:?}: {e}"))
+}

@@ -13,8 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tango::app::App;
 use tango::config::Config;
+use tango::manager::Manager;
 use tango::model::{InputFile, Job, JobId, Machine};
+use tango::store::JobStore;
 use tango::vmms::{Pacing, RunOutcome, RunSpec, Vmms, VmmsError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -714,4 +717,76 @@ pub fn fast_config() -> Config {
     c.callback.backoff_secs = 0.05;
     c.callback.max_backoff_secs = 0.2;
     c
+}
+
+/// Managers in this process over a store, the fake backend and one courselab directory
+/// for inputs and outputs (tests add their own methods).
+pub struct Rig {
+    pub store: Arc<dyn JobStore>,
+    pub fake: Arc<FakeVmms>,
+    /// The courselabs directory (workers refuse paths outside it).
+    pub root: tempfile::TempDir,
+    /// The one courselab, in `root`.
+    pub dir: std::path::PathBuf,
+}
+
+impl Rig {
+    pub fn new(store: Arc<dyn JobStore>) -> Rig {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("t-lab");
+        std::fs::create_dir_all(dir.join("output")).expect("output dir");
+        Rig {
+            store,
+            fake: FakeVmms::new("t"),
+            root,
+            dir,
+        }
+    }
+
+    /// A rig whose backend's machines are single-use, `capacity` jobs at once (as Docker's).
+    pub fn single_use(store: Arc<dyn JobStore>, capacity: u32) -> Rig {
+        Rig {
+            fake: FakeVmms::single_use("t", capacity),
+            ..Rig::new(store)
+        }
+    }
+
+    pub fn app(&self, mut config: Config) -> Arc<App> {
+        config.server.courselabs = self.root.path().to_path_buf();
+        let vmms: Arc<dyn Vmms> = self.fake.clone();
+        App::new(config, self.store.clone(), vmms)
+    }
+
+    pub async fn start(&self, config: Config) -> (Arc<App>, Manager) {
+        let app = self.app(config);
+        let manager = Manager::start(app.clone()).await.expect("manager starts");
+        (app, manager)
+    }
+
+    pub fn output_path(&self, name: &str) -> String {
+        self.dir
+            .join("output")
+            .join(format!("{name}.txt"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A job as addJob builds it (not queued).
+    pub async fn job(&self, name: &str, notify_url: Option<&str>) -> Job {
+        let id = self.store.allocate_job_id().await.expect("job id");
+        let output = self.output_path(name);
+        let mut job = fake_job(id, name, &self.dir, std::path::Path::new(&output), 1 << 20);
+        job.notify_url = notify_url.map(|u| u.replace("{id}", &id.to_string()));
+        job
+    }
+
+    pub async fn submit(&self, name: &str) -> JobId {
+        self.submit_with(name, None).await
+    }
+
+    pub async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
+        let job = self.job(name, notify_url).await;
+        self.store.enqueue(&job, 0).await.expect("enqueue");
+        job.id
+    }
 }

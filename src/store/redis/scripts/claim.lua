@@ -59,39 +59,12 @@ local function turn_capped()
   return {}
 end
 
--- The next queued id, taken out of the queue and its courselab's list, or nil.
-local function take()
-  if cap > 0 then
-    if fifo then return take_fifo_capped() end
-    local turn = turn_capped()
-    if #turn == 0 then
-      -- Ids queued by a version that kept no courselab lists are in the queue alone.
-      if redis.call('ZCARD', key('labs-waiting')) == 0 then return take_fifo_capped() end
-      return nil
-    end
-    local lab, pass = turn[1], tonumber(turn[2])
-    local lk = labq_key(lab)
-    local id = redis.call('LPOP', lk)
-    local after = pass + stride(lab)
-    redis.call('SET', key('vtime'), pass)
-    redis.call('HSET', key('lab-pass'), lab, after)
-    if redis.call('LLEN', lk) == 0 then
-      redis.call('ZREM', key('labs-waiting'), lab)
-    else
-      redis.call('ZADD', key('labs-waiting'), after, lab)
-    end
-    if not id then return take() end
-    redis.call('LREM', key('queue'), 1, id)
-    return id
-  end
-  local top = {}
-  if not fifo then top = redis.call('ZRANGE', key('labs-waiting'), 0, 0, 'WITHSCORES') end
-  if #top == 0 then
-    local id = redis.call('LPOP', key('queue'))
-    if id then unqueue_lab(lab_of(id), id) end
-    return id
-  end
-  local lab, pass = top[1], tonumber(top[2])
+local take
+
+-- Courselab `lab`'s next job, its turn at virtual time `pass`: the lab's pass moves on by
+-- its stride and it waits again if it has more. A list found empty (its jobs left the
+-- queue another way) passes the turn on.
+local function take_turn(lab, pass)
   local lk = labq_key(lab)
   local id = redis.call('LPOP', lk)
   local after = pass + stride(lab)
@@ -105,6 +78,28 @@ local function take()
   if not id then return take() end
   redis.call('LREM', key('queue'), 1, id)
   return id
+end
+
+-- The next queued id, taken out of the queue and its courselab's list, or nil.
+take = function()
+  if cap > 0 then
+    if fifo then return take_fifo_capped() end
+    local turn = turn_capped()
+    if #turn == 0 then
+      -- Ids queued by a version that kept no courselab lists are in the queue alone.
+      if redis.call('ZCARD', key('labs-waiting')) == 0 then return take_fifo_capped() end
+      return nil
+    end
+    return take_turn(turn[1], tonumber(turn[2]))
+  end
+  local top = {}
+  if not fifo then top = redis.call('ZRANGE', key('labs-waiting'), 0, 0, 'WITHSCORES') end
+  if #top == 0 then
+    local id = redis.call('LPOP', key('queue'))
+    if id then unqueue_lab(lab_of(id), id) end
+    return id
+  end
+  return take_turn(top[1], tonumber(top[2]))
 end
 
 while true do
