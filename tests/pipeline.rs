@@ -269,14 +269,7 @@ async fn concurrency_is_bounded(store: Arc<dyn JobStore>) {
     let mut ids = Vec::new();
     for i in 0..6 {
         let name = format!("slot{i}");
-        rig.fake.script(
-            &name,
-            JobScript {
-                run_time: Duration::from_millis(200),
-                ..JobScript::default()
-            },
-        );
-        ids.push(rig.submit(&name).await);
+        ids.push(rig.submit_running(&name, Duration::from_millis(200)).await);
     }
     let (_app, manager) = rig.start(c).await;
     rig.wait_dead(&ids).await;
@@ -963,14 +956,7 @@ async fn single_use_machines_run_a_burst_at_the_backends_capacity(store: Arc<dyn
     let mut ids = Vec::new();
     for i in 0..12 {
         let name = format!("burst{i}");
-        rig.fake.script(
-            &name,
-            JobScript {
-                run_time: Duration::from_millis(1500),
-                ..JobScript::default()
-            },
-        );
-        ids.push(rig.submit(&name).await);
+        ids.push(rig.submit_running(&name, Duration::from_millis(1500)).await);
     }
     let (_app, manager) = rig.start(tangos_pool_settings(config())).await;
     let dead = rig.wait_dead(&ids).await;
@@ -1391,14 +1377,7 @@ async fn the_courselab_cap_holds_across_managers(store: Arc<dyn JobStore>) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let name = format!("capped{i}");
-        rig.fake.script(
-            &name,
-            JobScript {
-                run_time: Duration::from_millis(200),
-                ..JobScript::default()
-            },
-        );
-        ids.push(rig.submit(&name).await);
+        ids.push(rig.submit_running(&name, Duration::from_millis(200)).await);
     }
     let (_a, a) = rig.start(c.clone()).await;
     let (_b, b) = rig.start(c).await;

@@ -784,6 +784,18 @@ impl Rig {
         self.submit_with(name, None).await
     }
 
+    /// Queues a job whose run takes `run_time`.
+    pub async fn submit_running(&self, name: &str, run_time: Duration) -> JobId {
+        self.fake.script(
+            name,
+            JobScript {
+                run_time,
+                ..JobScript::default()
+            },
+        );
+        self.submit(name).await
+    }
+
     pub async fn submit_with(&self, name: &str, notify_url: Option<&str>) -> JobId {
         let job = self.job(name, notify_url).await;
         self.store.enqueue(&job, 0).await.expect("enqueue");
