@@ -200,27 +200,36 @@ async fn serve_connection(
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
     let mut connection = std::pin::pin!(connection);
     let mut idle = std::pin::pin!(activity.idle_for(limits.header_timeout));
+    let mut stop = std::pin::pin!(stopping.changed());
     let mut told = false;
-    loop {
-        tokio::select! {
-            // The connection first: it is what wakes us on every request.
-            biased;
-            served = connection.as_mut() => {
-                if let Err(e) = served {
-                    tracing::trace!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            // Changed or closed: either way the daemon is stopping.
-            _ = stopping.changed(), if !told => {
-                told = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            () = idle.as_mut() => {
-                tracing::debug!("closing a connection that sent no request within http.header_timeout_secs");
-                return;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(served));
+        }
+        // Changed or closed: either way the daemon is stopping.
+        if !told && stop.as_mut().poll(cx).is_ready() {
+            told = true;
+            connection.as_mut().graceful_shutdown();
+            if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(served));
             }
         }
+        // The timer is looked at only between requests: one in flight keeps the connection
+        // anyway, and its wakes (the store's answers, the body's chunks) are most of a
+        // connection's. Requests begin and end only inside the connection's poll above, so
+        // the look once the last one has ended always comes.
+        if activity.in_flight() == 0 && idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Some(Err(e)) => tracing::trace!(error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(
+            "closing a connection that sent no request within http.header_timeout_secs"
+        ),
     }
 }
 
@@ -240,6 +249,11 @@ struct Activity(AtomicU64);
 const LOOKS: u32 = 4;
 
 impl Activity {
+    /// Requests in flight now.
+    fn in_flight(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) & u64::from(u32::MAX)
+    }
+
     /// Resolves once `timeout` (and at most a [`LOOKS`]th more) has passed with no request in
     /// flight and none begun: the client is idle, or trickling a request's head.
     async fn idle_for(&self, timeout: Duration) {
@@ -251,7 +265,7 @@ impl Activity {
         loop {
             looks.tick().await;
             let now = self.0.load(Ordering::Relaxed);
-            if now != seen || now & u64::from(u32::MAX) != 0 {
+            if now != seen || self.in_flight() != 0 {
                 seen = now;
                 quiet = 0;
                 continue;
