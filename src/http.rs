@@ -5,7 +5,8 @@
 //! sending a header byte every few seconds holds its connection forever; it has no cap on
 //! connections either. Here:
 //! - a connection has `http.header_timeout_secs` to send a request's headers, counted from
-//!   when it opens or the previous answer ends (so it is also the idle keep-alive timeout);
+//!   when it opens or the previous answer ends (so it is also the idle keep-alive timeout),
+//!   and is closed within a quarter of that timeout after it runs out ([`Activity`]);
 //! - a request body must bring `http.body_min_bytes_per_sec` on average over each window of
 //!   `http.body_window_secs` while the handler waits for it ([`MinRate`]);
 //! - at most `http.max_connections` are served at once; beyond that new ones wait in the
@@ -25,14 +26,16 @@ use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Sleep;
+use tokio::time::{MissedTickBehavior, Sleep};
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::Service;
 
 use crate::config::HttpConfig;
 
@@ -179,30 +182,143 @@ async fn serve_connection(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let rate = limits.body_rate;
-    let service = router.map_request(move |request: hyper::Request<Incoming>| {
-        request.map(|body| Body::new(MinRate::new(body, rate)))
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let connection = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
-    let mut connection = std::pin::pin!(connection);
-    let mut told = false;
-    loop {
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(e) = served {
-                    tracing::trace!(error = %e, "connection ended with an error");
-                }
-                return;
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let request = request.map(|body| Body::new(MinRate::new(body, rate)));
+            let busy = Busy::begin(&activity);
+            // A Router is always ready: no `poll_ready` needed before `call`.
+            let answer = router.clone().call(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
             }
-            // Changed or closed: either way the daemon is stopping.
-            _ = stopping.changed(), if !told => {
-                told = true;
-                connection.as_mut().graceful_shutdown();
+        })
+    };
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut idle = std::pin::pin!(activity.idle_for(limits.header_timeout));
+    let mut stop = std::pin::pin!(stopping.changed());
+    let mut told = false;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(served));
+        }
+        // Changed or closed: either way the daemon is stopping.
+        if !told && stop.as_mut().poll(cx).is_ready() {
+            told = true;
+            connection.as_mut().graceful_shutdown();
+            if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(served));
             }
         }
+        // The timer is looked at only between requests: one in flight keeps the connection
+        // anyway, and its wakes (the store's answers, the body's chunks) are most of a
+        // connection's. Requests begin and end only inside the connection's poll above, so
+        // the look once the last one has ended always comes.
+        if activity.in_flight() == 0 && idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Some(Err(e)) => tracing::trace!(error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(
+            "closing a connection that sent no request within http.header_timeout_secs"
+        ),
+    }
+}
+
+/// What a connection's requests are doing, for the header timeout. hyper's own (its
+/// `header_read_timeout`) reads the clock, boxes, arms and drops a timer around every
+/// request's head and reads the socket once more after every answer (`docs/benchmarks.md`).
+/// Here the requests only count themselves, and one coarse timer per connection looks at
+/// the count.
+///
+/// One word: the low 32 bits are the requests in flight (headers read, answer not yet fully
+/// written), the high 32 count requests begun (wrapping). Any change means progress.
+#[derive(Default)]
+struct Activity(AtomicU64);
+
+/// How many looks at a connection's [`Activity`] a header timeout is divided into: a
+/// connection is closed between 1 and 1 + 1/`LOOKS` timeouts after its last progress.
+const LOOKS: u32 = 4;
+
+impl Activity {
+    /// Requests in flight now.
+    fn in_flight(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) & u64::from(u32::MAX)
+    }
+
+    /// Resolves once `timeout` (and at most a [`LOOKS`]th more) has passed with no request in
+    /// flight and none begun: the client is idle, or trickling a request's head.
+    async fn idle_for(&self, timeout: Duration) {
+        let look = (timeout / LOOKS).max(Duration::from_millis(1));
+        let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + look, look);
+        looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut seen = self.0.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        loop {
+            looks.tick().await;
+            let now = self.0.load(Ordering::Relaxed);
+            if now != seen || self.in_flight() != 0 {
+                seen = now;
+                quiet = 0;
+                continue;
+            }
+            // Quiet since a look at least `quiet` looks ago: past the timeout once more
+            // than LOOKS looks have passed (the progress may have come just before one).
+            quiet += 1;
+            if quiet > LOOKS {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in flight, from its head read until its answer is written or dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn begin(activity: &Arc<Activity>) -> Busy {
+        activity.0.fetch_add((1 << 32) + 1, Ordering::Relaxed);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, holding its request's [`Busy`] until hyper has written (or dropped) it.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -38,6 +38,9 @@
 //! Machine ids are Tango's: pool machines are numbered from 1000 by one counter in the
 //! store (`allocate_vm_id`), which, unlike Tango's, never wraps at 9999, so two machines
 //! never share an instance name; a one-off machine (no `reuse_vms`) takes its job's id.
+//! Managers with stores of their own (the memory store) on one engine count alike: a
+//! create that finds its name held by another manager's machine
+//! ([`VmmsError::NameTaken`]) leaves it, and takes the next id from the store instead.
 //!
 //! Leftovers: [`Preallocator::sweep`] destroys machines with our prefix that no live manager
 //! owns — what Tango's `resetTango` did at start, made safe for several managers sharing
@@ -56,6 +59,11 @@ use crate::app::App;
 use crate::model::{Job, Machine, PoolTarget};
 use crate::store::StoreError;
 use crate::vmms::{Pacing, Vmms, VmmsError, within};
+
+/// How many ids a machine's creation tries while its name is held by another manager's
+/// machine. Each failed try costs one refused create and makes nothing; the numbers of two
+/// managers with stores of their own meet only while their counters run alike.
+const NAME_TRIES: u32 = 32;
 
 /// Extra time past `vmms.destroy_secs` before we stop waiting for a destroy: the backend
 /// itself retries within `destroy_secs`, this only keeps a wedged backend from holding us.
@@ -201,13 +209,30 @@ impl Preallocator {
         vmms: &Arc<dyn Vmms>,
         vm: &mut Machine,
     ) -> Result<(), VmmsError> {
-        if Arc::ptr_eq(vmms, &self.app.vmms)
-            && let Some(id) = vm.id
-        {
-            self.track_one_off(id);
-        }
+        let guarded = Arc::ptr_eq(vmms, &self.app.vmms);
         let limit = Duration::from_secs(self.app.config.timeouts.initialize_vm);
-        within(limit, "initializeVM", vmms.initialize_vm(vm)).await
+        let mut tries = 0;
+        loop {
+            if guarded && let Some(id) = vm.id {
+                self.track_one_off(id);
+            }
+            match within(limit, "initializeVM", vmms.initialize_vm(vm)).await {
+                // Nothing was made under that name: another id, which the job's trace and
+                // record then carry.
+                Err(VmmsError::NameTaken(name)) if tries + 1 < NAME_TRIES => {
+                    tries += 1;
+                    if guarded && let Some(id) = vm.id {
+                        lock(&self.one_off).remove(&id);
+                    }
+                    let id = self.app.store.allocate_vm_id().await.map_err(|e| {
+                        VmmsError::Backend(format!("cannot take another machine id: {e}"))
+                    })?;
+                    tracing::info!(taken = %name, vm = id, "machine name held by another manager; taking another id");
+                    vm.id = Some(id);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Notes a one-off machine (made for one job, in no pool) before it is made, so a sweep
@@ -534,7 +559,6 @@ impl Preallocator {
     async fn create_one(&self, pool: &str, target: &PoolTarget) -> Result<u64, CreateError> {
         let store = &self.app.store;
         let config = &self.app.config;
-        let id = store.allocate_vm_id().await?;
         let mut vm = Machine {
             name: pool.to_string(),
             image: target.image.clone(),
@@ -545,26 +569,35 @@ impl Preallocator {
             },
             cores: target.cores,
             memory: target.memory,
-            id: Some(id),
             owner: Some(self.owner.clone()),
             ..Machine::default()
         };
-        store.pool_add(&self.owner, pool, &vm).await?;
-        let made = async {
-            within(
-                Duration::from_secs(config.timeouts.initialize_vm),
-                "initializeVM",
-                self.app.vmms.initialize_vm(&mut vm),
-            )
+        let mut tries = 0;
+        let id = loop {
+            let id = store.allocate_vm_id().await?;
+            vm.id = Some(id);
+            store.pool_add(&self.owner, pool, &vm).await?;
+            let limit = Duration::from_secs(config.timeouts.initialize_vm);
+            match within(limit, "initializeVM", self.app.vmms.initialize_vm(&mut vm)).await {
+                Ok(()) => break id,
+                // Nothing was made under that name: no destroy, only another id.
+                Err(VmmsError::NameTaken(name)) if tries + 1 < NAME_TRIES => {
+                    tries += 1;
+                    tracing::info!(taken = %name, "machine name held by another manager; taking another id");
+                    self.forget(pool, id).await;
+                }
+                Err(e) => {
+                    self.destroy(&vm).await;
+                    self.forget(pool, id).await;
+                    return Err(CreateError::Machine(step_error("initializeVM", e)));
+                }
+            }
+        };
+        let wait = Duration::from_secs(config.timeouts.wait_vm);
+        let ready = within(wait, "waitVM", self.app.vmms.wait_vm(&vm, wait))
             .await
-            .map_err(|e| step_error("initializeVM", e))?;
-            let wait = Duration::from_secs(config.timeouts.wait_vm);
-            within(wait, "waitVM", self.app.vmms.wait_vm(&vm, wait))
-                .await
-                .map_err(|e| step_error("waitVM", e))
-        }
-        .await;
-        if let Err(message) = made {
+            .map_err(|e| step_error("waitVM", e));
+        if let Err(message) = ready {
             self.destroy(&vm).await;
             self.forget(pool, id).await;
             return Err(CreateError::Machine(message));

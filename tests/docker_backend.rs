@@ -1073,10 +1073,15 @@ async fn a_name_taken_by_our_own_leftover_is_reclaimed_and_anyone_elses_is_not()
         .expect("retry reclaims the name");
     assert_ne!(first.instance, again.instance);
     assert!(!exists(container_of(&first)));
-    // Another manager's container of that name is not ours to remove.
+    // Another manager's container of that name is not ours to remove: the create says the
+    // name is taken (the caller takes another id), and a destroy by name leaves it.
     let mut other = machine(20, image, "another-manager");
     let err = backend.initialize_vm(&mut other).await.unwrap_err();
-    assert!(err.to_string().contains("did not make"), "{err}");
+    assert!(
+        matches!(&err, VmmsError::NameTaken(name) if *name == backend.instance_name(&other)),
+        "{err}"
+    );
+    backend.destroy_vm(&other).await.unwrap();
     assert!(exists(container_of(&again)));
 }
 

@@ -666,7 +666,13 @@ fn machine_dirs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_starting_on_a_shared_local_engine_leaves_other_live_daemons_machines_alone() {
-    // One `local` engine: one work directory, one prefix.
+    let (vmms, machines) = shared_local_engine();
+    shared_engine(&vmms, Stores::RedisApart, machines).await;
+}
+
+/// One `local` engine (one work directory, one prefix): its TOML, and a lister of its
+/// machines that keeps the directory while it lives.
+fn shared_local_engine() -> (String, impl Fn() -> std::collections::BTreeSet<String>) {
     let machines = tempfile::tempdir().expect("machines");
     std::fs::set_permissions(
         machines.path(),
@@ -679,12 +685,27 @@ async fn a_daemon_starting_on_a_shared_local_engine_leaves_other_live_daemons_ma
         support::jobs::autodriver_binary().display(),
         machines.path().display(),
     );
-    let dir = machines.path().to_path_buf();
-    shared_engine(&vmms, move || machine_dirs(&dir)).await;
+    (vmms, move || machine_dirs(machines.path()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_with_memory_stores_on_one_local_engine_number_machines_alike_and_all_jobs_pass() {
+    let (vmms, machines) = shared_local_engine();
+    shared_engine(&vmms, Stores::Memory, machines).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_starting_on_a_shared_docker_engine_leaves_other_live_daemons_machines_alone() {
+    shared_docker_engine(Stores::RedisApart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_with_memory_stores_on_one_docker_engine_number_machines_alike_and_all_jobs_pass() {
+    shared_docker_engine(Stores::Memory).await;
+}
+
+/// [`shared_engine`] on the Docker engine, under a prefix of its own.
+async fn shared_docker_engine(stores: Stores) {
     use support::docker::{Cleanup, autodriver, docker_ok, test_image, unique_prefix};
     test_image();
     let prefix = unique_prefix("shared");
@@ -694,7 +715,7 @@ async fn a_daemon_starting_on_a_shared_docker_engine_leaves_other_live_daemons_m
          [docker]\nautodriver = \"{}\"\n\n[limits]\nmemory_mb = 256\n",
         autodriver().display()
     );
-    shared_engine(&vmms, move || {
+    shared_engine(&vmms, stores, move || {
         docker_ok(&[
             "ps",
             "-a",
@@ -710,38 +731,57 @@ async fn a_daemon_starting_on_a_shared_docker_engine_leaves_other_live_daemons_m
     .await;
 }
 
-/// Three daemons on one engine (`vmms`: its TOML, one prefix), each with a store of its own,
-/// so none knows the others' owners. Machine numbers are kept apart (each store counts from
-/// its own base, and so do job ids) so that only the sweep can make them meet. The first two run two slow jobs
-/// each; the third starts and sweeps; `machines` lists the engine's machines of the prefix.
-async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTreeSet<String>) {
+/// What each daemon of [`shared_engine`] keeps its jobs and machines in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stores {
+    /// A Redis namespace each, its machine and job counters set thousands apart, so that
+    /// only the sweep can make the daemons meet.
+    RedisApart,
+    /// The memory store each (the default): every daemon numbers machines and jobs from the
+    /// same start, so their machine names meet unless creation steps around them.
+    Memory,
+}
+
+/// Three daemons on one engine (`vmms`: its TOML, one prefix), each with a store of its own
+/// (`stores`), so none knows the others' owners. The first two run two slow jobs each; the
+/// third starts and sweeps; `machines` lists the engine's machines of the prefix. Every job
+/// of the first two ends on its first try with its own daemon's output, and the machines
+/// they had before the third started are still there.
+async fn shared_engine(
+    vmms: &str,
+    stores: Stores,
+    machines: impl Fn() -> std::collections::BTreeSet<String>,
+) {
     use support::daemon::{Daemon, DaemonOptions, JobOptions, Mode};
-    let redis = support::redis_server();
-    let client = redis::Client::open(format!("redis://{}:{}/", redis.host, redis.port))
-        .expect("redis client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
-    let options = |namespace: &str| DaemonOptions {
+    let options = |store: &str| DaemonOptions {
         mode: Mode::Serve,
-        config: format!(
-            "{vmms}\n[store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
-            redis.host, redis.port,
-        ),
+        config: format!("{vmms}\n{store}"),
         server_extra: "shutdown_grace_secs = 3\n".into(),
         ..DaemonOptions::local()
     };
-    let mut daemons = Vec::new();
-    for (n, base) in [(0u64, 0u64), (1, 4000), (2, 8000)] {
-        let namespace = format!("shared{n}-{}", support::unique());
-        // Machine ids, and job ids (a machine made for one job is named with its id).
-        for counter in ["vm-ids", "next-job-id"] {
-            let () = redis::AsyncCommands::set(&mut conn, format!("{namespace}:{counter}"), base)
-                .await
-                .expect("counter base");
+    let mut daemons = vec![String::new(); 3];
+    if stores == Stores::RedisApart {
+        let redis = support::redis_server();
+        let client = redis::Client::open(format!("redis://{}:{}/", redis.host, redis.port))
+            .expect("redis client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        for (n, base) in [(0u64, 0u64), (1, 4000), (2, 8000)] {
+            let namespace = format!("shared{n}-{}", support::unique());
+            // Machine ids, and job ids (a machine made for one job is named with its id).
+            for counter in ["vm-ids", "next-job-id"] {
+                let () =
+                    redis::AsyncCommands::set(&mut conn, format!("{namespace}:{counter}"), base)
+                        .await
+                        .expect("counter base");
+            }
+            daemons[n as usize] = format!(
+                "[store]\nbackend = \"redis\"\nredis_host = \"{}\"\nredis_port = {}\nnamespace = \"{namespace}\"\n",
+                redis.host, redis.port,
+            );
         }
-        daemons.push(namespace);
     }
 
     let first = Daemon::start(options(&daemons[0])).await;
@@ -754,7 +794,7 @@ async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTre
             .upload(
                 lab,
                 "Makefile",
-                b"autograde:\n\t@sleep 6\n\t@echo finished\n".to_vec(),
+                format!("autograde:\n\t@sleep 6\n\t@echo finished by daemon {d}\n").into_bytes(),
             )
             .await;
         for j in 0..2 {
@@ -764,7 +804,11 @@ async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTre
                 ..JobOptions::default()
             };
             let files = vec![serde_json::json!({"localFile": "Makefile", "destFile": "Makefile"})];
-            jobs.push((d, daemon.add_job(lab, files, &options).await));
+            jobs.push((
+                d,
+                options.output_file.clone(),
+                daemon.add_job(lab, files, &options).await,
+            ));
         }
     }
     // Both pools made, the jobs running on them.
@@ -789,7 +833,7 @@ async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTre
             third.log_text()
         );
     }
-    for (d, id) in jobs {
+    for (d, output_file, id) in jobs {
         let daemon = if d == 0 { &first } else { &second };
         let job = daemon.wait_dead(id, Duration::from_secs(120)).await;
         let trace = job["trace"].to_string();
@@ -798,6 +842,12 @@ async fn shared_engine(vmms: &str, machines: impl Fn() -> std::collections::BTre
                 && !trace.contains("failed")
                 && job["retries"].as_u64().unwrap_or(0) == 0,
             "job {id} of daemon {d}: {job}"
+        );
+        let output = daemon.poll(lab, &output_file).await.unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&output).contains(&format!("finished by daemon {d}")),
+            "job {id} of daemon {d} wrote: {}",
+            String::from_utf8_lossy(&output)
         );
     }
     for daemon in [&first, &second, &third] {

@@ -452,6 +452,35 @@ async fn get_vms_lists_our_machines_with_their_owner() {
 }
 
 #[tokio::test]
+async fn a_name_held_by_another_managers_machine_is_name_taken_and_left_alone() {
+    let b = backend();
+    // Another manager on this work directory, numbering alike, made the machine first.
+    let mut theirs = Machine {
+        owner: Some("other-manager".into()),
+        ..machine(next_id())
+    };
+    b.vmms.initialize_vm(&mut theirs).await.unwrap();
+    let mut ours = Machine {
+        id: theirs.id,
+        ..machine(0)
+    };
+    let taken = b.vmms.initialize_vm(&mut ours).await;
+    assert!(
+        matches!(&taken, Err(VmmsError::NameTaken(name)) if *name == b.vmms.instance_name(&ours)),
+        "{taken:?}"
+    );
+    // Our cleanup of the machine we failed to make does not remove theirs.
+    b.vmms.destroy_vm(&ours).await.unwrap();
+    assert!(b.vmms.exists_vm(&theirs).await.unwrap());
+    let listed = b.vmms.get_vms().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].owner.as_deref(), Some("other-manager"));
+    // Its owner (or a sweep acting for a gone one) still can.
+    b.vmms.destroy_vm(&theirs).await.unwrap();
+    assert!(!b.vmms.exists_vm(&theirs).await.unwrap());
+}
+
+#[tokio::test]
 async fn a_missing_machine_is_not_found() {
     let b = backend();
     let vm = machine(next_id());

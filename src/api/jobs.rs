@@ -95,6 +95,15 @@ pub async fn add_job(
 }
 
 /// The job a request describes, its names checked and its paths made.
+/// A path as the job stores it: its own buffer when it is UTF-8 (as one made of safe names
+/// under a UTF-8 courselabs directory is), which spares `to_string_lossy`'s slower scan and
+/// a copy on every `addJob`.
+fn path_text(path: std::path::PathBuf) -> String {
+    path.into_os_string()
+        .into_string()
+        .unwrap_or_else(|raw| raw.to_string_lossy().into_owned())
+}
+
 fn build_job(api: &ApiState, lab: &Courselab, request: &JobRequest) -> Result<Job, ApiError> {
     let config = &api.app.config;
     let mut input = Vec::with_capacity(request.files.len());
@@ -102,7 +111,7 @@ fn build_job(api: &ApiState, lab: &Courselab, request: &JobRequest) -> Result<Jo
         let local = SafeName::new("localFile", &file.local_file)?;
         let dest = SafeName::new("destFile", &file.dest_file)?;
         input.push(InputFile {
-            local_file: lab.file(&local).to_string_lossy().into_owned(),
+            local_file: path_text(lab.file(&local)),
             dest_file: dest.as_str().to_string(),
         });
     }
@@ -126,11 +135,7 @@ fn build_job(api: &ApiState, lab: &Courselab, request: &JobRequest) -> Result<Jo
             ..Machine::default()
         },
         input,
-        output_file: api
-            .labs
-            .output_path(lab, &output)
-            .to_string_lossy()
-            .into_owned(),
+        output_file: path_text(api.labs.output_path(lab, &output)),
         notify_url: request.notify_url.clone(),
         timeout: request.timeout.unwrap_or(config.timeouts.run_job),
         max_output: config.max_output(request.max_kb),

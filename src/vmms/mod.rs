@@ -49,6 +49,11 @@ pub enum VmmsError {
     /// The machine does not exist (any more).
     #[error("machine {0} not found")]
     NotFound(String),
+    /// `initialize_vm` found its instance name held by a machine this manager did not make
+    /// (another daemon on the same engine numbering alike). Nothing was made or touched: the
+    /// caller takes a fresh machine id and tries again.
+    #[error("the name {0} is taken by a machine another manager made")]
+    NameTaken(String),
     /// An input or output file could not be read or written on this host.
     #[error("{0}")]
     Io(String),
@@ -138,7 +143,8 @@ pub trait Vmms: Send + Sync + 'static {
     }
 
     /// Creates the machine (`vm.id`, `vm.image`, `vm.owner` are set); records the backend's
-    /// handle in `vm.instance` / `vm.host`.
+    /// handle in `vm.instance` / `vm.host`. A name already held by a machine another
+    /// manager made is [`VmmsError::NameTaken`], and that machine is left as it is.
     async fn initialize_vm(&self, vm: &mut Machine) -> Result<(), VmmsError>;
 
     /// Waits until the machine can take a job, at most `max`.
@@ -155,7 +161,8 @@ pub trait Vmms: Send + Sync + 'static {
     /// anywhere but `dest`.
     async fn copy_out(&self, vm: &Machine, dest: &Path, max_output: u64) -> Result<(), VmmsError>;
 
-    /// Destroys the machine.
+    /// Destroys the machine. One found under its name that records another owner than
+    /// `vm.owner` is not this machine (its create met [`VmmsError::NameTaken`]) and is left.
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError>;
 
     /// Destroys the machine and checks it is gone, trying again within `vmms.destroy_secs`.

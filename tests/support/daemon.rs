@@ -50,8 +50,9 @@ impl DaemonOptions {
     pub fn local() -> DaemonOptions {
         DaemonOptions {
             mode: Mode::Serve,
-            // Machines in the daemon's own directory: in the shared default, daemons
-            // running side by side would number machines alike and destroy each other's.
+            // Machines in the daemon's own directory, so that a test sees only its daemon's
+            // (daemons sharing one step around each other's names, at the cost of refused
+            // creates).
             config: format!(
                 "[vmms]\nname = \"local\"\n\n[local]\nautodriver = \"{}\"\nwork_dir = \"{{DAEMON_DIR}}/machines\"\n",
                 super::jobs::autodriver_binary().display()

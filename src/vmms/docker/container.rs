@@ -384,9 +384,10 @@ impl DockerVmms {
                     && owner
                         .is_some_and(|o| labels.get(LABEL_OWNER).map(String::as_str) == Some(o));
                 if !ours {
-                    return Err(e.doing(&format!(
-                        "the name {name} is taken by a container this manager did not make"
-                    )));
+                    return Err(DockerError::NameTaken {
+                        engine: engine.url.clone(),
+                        name: name.to_string(),
+                    });
                 }
                 tracing::info!(
                     container = name,
@@ -397,6 +398,30 @@ impl DockerVmms {
                 }
                 Ok(create().await?.id)
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the container named `name` on `engine` records another owner than `owner`:
+    /// then it is not the machine a destroy by name means, but another manager's that took
+    /// the name first.
+    pub(super) async fn held_by_another(
+        &self,
+        engine: &Engine,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<bool, DockerError> {
+        let Some(owner) = owner else {
+            return Ok(false);
+        };
+        match inspect(engine, name).await {
+            Ok(existing) => {
+                let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
+                Ok(labels
+                    .get(LABEL_OWNER)
+                    .is_some_and(|theirs| theirs.as_str() != owner))
+            }
+            Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -27,6 +27,9 @@ pub enum DockerError {
         status: u16,
         message: String,
     },
+    /// A container of that name exists on the engine and another manager made it.
+    #[error("Docker engine {engine}: the name {name} is taken by a container another manager made")]
+    NameTaken { engine: String, name: String },
 }
 
 impl DockerError {
@@ -96,13 +99,17 @@ impl DockerError {
                 status,
                 message: format!("{what}: {message}"),
             },
+            taken @ DockerError::NameTaken { .. } => taken,
         }
     }
 }
 
 impl From<DockerError> for VmmsError {
     fn from(e: DockerError) -> Self {
-        VmmsError::Backend(e.to_string())
+        match e {
+            DockerError::NameTaken { name, .. } => VmmsError::NameTaken(name),
+            other => VmmsError::Backend(other.to_string()),
+        }
     }
 }
 

@@ -572,7 +572,14 @@ impl Vmms for DockerVmms {
         let id = self.container_ref(vm);
         self.staged().remove(&id);
         let engine = self.engine_of(vm)?;
-        self.remove(engine, &id).await?;
+        // Without a container id, the name is all we have, and another manager may hold it.
+        let theirs = vm.instance.is_none()
+            && self
+                .held_by_another(engine, &id, vm.owner.as_deref())
+                .await?;
+        if !theirs {
+            self.remove(engine, &id).await?;
+        }
         // Every process of the job is gone with its container: its network holder may serve
         // another machine.
         self.release_holder(engine, &self.instance_name(vm)).await;

@@ -377,11 +377,11 @@ impl Settings {
         let made = (|| -> Result<MachineRecord, VmmsError> {
             match fs::create_dir(dir) {
                 Ok(()) => {}
+                // Another daemon on this work directory numbers machines alike: its machine
+                // is left alone, and the caller picks another id.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(VmmsError::Backend(format!(
-                        "machine directory {} already exists",
-                        dir.display()
-                    )));
+                    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                    return Err(VmmsError::NameTaken(name.into_owned()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -398,7 +398,7 @@ impl Settings {
             if let (Some(claims), Some(uid)) = (&self.claims, uid) {
                 claims.release(uid, dir);
             }
-            if !matches!(&made, Err(VmmsError::Backend(m)) if m.contains("already exists")) {
+            if !matches!(&made, Err(VmmsError::NameTaken(_))) {
                 let _ = fs::remove_dir_all(dir);
             }
         }
@@ -477,9 +477,18 @@ impl Settings {
         Ok(head)
     }
 
-    /// Kills what runs as the machine's uid, removes its files and the directory.
-    fn destroy(&self, dir: &Path) -> Result<(), VmmsError> {
+    /// Kills what runs as the machine's uid, removes its files and the directory, unless
+    /// its record names another owner than `owner`: then the directory is another
+    /// manager's machine of the same name, and is left.
+    fn destroy(&self, dir: &Path, owner: Option<&str>) -> Result<(), VmmsError> {
         let record = match read_record(dir) {
+            Ok(r)
+                if owner.is_some()
+                    && r.machine.owner.is_some()
+                    && r.machine.owner.as_deref() != owner =>
+            {
+                return Ok(());
+            }
             Ok(r) => Some(r),
             Err(VmmsError::NotFound(_)) if !dir.exists() => return Ok(()),
             // A half-made machine: remove what there is.
@@ -782,7 +791,8 @@ impl Vmms for LocalVmms {
     async fn destroy_vm(&self, vm: &Machine) -> Result<(), VmmsError> {
         let dir = self.machine_dir(vm)?;
         let settings = self.settings.clone();
-        blocking(move || settings.destroy(&dir)).await
+        let owner = vm.owner.clone();
+        blocking(move || settings.destroy(&dir, owner.as_deref())).await
     }
 
     async fn get_vms(&self) -> Result<Vec<Machine>, VmmsError> {
