@@ -1085,6 +1085,42 @@ async fn a_name_taken_by_our_own_leftover_is_reclaimed_and_anyone_elses_is_not()
     assert!(exists(container_of(&again)));
 }
 
+/// Another manager's container of the name goes while we create ours (its job ended): the
+/// create either makes ours or says the name is taken (the caller takes another id), never
+/// fails the job on the holder's vanishing between the conflict and the look at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_freed_by_another_manager_mid_create_is_made_or_taken_never_an_error() {
+    let image = test_image();
+    let prefix = unique_prefix("freed");
+    let _cleanup = Cleanup::new(&prefix);
+    let fake = Fake::new();
+    let backend = fake_backend(&prefix, &fake).await;
+    let (mut made, mut taken) = (0, 0);
+    for round in 0..40u64 {
+        let mut holder = machine(40, image, "another-manager");
+        backend.initialize_vm(&mut holder).await.unwrap();
+        let mut mine = machine(40, image, OWNER);
+        // The removal and our create race, the create started a little later each round,
+        // across the time a removal takes.
+        let (removed, created) = tokio::join!(backend.destroy_vm(&holder), async {
+            tokio::time::sleep(Duration::from_millis(round % 20)).await;
+            backend.initialize_vm(&mut mine).await
+        });
+        removed.unwrap();
+        match created {
+            Ok(()) => {
+                made += 1;
+                backend.destroy_vm(&mine).await.unwrap();
+            }
+            Err(VmmsError::NameTaken(_)) => taken += 1,
+            Err(e) => panic!("round {round}: the create failed: {e}"),
+        }
+        // Whatever happened, the name is free for the next round.
+        let _ = backend.destroy_vm(&holder).await;
+    }
+    eprintln!("made {made}, name taken {taken}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Engines
 // ---------------------------------------------------------------------------------------

@@ -378,16 +378,24 @@ impl DockerVmms {
         match create().await {
             Ok(created) => Ok(created.id),
             Err(e) if e.status() == Some(409) => {
-                let existing = inspect(engine, name).await?;
+                let taken = || DockerError::NameTaken {
+                    engine: engine.url.clone(),
+                    name: name.to_string(),
+                };
+                let existing = match inspect(engine, name).await {
+                    Ok(existing) => existing,
+                    // Its holder went between the create and the look (another manager's
+                    // machine destroyed after its job): it was not ours, and the name may
+                    // still be in removal, so the caller takes another one.
+                    Err(e) if e.is_not_found() => return Err(taken()),
+                    Err(e) => return Err(e),
+                };
                 let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
                 let ours = labels.get(LABEL_PREFIX) == Some(&self.prefix)
                     && owner
                         .is_some_and(|o| labels.get(LABEL_OWNER).map(String::as_str) == Some(o));
                 if !ours {
-                    return Err(DockerError::NameTaken {
-                        engine: engine.url.clone(),
-                        name: name.to_string(),
-                    });
+                    return Err(taken());
                 }
                 tracing::info!(
                     container = name,
