@@ -698,7 +698,6 @@ impl Preallocator {
     }
 }
 
-/// `<step> failed: <error>`, or the timeout's own words (`waitVM timed out after N seconds`).
 /// Why [`Preallocator::create_one`] made no machine.
 #[derive(Debug, thiserror::Error)]
 enum CreateError {
@@ -711,6 +710,7 @@ enum CreateError {
     Machine(String),
 }
 
+/// `<step> failed: <error>`, or the timeout's own words (`waitVM timed out after N seconds`).
 fn step_error(step: &str, error: VmmsError) -> String {
     match error {
         VmmsError::Timeout { .. } => error.to_string(),
